@@ -1,0 +1,321 @@
+"""The `rlhfkit` command line: one thin sub-command per stage; the work lives in the modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from typer.core import TyperGroup
+
+from rlhfkit.errors import RlhfkitError
+
+console = Console(stderr=True)
+out = Console()
+
+
+class _Group(TyperGroup):
+    """Turns RlhfkitError (and a few environment failures) into one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RlhfkitError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted") from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:  # no traceback for users; RLHFKIT_DEBUG=1 shows it
+            if os.environ.get("RLHFKIT_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(e).__name__}: {e} (set RLHFKIT_DEBUG=1 for the traceback)"
+            ) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Align language models with human and AI feedback.",
+)
+feedback_app = typer.Typer(
+    cls=_Group, no_args_is_help=True, help="The feedback store: import, export, agreement, pairs."
+)
+project_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Labeling projects.")
+app.add_typer(feedback_app, name="feedback")
+app.add_typer(project_app, name="project")
+
+StoreOpt = typer.Option(
+    None,
+    "--store",
+    envvar="RLHFKIT_STORE",
+    help="SQLAlchemy URL of the feedback store [default: sqlite:///rlhfkit.db]",
+)
+ProjectOpt = typer.Option("default", "--project", "-p", help="Project name.")
+
+
+def _store(url: str | None):
+    from rlhfkit.feedback.store import Store
+
+    return Store(url)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _counts(counts) -> str:
+    return ", ".join(f"{n} {what}" for what, n in sorted(counts.items()) if n) or "nothing new"
+
+
+@app.command()
+def generate(
+    prompts: str = typer.Option(
+        "builtin:rtp", "--prompts", help="JSONL file of {prompt} or builtin:rtp|dialogues|redteam"
+    ),
+    n: int = typer.Option(4, "-n", help="Completions per prompt."),
+    model: str = typer.Option("smollm2-135m-instruct", help="Short name, local dir or hub id."),
+    project: str = ProjectOpt,
+    split: str = typer.Option("all", help="all | train | eval (a stable hash of the prompt)."),
+    eval_fraction: float = typer.Option(0.2, help="Share of prompts in the eval split."),
+    limit: int | None = typer.Option(None, help="Use only the first N prompts (after the split)."),
+    mode: str = typer.Option("auto", help="raw (continue the text) | chat | auto (by prompt set)."),
+    temperature: float = typer.Option(1.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0),
+    top_k: int = typer.Option(0),
+    max_new_tokens: int = typer.Option(32),
+    batch_size: int = typer.Option(32, help="Sequences generated together."),
+    seed: int = typer.Option(0),
+    out_file: Path | None = typer.Option(None, "--out", help="Also write JSONL here."),
+    store: str | None = StoreOpt,
+):
+    """Sample N completions per prompt for labelers to rank; store them (and optional JSONL)."""
+    from rlhfkit.data.jsonl import write_jsonl
+    from rlhfkit.data.prompts import default_mode, load_prompts, split_of
+    from rlhfkit.generation import SamplingParams, save_samples
+    from rlhfkit.generation import generate as sample
+    from rlhfkit.models import load_causal_lm
+
+    params = SamplingParams(
+        temperature, top_p, top_k, max_new_tokens, default_mode(prompts) if mode == "auto" else mode
+    )
+    records = load_prompts(prompts, split, eval_fraction, limit)
+    feedback_store = _store(store)  # fail on a bad URL before loading a model
+    with console.status(f"loading {model}"):
+        lm, tokenizer = load_causal_lm(model)
+    started = time.perf_counter()
+    with _progress() as bar:
+        task = bar.add_task(f"generating ×{n}", total=len(records))
+        samples = sample(
+            lm,
+            tokenizer,
+            [r.prompt for r in records],
+            n,
+            params,
+            batch_size,
+            seed,
+            on_batch=lambda k: bar.advance(task, k),
+        )
+    seconds = time.perf_counter() - started
+    splits = [split_of(r.prompt, eval_fraction) for r in records]
+    created = save_samples(feedback_store, project, records, samples, model, params, seed, splits)
+    if out_file:
+        write_jsonl(
+            out_file,
+            (
+                {"id": r.id, "prompt": r.prompt, "split": s, "completions": [x.text for x in xs]}
+                for r, s, xs in zip(records, splits, samples, strict=True)
+            ),
+        )
+    tokens = sum(x.tokens for xs in samples for x in xs)
+    console.print(
+        f"{len(records)} prompts × {n} = {tokens} tokens in {seconds:.1f} s "
+        f"({tokens / seconds:.0f} tokens/s), mode {params.mode}; stored in project "
+        f"'{project}': {_counts(created)}" + (f"; wrote {out_file}" if out_file else "")
+    )
+
+
+@project_app.command("create")
+def project_create(
+    name: str,
+    criterion: str = typer.Option("helpfulness", help="What labelers judge, e.g. toxicity."),
+    instructions: Path | None = typer.Option(None, help="A text or Markdown file for labelers."),
+    store: str | None = StoreOpt,
+):
+    """Create a project (or update its criterion and instructions)."""
+    from rlhfkit.feedback.store import get_project
+
+    text = instructions.read_text(encoding="utf-8") if instructions else None
+    with _store(store).session() as session:
+        row = get_project(session, name, create=True)
+        row.criterion = criterion
+        row.instructions = text if text is not None else row.instructions
+    console.print(f"project '{name}': criterion {criterion}")
+
+
+@project_app.command("list")
+def project_list(store: str | None = StoreOpt):
+    """Projects with their prompt, completion and ranking counts."""
+    from sqlalchemy import func, select
+
+    from rlhfkit.feedback.store import Completion, Project, Prompt, Ranking
+
+    table = Table("project", "criterion", "prompts", "completions", "rankings")
+    with _store(store).session() as session:
+        for project in session.scalars(select(Project).order_by(Project.name)):
+
+            def count(q, project=project):
+                return session.scalar(q.join(Prompt).where(Prompt.project_id == project.id))
+
+            table.add_row(
+                project.name,
+                project.criterion,
+                str(count(select(func.count(Prompt.id)).select_from(Project))),
+                str(count(select(func.count(Completion.id)))),
+                str(count(select(func.count(Ranking.id)))),
+            )
+    out.print(table)
+
+
+@feedback_app.command("import")
+def feedback_import(
+    file: Path,
+    project: str = ProjectOpt,
+    labeler: str | None = typer.Option(
+        None, help="Labeler for pairs that name none [default: the file's name]"
+    ),
+    store: str | None = StoreOpt,
+):
+    """Import rankings, thumbs, pairs or HH-RLHF pairs (JSONL, formats may be mixed)."""
+    from rlhfkit.feedback.transfer import import_file
+
+    counts = import_file(_store(store), project, file, labeler)
+    console.print(f"imported {file} into '{project}': {_counts(counts)}")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out_file: Path = typer.Option(..., "--out", help="JSONL file to write."),
+    kind: str = typer.Option("rankings", help="rankings | thumbs | pairs | completions"),
+    project: str = ProjectOpt,
+    store: str | None = StoreOpt,
+):
+    """Export a project's feedback as JSONL (the formats `feedback import` reads)."""
+    from rlhfkit.data.jsonl import write_jsonl
+    from rlhfkit.feedback.transfer import export_records
+
+    count = write_jsonl(out_file, export_records(_store(store), project, kind))
+    console.print(f"wrote {count} {kind} to {out_file}")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+@feedback_app.command("agreement")
+def feedback_agreement(
+    project: str = ProjectOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    heatmap: Path | None = typer.Option(None, help="Write a labeler × labeler agreement PNG."),
+    method: str = typer.Option("borda", help="Consensus: borda | tideman."),
+    min_tau: float = typer.Option(
+        0.2, help="Flag labelers whose mean τ-b with the others' consensus is below this."
+    ),
+    store: str | None = StoreOpt,
+):
+    """Inter-labeler agreement and poor-labeler detection."""
+    from rlhfkit.feedback.summary import agreement_summary
+
+    summary = agreement_summary(_store(store), project, method, min_tau, heatmap)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(
+        f"project '{project}': {summary['prompts']} prompts ranked by "
+        f"{len(summary['labelers'])} labelers"
+    )
+    out.print(f"Krippendorff's α (ordinal): {_fmt(summary['krippendorff_alpha'])}")
+    rate, comparisons = summary["pairwise_agreement"], summary["comparisons"]
+    out.print(f"pairwise agreement: {_fmt(rate)} over {comparisons} comparisons")
+    table = Table(
+        "labeler",
+        "prompts",
+        "τ-b vs others",
+        "pairwise vs others",
+        "comparisons",
+        "flagged",
+        title=f"each labeler against the others' consensus ({method})",
+    )
+    for row in summary["labelers"]:
+        table.add_row(
+            row["labeler"],
+            str(row["prompts"]),
+            _fmt(row["tau_b"]),
+            _fmt(row["pairwise"]),
+            str(row["comparisons"]),
+            "[red]FLAGGED[/red]" if row["flagged"] else "",
+        )
+    out.print(table)
+    if heatmap:
+        out.print(f"heatmap: {heatmap}")
+
+
+@feedback_app.command("pairs")
+def feedback_pairs(
+    out_file: Path = typer.Option(..., "--out", help="JSONL file of {prompt, chosen, rejected}."),
+    project: str = ProjectOpt,
+    method: str = typer.Option("borda", help="Consensus: borda | tideman."),
+    per_labeler: bool = typer.Option(False, help="Each labeler's own pairs, no consensus."),
+    min_tau: float = typer.Option(0.2, help="Exclude labelers flagged below this τ-b."),
+    keep_flagged: bool = typer.Option(False, help="Exclude nobody."),
+    store: str | None = StoreOpt,
+):
+    """Rankings → consensus → all C(n,2) (chosen, rejected) pairs; thumbs and imported pairs too."""
+    from rlhfkit.data.jsonl import write_jsonl
+    from rlhfkit.feedback.consensus import METHODS
+    from rlhfkit.feedback.pairs import build_pairs
+    from rlhfkit.feedback.store import get_project
+
+    if method not in METHODS:
+        raise RlhfkitError(f"unknown consensus method '{method}'; choose borda or tideman")
+    with _store(store).session() as session:
+        result = build_pairs(
+            session,
+            get_project(session, project),
+            method,
+            per_labeler,
+            None if keep_flagged else min_tau,
+        )
+    if not result.pairs:
+        raise RlhfkitError(f"project '{project}' has no feedback that gives pairs")
+    write_jsonl(out_file, result.pairs)
+    excluded = ", ".join(result.excluded) or "none"
+    console.print(
+        f"{result.prompts} prompts → {len(result.pairs)} pairs, {result.ties} ties "
+        f"skipped, excluded labelers: {excluded}; wrote {out_file}"
+    )
+
+
+def main() -> None:
+    app(prog_name="rlhfkit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

