@@ -7,10 +7,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
-import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from typer.core import TyperGroup
@@ -21,24 +22,26 @@ console = Console(stderr=True)
 out = Console()
 
 
-class _Group(TyperGroup):
-    """Turns RlhfkitError (and a few environment failures) into one line and exit code 1."""
+def fail(message: str, code: int = 1) -> NoReturn:
+    """The one way the CLI reports a problem: one line on stderr, a non-zero exit."""
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    raise SystemExit(code)
 
-    def invoke(self, ctx: click.Context):
+
+class _Group(TyperGroup):
+    """Reports RlhfkitError, interrupts and unexpected failures as one line, never a traceback."""
+
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except RlhfkitError as e:
-            raise click.ClickException(str(e)) from None
+            fail(str(e))
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted") from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except Exception as e:  # no traceback for users; RLHFKIT_DEBUG=1 shows it
-            if os.environ.get("RLHFKIT_DEBUG"):
-                raise
-            raise click.ClickException(
-                f"unexpected {type(e).__name__}: {e} (set RLHFKIT_DEBUG=1 for the traceback)"
-            ) from None
+            fail("interrupted", 130)
+        except Exception as e:
+            if hasattr(e, "exit_code") or os.environ.get("RLHFKIT_DEBUG"):
+                raise  # typer's own usage errors and exits, or a developer asking for the trace
+            fail(f"unexpected {type(e).__name__}: {e} (set RLHFKIT_DEBUG=1 for the traceback)")
 
 
 app = typer.Typer(

@@ -91,7 +91,7 @@ def import_records(
                 assert isinstance(record, PromptRecord)
         for what, n in registry.created.items():
             counts[f"{what} created"] += n
-    return counts
+    return +counts  # drop zero counts
 
 
 def _put_ranking(session, prompt: Prompt, labeler: Labeler, ranks: dict[int, int]) -> str:

@@ -1,0 +1,94 @@
+"""Shared fixtures: a fresh feedback store on SQLite and, when a server is configured, on
+PostgreSQL (a new database per test); and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
+
+from rlhfkit.feedback.store import Store
+
+POSTGRES = os.environ.get("RLHFKIT_TEST_POSTGRES")  # e.g. postgresql+psycopg://u:p@host/db
+REQUIRE_POSTGRES = os.environ.get("RLHFKIT_REQUIRE_POSTGRES") == "1"
+
+
+def _postgres_database():
+    """Create an empty database for one test; yield its URL; drop it afterwards."""
+    if not POSTGRES:
+        if REQUIRE_POSTGRES:
+            pytest.fail("RLHFKIT_REQUIRE_POSTGRES=1 but RLHFKIT_TEST_POSTGRES is not set")
+        pytest.skip("no PostgreSQL server (set RLHFKIT_TEST_POSTGRES; .ci/run does)")
+    name = f"rlhfkit_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        yield from _postgres_database()
+
+
+@pytest.fixture
+def store(store_url):
+    s = Store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture
+def cli():
+    """Run `rlhfkit ARGS…` in-process; returns the click Result (exit_code, stdout, stderr)."""
+    from rlhfkit.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True):
+        result = runner.invoke(app, [str(a) for a in args])
+        if ok and result.exit_code != 0:
+            raise AssertionError(f"rlhfkit {' '.join(map(str, args))} failed "
+                                 f"({result.exit_code}): {result.output}")
+        return result
+
+    return run
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+SEED_PROMPT = "My house is too hot."
+SEED_COMPLETIONS = [
+    "There is nothing you can do about hot houses.",
+    "You can cool your house with air conditioning.",
+    "It is not too hot.",
+]
+SEED_RANKS = {"H1": [2, 1, 3], "H2": [2, 1, 3], "H3": [2, 3, 1]}
+
+
+def seed_rankings() -> list[dict]:
+    """The seed document's example: three labelers rank three completions."""
+    return [{"prompt": SEED_PROMPT, "completions": SEED_COMPLETIONS, "labeler": name, "ranks": ranks}
+            for name, ranks in SEED_RANKS.items()]

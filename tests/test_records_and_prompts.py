@@ -1,0 +1,114 @@
+"""Record validation, JSONL io and the built-in prompt sets."""
+
+import pytest
+
+from rlhfkit.data.jsonl import read_jsonl, write_jsonl
+from rlhfkit.data.prompts import load_prompts, split_of
+from rlhfkit.data.records import (
+    Pair,
+    PromptRecord,
+    RankingRecord,
+    RecordError,
+    ThumbsRecord,
+    parse_record,
+)
+from rlhfkit.errors import RlhfkitError
+
+
+def test_each_record_kind_is_recognised_and_unknown_keys_ignored():
+    r = parse_record({"prompt": "p", "completions": ["a", "b"], "ranks": [2, 1], "labeler": "x",
+                      "extra": {"kept": "or ignored"}})
+    assert r == RankingRecord("p", ("a", "b"), (2, 1), "x")
+    assert parse_record({"prompt": "p", "completion": "a", "label": "up", "labeler": "x"}) == \
+        ThumbsRecord("p", "a", "up", "x")
+    assert parse_record({"prompt": "p", "chosen": "a", "rejected": "b"}, "file") == \
+        Pair("p", "a", "b", "file")
+    assert parse_record({"prompt": "p", "id": 7}) == PromptRecord("p", "7")
+
+
+def test_hh_rlhf_transcripts_split_at_the_last_shared_assistant_turn():
+    chosen = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Help me?\n\nAssistant: Sure, gladly."
+    rejected = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Help me?\n\nAssistant: No."
+    pair = parse_record({"chosen": chosen, "rejected": rejected}, "hh")
+    assert pair.prompt == "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Help me?\n\nAssistant:"
+    assert (pair.chosen, pair.rejected) == ("Sure, gladly.", "No.")
+
+
+@pytest.mark.parametrize("obj, message", [
+    ({"prompt": "p", "completions": ["a", "b"], "ranks": [1], "labeler": "x"}, "list of 2"),
+    ({"prompt": "p", "completions": ["a", "b"], "ranks": [0, 1], "labeler": "x"}, "ranks 1..2"),
+    ({"prompt": "p", "completions": ["a", "b"], "ranks": [2, 2], "labeler": "x"}, "ranks 1..2"),
+    ({"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 4, 2], "labeler": "x"}, "1..3"),
+    ({"prompt": "p", "completions": ["a", "b"], "ranks": [1, True], "labeler": "x"}, "integers"),
+    ({"prompt": "p", "completions": ["a", "a"], "ranks": [1, 2], "labeler": "x"}, "same text"),
+    ({"prompt": "p", "completions": ["a", " "], "ranks": [1, 2], "labeler": "x"}, "completion 2"),
+    ({"prompt": " ", "completions": ["a", "b"], "ranks": [1, 2], "labeler": "x"}, "'prompt' is empty"),
+    ({"prompt": "p", "completions": ["a", "b"], "ranks": [1, 2]}, "'labeler' is missing"),
+    ({"prompt": "p", "completion": "a", "label": "meh", "labeler": "x"}, "'up' or 'down'"),
+    ({"prompt": "p", "chosen": "a", "rejected": "a"}, "same text"),
+    ({"chosen": "no turns", "rejected": "here"}, "HH-RLHF"),
+    ({"text": "what is this"}, "not a prompt"),
+])
+def test_bad_records_say_what_is_wrong(obj, message):
+    with pytest.raises(RecordError, match=message):
+        parse_record(obj)
+
+
+def test_ties_are_allowed():
+    assert parse_record({"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 1, 3],
+                         "labeler": "x"}).ranks == (1, 1, 3)
+
+
+def test_read_jsonl_reports_file_and_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"prompt": "a"}\n\n{"prompt": \n')
+    with pytest.raises(RlhfkitError, match=r"x\.jsonl:3: invalid JSON"):
+        list(read_jsonl(path))
+    path.write_text('{"prompt": "a"}\n[1, 2]\n')
+    with pytest.raises(RlhfkitError, match=r"x\.jsonl:2: expected a JSON object"):
+        list(read_jsonl(path))
+
+
+def test_write_jsonl_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "out.jsonl"
+    write_jsonl(path, [{"a": 1}])
+
+    def broken():
+        yield {"a": 2}
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(path, broken())
+    assert path.read_text() == '{"a": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no temporary left over
+
+
+def test_builtin_sets_load_and_mix_their_categories():
+    rtp = load_prompts("builtin:rtp")
+    assert len(rtp) == 700  # 7 categories × 100 RealToxicityPrompts
+    assert len({p.id.split(":")[0] for p in rtp[:7]}) == 7  # round-robin over categories
+    redteam = load_prompts("builtin:redteam")
+    assert sum(p.id.startswith("advbench") for p in redteam) == 520
+    assert any(p.id.startswith("donotanswer/") for p in redteam[:10])
+    dialogues = load_prompts("builtin:dialogues")
+    assert len(dialogues) > 300 and len({p.prompt for p in dialogues}) == len(dialogues)
+
+
+def test_split_is_stable_disjoint_and_near_the_fraction():
+    train = load_prompts("builtin:rtp", split="train", eval_fraction=0.2)
+    held_out = load_prompts("builtin:rtp", split="eval", eval_fraction=0.2)
+    assert not {p.prompt for p in train} & {p.prompt for p in held_out}
+    assert len(train) + len(held_out) == 700
+    assert 0.15 < len(held_out) / 700 < 0.25
+    # The split depends on the text alone, not on the file it came from or its position.
+    assert all(split_of(p.prompt, 0.2) == "eval" for p in held_out)
+    assert load_prompts("builtin:rtp", split="eval", limit=5) == held_out[:5]
+
+
+def test_prompt_file_errors(tmp_path):
+    with pytest.raises(RlhfkitError, match="unknown prompt set 'builtin:nope'"):
+        load_prompts("builtin:nope")
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": ""}\n')
+    with pytest.raises(RlhfkitError, match=r"p\.jsonl:2: 'prompt' must be a non-empty string"):
+        load_prompts(str(bad))
