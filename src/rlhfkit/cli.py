@@ -18,8 +18,8 @@ from typer.core import TyperGroup
 
 from rlhfkit.errors import RlhfkitError
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)  # messages stay one line, however long
+out = Console(soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -207,9 +207,11 @@ def feedback_import(
     store: str | None = StoreOpt,
 ):
     """Import rankings, thumbs, pairs or HH-RLHF pairs (JSONL, formats may be mixed)."""
-    from rlhfkit.feedback.transfer import import_file
+    from rlhfkit.feedback.transfer import import_records, read_records
 
-    counts = import_file(_store(store), project, file, labeler)
+    default_labeler = labeler or file.stem
+    records = read_records(file, default_labeler)  # all validated before the store is touched
+    counts = import_records(_store(store), project, records, default_labeler)
     console.print(f"imported {file} into '{project}': {_counts(counts)}")
 
 
