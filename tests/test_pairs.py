@@ -52,23 +52,34 @@ def test_thumbs_up_beats_every_thumbs_down_by_majority(store, tmp_path):
     def thumb(completion, label, labeler):
         return {"prompt": "q", "completion": completion, "label": label, "labeler": labeler}
 
-    records = [thumb("good", "up", "a"), thumb("good", "up", "b"),
-               thumb("fine", "up", "a"), thumb("fine", "down", "b"),  # split vote: no label
-               thumb("bad", "down", "a"), thumb("worse", "down", "b"), thumb("worse", "up", "c"),
-               thumb("worse", "down", "a")]
+    records = [
+        thumb("good", "up", "a"),
+        thumb("good", "up", "b"),
+        thumb("fine", "up", "a"),
+        thumb("fine", "down", "b"),  # split vote: no label
+        thumb("bad", "down", "a"),
+        thumb("worse", "down", "b"),
+        thumb("worse", "up", "c"),
+        thumb("worse", "down", "a"),
+    ]
     import_file(store, "t", write_jsonl(tmp_path / "t.jsonl", records))
     result = pairs_of(store, "t")
     assert [(p["chosen"], p["rejected"], p["source"]) for p in result.pairs] == [
-        ("good", "bad", "thumbs"), ("good", "worse", "thumbs")]
+        ("good", "bad", "thumbs"),
+        ("good", "worse", "thumbs"),
+    ]
 
 
 def test_imported_pairs_pass_through_and_majority_settles_contradictions(store, tmp_path):
-    records = [{"prompt": "q", "chosen": "x", "rejected": "y", "labeler": "a"},
-               {"prompt": "q", "chosen": "x", "rejected": "y", "labeler": "b"},
-               {"prompt": "q", "chosen": "y", "rejected": "x", "labeler": "c"},
-               {"prompt": "q", "chosen": "u", "rejected": "v", "labeler": "a"},
-               {"prompt": "q", "chosen": "v", "rejected": "u", "labeler": "b"}]  # a tie: dropped
+    records = [
+        {"prompt": "q", "chosen": "x", "rejected": "y", "labeler": "a"},
+        {"prompt": "q", "chosen": "x", "rejected": "y", "labeler": "b"},
+        {"prompt": "q", "chosen": "y", "rejected": "x", "labeler": "c"},
+        {"prompt": "q", "chosen": "u", "rejected": "v", "labeler": "a"},
+        {"prompt": "q", "chosen": "v", "rejected": "u", "labeler": "b"},
+    ]  # a tie: dropped
     import_file(store, "p", write_jsonl(tmp_path / "p.jsonl", records))
     result = pairs_of(store, "p")
     assert [(p["chosen"], p["rejected"], p["labelers"]) for p in result.pairs] == [
-        ("x", "y", ["a", "b"])]
+        ("x", "y", ["a", "b"])
+    ]

@@ -16,13 +16,22 @@ from rlhfkit.errors import RlhfkitError
 
 
 def test_each_record_kind_is_recognised_and_unknown_keys_ignored():
-    r = parse_record({"prompt": "p", "completions": ["a", "b"], "ranks": [2, 1], "labeler": "x",
-                      "extra": {"kept": "or ignored"}})
+    r = parse_record(
+        {
+            "prompt": "p",
+            "completions": ["a", "b"],
+            "ranks": [2, 1],
+            "labeler": "x",
+            "extra": {"kept": "or ignored"},
+        }
+    )
     assert r == RankingRecord("p", ("a", "b"), (2, 1), "x")
-    assert parse_record({"prompt": "p", "completion": "a", "label": "up", "labeler": "x"}) == \
-        ThumbsRecord("p", "a", "up", "x")
-    assert parse_record({"prompt": "p", "chosen": "a", "rejected": "b"}, "file") == \
-        Pair("p", "a", "b", "file")
+    assert parse_record(
+        {"prompt": "p", "completion": "a", "label": "up", "labeler": "x"}
+    ) == ThumbsRecord("p", "a", "up", "x")
+    assert parse_record({"prompt": "p", "chosen": "a", "rejected": "b"}, "file") == Pair(
+        "p", "a", "b", "file"
+    )
     assert parse_record({"prompt": "p", "id": 7}) == PromptRecord("p", "7")
 
 
@@ -34,29 +43,45 @@ def test_hh_rlhf_transcripts_split_at_the_last_shared_assistant_turn():
     assert (pair.chosen, pair.rejected) == ("Sure, gladly.", "No.")
 
 
-@pytest.mark.parametrize("obj, message", [
-    ({"prompt": "p", "completions": ["a", "b"], "ranks": [1], "labeler": "x"}, "list of 2"),
-    ({"prompt": "p", "completions": ["a", "b"], "ranks": [0, 1], "labeler": "x"}, "ranks 1..2"),
-    ({"prompt": "p", "completions": ["a", "b"], "ranks": [2, 2], "labeler": "x"}, "ranks 1..2"),
-    ({"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 4, 2], "labeler": "x"}, "1..3"),
-    ({"prompt": "p", "completions": ["a", "b"], "ranks": [1, True], "labeler": "x"}, "integers"),
-    ({"prompt": "p", "completions": ["a", "a"], "ranks": [1, 2], "labeler": "x"}, "same text"),
-    ({"prompt": "p", "completions": ["a", " "], "ranks": [1, 2], "labeler": "x"}, "completion 2"),
-    ({"prompt": " ", "completions": ["a", "b"], "ranks": [1, 2], "labeler": "x"}, "'prompt' is empty"),
-    ({"prompt": "p", "completions": ["a", "b"], "ranks": [1, 2]}, "'labeler' is missing"),
-    ({"prompt": "p", "completion": "a", "label": "meh", "labeler": "x"}, "'up' or 'down'"),
-    ({"prompt": "p", "chosen": "a", "rejected": "a"}, "same text"),
-    ({"chosen": "no turns", "rejected": "here"}, "HH-RLHF"),
-    ({"text": "what is this"}, "not a prompt"),
-])
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ({"prompt": "p", "completions": ["a", "b"], "ranks": [1], "labeler": "x"}, "list of 2"),
+        ({"prompt": "p", "completions": ["a", "b"], "ranks": [0, 1], "labeler": "x"}, "ranks 1..2"),
+        ({"prompt": "p", "completions": ["a", "b"], "ranks": [2, 2], "labeler": "x"}, "ranks 1..2"),
+        (
+            {"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 4, 2], "labeler": "x"},
+            "1..3",
+        ),
+        (
+            {"prompt": "p", "completions": ["a", "b"], "ranks": [1, True], "labeler": "x"},
+            "integers",
+        ),
+        ({"prompt": "p", "completions": ["a", "a"], "ranks": [1, 2], "labeler": "x"}, "same text"),
+        (
+            {"prompt": "p", "completions": ["a", " "], "ranks": [1, 2], "labeler": "x"},
+            "completion 2",
+        ),
+        (
+            {"prompt": " ", "completions": ["a", "b"], "ranks": [1, 2], "labeler": "x"},
+            "'prompt' is empty",
+        ),
+        ({"prompt": "p", "completions": ["a", "b"], "ranks": [1, 2]}, "'labeler' is missing"),
+        ({"prompt": "p", "completion": "a", "label": "meh", "labeler": "x"}, "'up' or 'down'"),
+        ({"prompt": "p", "chosen": "a", "rejected": "a"}, "same text"),
+        ({"chosen": "no turns", "rejected": "here"}, "HH-RLHF"),
+        ({"text": "what is this"}, "not a prompt"),
+    ],
+)
 def test_bad_records_say_what_is_wrong(obj, message):
     with pytest.raises(RecordError, match=message):
         parse_record(obj)
 
 
 def test_ties_are_allowed():
-    assert parse_record({"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 1, 3],
-                         "labeler": "x"}).ranks == (1, 1, 3)
+    assert parse_record(
+        {"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 1, 3], "labeler": "x"}
+    ).ranks == (1, 1, 3)
 
 
 def test_read_jsonl_reports_file_and_line(tmp_path):

@@ -27,7 +27,9 @@ TABLES = (Project, Prompt, Completion, Labeler, Ranking, RankingItem, Thumb, Pre
 
 def row_counts(store):
     with store.session() as session:
-        return {t.__tablename__: session.scalar(select(func.count()).select_from(t)) for t in TABLES}
+        return {
+            t.__tablename__: session.scalar(select(func.count()).select_from(t)) for t in TABLES
+        }
 
 
 def test_migrations_create_exactly_the_models_schema(store):
@@ -59,15 +61,17 @@ def test_a_new_ranking_by_the_same_labeler_replaces_the_old(store, tmp_path):
     import_file(store, "hot", write_jsonl(tmp_path / "a.jsonl", seed_rankings()))
     revised = {**seed_rankings()[2], "ranks": [2, 1, 3]}
     assert import_file(store, "hot", write_jsonl(tmp_path / "b.jsonl", [revised])) == {
-        "rankings updated": 1}
+        "rankings updated": 1
+    }
     rows = list(export_records(store, "hot", "rankings"))
     assert [r["ranks"] for r in rows if r["labeler"] == "H3"] == [[2, 1, 3]]
     assert row_counts(store)["ranking_items"] == 9
 
 
 def test_a_bad_line_means_nothing_from_the_file_is_written(store, tmp_path):
-    lines = seed_rankings() + [{"prompt": "x", "completions": ["a", "b"], "ranks": [1, 3],
-                                "labeler": "H4"}]
+    lines = seed_rankings() + [
+        {"prompt": "x", "completions": ["a", "b"], "ranks": [1, 3], "labeler": "H4"}
+    ]
     path = write_jsonl(tmp_path / "bad.jsonl", lines)
     with pytest.raises(RlhfkitError, match=r"bad\.jsonl:4: 'ranks' must be ranks 1\.\.2"):
         import_file(store, "hot", path)
@@ -75,8 +79,20 @@ def test_a_bad_line_means_nothing_from_the_file_is_written(store, tmp_path):
 
 
 def test_a_failure_midway_through_writing_rolls_everything_back(store, tmp_path, monkeypatch):
-    records = read_records(write_jsonl(tmp_path / "mixed.jsonl", seed_rankings() + [
-        {"prompt": SEED_PROMPT, "completion": SEED_COMPLETIONS[0], "label": "up", "labeler": "T"}]))
+    records = read_records(
+        write_jsonl(
+            tmp_path / "mixed.jsonl",
+            seed_rankings()
+            + [
+                {
+                    "prompt": SEED_PROMPT,
+                    "completion": SEED_COMPLETIONS[0],
+                    "label": "up",
+                    "labeler": "T",
+                }
+            ],
+        )
+    )
 
     def disk_full(*args, **kwargs):
         raise OSError("disk full")
@@ -90,10 +106,20 @@ def test_a_failure_midway_through_writing_rolls_everything_back(store, tmp_path,
 def test_thumbs_pairs_and_hh_rlhf_import_and_round_trip(store, tmp_path):
     hh_prompt = "\n\nHuman: Is the sky blue?\n\nAssistant:"
     records = seed_rankings() + [
-        {"prompt": SEED_PROMPT, "completion": SEED_COMPLETIONS[1], "label": "up", "labeler": "T1",
-         "labeler_kind": "ai"},
-        {"prompt": SEED_PROMPT, "completion": SEED_COMPLETIONS[2], "label": "down",
-         "labeler": "T1", "labeler_kind": "ai"},
+        {
+            "prompt": SEED_PROMPT,
+            "completion": SEED_COMPLETIONS[1],
+            "label": "up",
+            "labeler": "T1",
+            "labeler_kind": "ai",
+        },
+        {
+            "prompt": SEED_PROMPT,
+            "completion": SEED_COMPLETIONS[2],
+            "label": "down",
+            "labeler": "T1",
+            "labeler_kind": "ai",
+        },
         {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away.", "labeler": "P1"},
         {"prompt": "Say hi", "chosen": "Hello.", "rejected": "Go away."},  # labeler: file name
         {"chosen": hh_prompt + " Yes, usually.", "rejected": hh_prompt + " No."},
@@ -102,10 +128,20 @@ def test_thumbs_pairs_and_hh_rlhf_import_and_round_trip(store, tmp_path):
     assert counts["thumbs created"] == 2 and counts["pairs created"] == 3
     assert row_counts(store)["labelers"] == 3 + 1 + 2  # H1-3, T1, P1 and "mix"
     exported = {kind: list(export_records(store, "mix", kind)) for kind in transfer.EXPORT_KINDS}
-    assert exported["thumbs"][1] == {"prompt": SEED_PROMPT, "completion": SEED_COMPLETIONS[2],
-                                     "label": "down", "labeler": "T1", "labeler_kind": "ai"}
-    assert {"prompt": hh_prompt, "chosen": "Yes, usually.", "rejected": "No.", "labeler": "mix",
-            "labeler_kind": "human"} in exported["pairs"]
+    assert exported["thumbs"][1] == {
+        "prompt": SEED_PROMPT,
+        "completion": SEED_COMPLETIONS[2],
+        "label": "down",
+        "labeler": "T1",
+        "labeler_kind": "ai",
+    }
+    assert {
+        "prompt": hh_prompt,
+        "chosen": "Yes, usually.",
+        "rejected": "No.",
+        "labeler": "mix",
+        "labeler_kind": "human",
+    } in exported["pairs"]
     assert exported["completions"][0]["completions"] == SEED_COMPLETIONS
     # What export writes, import reads back into an identical project.
     again = []
@@ -125,11 +161,14 @@ def test_unknown_project_is_a_clear_error(store):
         list(export_records(store, "nope", "rankings"))
 
 
-@pytest.mark.parametrize("url, message", [
-    ("sqlite:////no/such/dir/x.db", "unable to open database file"),
-    ("nosuchdb://x", "cannot open store 'nosuchdb://x'"),
-    ("not a url", "cannot open store"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("sqlite:////no/such/dir/x.db", "unable to open database file"),
+        ("nosuchdb://x", "cannot open store 'nosuchdb://x'"),
+        ("not a url", "cannot open store"),
+    ],
+)
 def test_a_store_that_cannot_be_opened_is_one_line(url, message):
     with pytest.raises(RlhfkitError, match=message) as error:
         Store(url)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The stages that exist today, on the packaged defaults, offline. Outputs go to runs/demo/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=runs/demo
+rm -rf "$RUN" && mkdir -p "$RUN"
+export RLHFKIT_STORE="sqlite:///$RUN/feedback.db"
+rlhfkit() { .venv/bin/rlhfkit "$@"; }
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1. Sample 4 completions for 16 RealToxicityPrompts (train split) with SmolLM2-135M"
+rlhfkit generate --prompts builtin:rtp --split train --limit 16 -n 4 --max-new-tokens 24 \
+    --project rtp --out "$RUN/completions.jsonl"
+
+step "2. A helpfulness project with instructions; rankings by four labelers imported"
+rlhfkit project create helpfulness --criterion helpfulness --instructions examples/instructions.md
+rlhfkit feedback import examples/helpfulness_rankings.jsonl --project helpfulness
+
+step "3. Agreement: Krippendorff's alpha, pairwise agreement, each labeler vs the others"
+rlhfkit feedback agreement --project helpfulness --heatmap "$RUN/agreement.png"
+
+step "4. Consensus rankings (flagged labelers excluded) -> all C(n,2) training pairs"
+rlhfkit feedback pairs --project helpfulness --out "$RUN/pairs.jsonl"
+
+step "5. The seed's own example: H3 disagrees, the pairs are the seed's final table"
+rlhfkit feedback import examples/seed_rankings.jsonl --project hot-house
+rlhfkit feedback agreement --project hot-house
+rlhfkit feedback pairs --project hot-house --out "$RUN/seed_pairs.jsonl"
+.venv/bin/python -c "
+import json
+for line in open('$RUN/seed_pairs.jsonl'):
+    p = json.loads(line); print(f'  chosen: {p[\"chosen\"]!r:52} rejected: {p[\"rejected\"]!r}')"
+
+step "Done. Outputs in $RUN/"
+ls -1 "$RUN"
