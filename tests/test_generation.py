@@ -95,3 +95,32 @@ def test_generate_command_on_builtin_rtp_stores_completions(cli, tmp_path, sqlit
     c = completions[0]
     assert c.model == "smollm2-135m-instruct"
     assert c.params["max_new_tokens"] == 8 and c.params["seed"] == 0 and c.params["mode"] == "raw"
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, sqlite_url):
+    from rlhfkit.stages.generate import run_generate
+
+    store = Store(sqlite_url)
+    params = SamplingParams(temperature=1.0, max_new_tokens=6)
+    kwargs = dict(prompts="builtin:dialogues", n=2, params=params, limit=4, batch_size=2)
+    batches = []
+
+    def interrupt_after_two_batches(count):
+        batches.append(count)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(store, "chat", on_progress=interrupt_after_two_batches, **kwargs)
+    with store.session() as session:
+        assert len(session.scalars(select(Prompt)).all()) == 2  # two finished batches were kept
+
+    out = tmp_path / "all.jsonl"
+    resumed = run_generate(store, "chat", out=out, **kwargs)
+    assert (resumed.prompts, resumed.generated, resumed.mode) == (4, 2, "chat")
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 4 and all(1 <= len(x["completions"]) <= 2 for x in lines)
+    again = run_generate(store, "chat", **kwargs)  # all done: nothing to sample, no model loaded
+    assert again.generated == 0 and again.tokens == 0
+    # Another seed is another run: it samples everything again.
+    assert run_generate(store, "chat", seed=1, **kwargs).generated == 4

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -55,6 +54,25 @@ feedback_app = typer.Typer(
     cls=_Group, no_args_is_help=True, help="The feedback store: import, export, agreement, pairs."
 )
 project_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Labeling projects.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from rlhfkit import __version__
+
+        out.print(f"rlhfkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Align language models with human and AI feedback."""
+
+
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(project_app, name="project")
 
@@ -109,49 +127,41 @@ def generate(
     out_file: Path | None = typer.Option(None, "--out", help="Also write JSONL here."),
     store: str | None = StoreOpt,
 ):
-    """Sample N completions per prompt for labelers to rank; store them (and optional JSONL)."""
-    from rlhfkit.data.jsonl import write_jsonl
-    from rlhfkit.data.prompts import default_mode, load_prompts, split_of
-    from rlhfkit.generation import SamplingParams, save_samples
-    from rlhfkit.generation import generate as sample
-    from rlhfkit.models import load_causal_lm
+    """Sample N completions per prompt for labelers to rank, into the store (and JSONL).
 
-    params = SamplingParams(
-        temperature, top_p, top_k, max_new_tokens, default_mode(prompts) if mode == "auto" else mode
-    )
-    records = load_prompts(prompts, split, eval_fraction, limit)
-    feedback_store = _store(store)  # fail on a bad URL before loading a model
-    with console.status(f"loading {model}"):
-        lm, tokenizer = load_causal_lm(model)
-    started = time.perf_counter()
+    Saved batch by batch: rerunning an interrupted command finishes only what is missing."""
+    from rlhfkit.generation import SamplingParams
+    from rlhfkit.stages.generate import run_generate
+
+    params = SamplingParams(temperature, top_p, top_k, max_new_tokens, mode)
+    feedback_store = _store(store)  # a bad URL fails before a model is loaded
     with _progress() as bar:
-        task = bar.add_task(f"generating ×{n}", total=len(records))
-        samples = sample(
-            lm,
-            tokenizer,
-            [r.prompt for r in records],
+        task = bar.add_task(f"generating ×{n}", total=None)
+        result = run_generate(
+            feedback_store,
+            project,
+            prompts,
             n,
+            model,
             params,
+            split,
+            eval_fraction,
+            limit,
             batch_size,
             seed,
-            on_batch=lambda k: bar.advance(task, k),
-        )
-    seconds = time.perf_counter() - started
-    splits = [split_of(r.prompt, eval_fraction) for r in records]
-    created = save_samples(feedback_store, project, records, samples, model, params, seed, splits)
-    if out_file:
-        write_jsonl(
             out_file,
-            (
-                {"id": r.id, "prompt": r.prompt, "split": s, "completions": [x.text for x in xs]}
-                for r, s, xs in zip(records, splits, samples, strict=True)
-            ),
+            on_start=lambda todo: bar.update(task, total=todo),
+            on_progress=lambda k: bar.advance(task, k),
         )
-    tokens = sum(x.tokens for xs in samples for x in xs)
+    done_before = result.prompts - result.generated
+    rate = f" ({result.tokens / result.seconds:.0f} tokens/s)" if result.tokens else ""
     console.print(
-        f"{len(records)} prompts × {n} = {tokens} tokens in {seconds:.1f} s "
-        f"({tokens / seconds:.0f} tokens/s), mode {params.mode}; stored in project "
-        f"'{project}': {_counts(created)}" + (f"; wrote {out_file}" if out_file else "")
+        f"{result.generated} prompts × {n} = {result.tokens} tokens in {result.seconds:.1f} s"
+        f"{rate}, mode {result.mode}"
+        + (f"; {done_before} prompts already done" if done_before else "")
+        + f"; project '{project}': {result.completions_stored} completions stored"
+        + (f", {result.empty_skipped} empty skipped" if result.empty_skipped else "")
+        + (f"; wrote {out_file}" if out_file else "")
     )
 
 

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.errors import RlhfkitError
 
-MODES = ("raw", "chat")
+MODES = ("raw", "chat", "auto")  # auto: the stage picks by prompt set (data.prompts)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ class Sample:
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, mode: str) -> str:
     if mode == "raw":
         return prompt
+    if mode != "chat":
+        raise RlhfkitError(f"mode '{mode}' must be resolved to raw or chat before generating")
     if not tokenizer.chat_template:
         raise RlhfkitError("this model's tokenizer has no chat template; use --mode raw")
     return tokenizer.apply_chat_template(
@@ -78,10 +80,10 @@ def generate(
     params: SamplingParams = SamplingParams(),
     batch_size: int = 32,
     seed: int = 0,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[list[int], list[list[Sample]]], None] | None = None,
 ) -> list[list[Sample]]:
     """`n` samples for each prompt, in prompt order. `batch_size` counts sequences; `on_batch`
-    is told how many prompts each finished batch covered."""
+    receives each finished batch (prompt indices, their samples), e.g. to save as it goes."""
     if n < 1:
         raise RlhfkitError("n must be >= 1")
     torch.manual_seed(seed)
@@ -132,38 +134,5 @@ def generate(
             text = tokenizer.decode(tokens[:length], skip_special_tokens=True)
             results[chunk[row // n]].append(Sample(text, length, finished))
         if on_batch:
-            on_batch(len(chunk))
+            on_batch(chunk, [results[i] for i in chunk])
     return results
-
-
-def save_samples(
-    store,
-    project_name: str,
-    prompts,
-    samples: list[list[Sample]],
-    model_name: str,
-    params: SamplingParams,
-    seed: int,
-    splits: Sequence[str | None],
-) -> dict[str, int]:
-    """Record prompts and their samples in the store, with the model and parameters that made
-    them. Empty samples are not stored (nobody can rank them); repeats of a text are stored once."""
-    from rlhfkit.feedback.store import Registry, get_project
-
-    record = {**params.as_dict(), "seed": seed}
-    empty = 0
-    with store.session() as session:
-        registry = Registry(session, get_project(session, project_name, create=True))
-        for prompt, split, prompt_samples in zip(prompts, splits, samples, strict=True):
-            row = registry.prompt(prompt.prompt, prompt.id, split)
-            for sample in prompt_samples:
-                if not sample.text.strip():
-                    empty += 1
-                    continue
-                registry.completion(
-                    row,
-                    sample.text,
-                    model_name,
-                    {**record, "tokens": sample.tokens, "finished": sample.finished},
-                )
-        return {**registry.created, "empty skipped": empty}

@@ -1,0 +1,202 @@
+"""The generate stage: prompts -> N completions each -> the feedback store (and JSONL).
+
+Each batch is saved as soon as it is sampled, so an interrupted run loses at most one batch;
+running the same command again skips the prompts that already have samples from the same
+model, sampling parameters and seed, and finishes the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from rlhfkit.data.jsonl import write_jsonl
+from rlhfkit.data.prompts import default_mode, load_prompts, split_of
+from rlhfkit.data.records import PromptRecord
+from rlhfkit.feedback.store import (
+    Completion,
+    Project,
+    Prompt,
+    Registry,
+    Store,
+    get_project,
+    text_key,
+)
+from rlhfkit.generation import Sample, SamplingParams, generate
+
+
+@dataclass
+class GenerateResult:
+    prompts: int  # prompts asked for
+    generated: int  # prompts sampled by this run (the rest were done before)
+    tokens: int
+    seconds: float
+    completions_stored: int
+    empty_skipped: int
+    mode: str
+
+
+def run_key(model: str, params: SamplingParams, seed: int) -> str:
+    """Identifies samples made by one model with one set of sampling parameters and seed."""
+    spec = json.dumps({"model": model, **params.as_dict(), "seed": seed}, sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def _done(store: Store, project: str, key: str) -> set[str]:
+    """Text keys of the project's prompts that already have samples made under `key`."""
+    with store.session() as session:
+        rows = session.execute(
+            select(Prompt.text_key, Completion.params)
+            .join(Completion, Completion.prompt_id == Prompt.id)
+            .join(Project, Prompt.project_id == Project.id)
+            .where(Project.name == project)
+        ).all()
+    return {prompt_key for prompt_key, params in rows if (params or {}).get("run") == key}
+
+
+def _save(
+    store: Store,
+    project: str,
+    prompts: list[PromptRecord],
+    splits: list[str],
+    samples: list[list[Sample]],
+    model: str,
+    params: SamplingParams,
+    seed: int,
+    key: str,
+) -> tuple[int, int]:
+    """One batch in one transaction: (completions stored, empty samples skipped). Empty
+    samples are not stored (nobody can rank them); a text repeated for a prompt is stored once."""
+    stored = empty = 0
+    with store.session() as session:
+        registry = Registry(session, get_project(session, project, create=True))
+        for prompt, split, group in zip(prompts, splits, samples, strict=True):
+            row = registry.prompt(prompt.prompt, prompt.id, split)
+            for sample in group:
+                if not sample.text.strip():
+                    empty += 1
+                    continue
+                registry.completion(
+                    row,
+                    sample.text,
+                    model,
+                    {
+                        **params.as_dict(),
+                        "seed": seed,
+                        "run": key,
+                        "tokens": sample.tokens,
+                        "finished": sample.finished,
+                    },
+                )
+        stored = registry.created["completions"]
+    return stored, empty
+
+
+def _export(
+    store: Store, project: str, prompts: list[PromptRecord], splits: list[str], key: str, path: Path
+) -> None:
+    """JSONL of every requested prompt with its samples from this run key (earlier runs
+    included), in the order the prompts were asked for."""
+    keys = {text_key(p.prompt) for p in prompts}
+    found: dict[str, list[str]] = {}
+    with store.session() as session:
+        rows = session.execute(
+            select(Prompt.text_key, Completion.text, Completion.params)
+            .join(Completion, Completion.prompt_id == Prompt.id)
+            .join(Project, Prompt.project_id == Project.id)
+            .where(Project.name == project)
+            .order_by(Completion.id)
+        ).all()
+    for prompt_key, text, params in rows:
+        if prompt_key in keys and (params or {}).get("run") == key:
+            found.setdefault(prompt_key, []).append(text)
+    write_jsonl(
+        path,
+        (
+            {
+                "id": p.id,
+                "prompt": p.prompt,
+                "split": split,
+                "completions": found.get(text_key(p.prompt), []),
+            }
+            for p, split in zip(prompts, splits, strict=True)
+        ),
+    )
+
+
+def run_generate(
+    store: Store,
+    project: str,
+    prompts: str = "builtin:rtp",
+    n: int = 4,
+    model: str = "smollm2-135m-instruct",
+    params: SamplingParams | None = None,
+    split: str = "all",
+    eval_fraction: float = 0.2,
+    limit: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    out: Path | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> GenerateResult:
+    """Sample `n` completions for each prompt of `prompts` (a JSONL file or builtin:NAME) into
+    `project`. `on_start` gets the number of prompts left to sample, `on_progress` each
+    batch's count; `params.mode` "auto" picks the prompt set's natural mode."""
+    from rlhfkit.models import load_causal_lm
+
+    params = params or SamplingParams(mode="auto")
+    if params.mode == "auto":
+        params = SamplingParams(**{**params.as_dict(), "mode": default_mode(prompts)})
+    records = load_prompts(prompts, split, eval_fraction, limit)
+    splits = [split_of(r.prompt, eval_fraction) for r in records]
+    key = run_key(model, params, seed)
+    done = _done(store, project, key)
+    todo = [i for i, r in enumerate(records) if text_key(r.prompt) not in done]
+    if on_start:
+        on_start(len(todo))
+    tokens = stored = empty = 0
+    started = time.perf_counter()
+    if todo:
+        lm, tokenizer = load_causal_lm(model)
+
+        def save(indices: list[int], samples: list[list[Sample]]) -> None:
+            nonlocal tokens, stored, empty
+            chosen = [todo[i] for i in indices]
+            made, skipped = _save(
+                store,
+                project,
+                [records[i] for i in chosen],
+                [splits[i] for i in chosen],
+                samples,
+                model,
+                params,
+                seed,
+                key,
+            )
+            tokens += sum(s.tokens for group in samples for s in group)
+            stored, empty = stored + made, empty + skipped
+            if on_progress:
+                on_progress(len(indices))
+
+        generate(
+            lm,
+            tokenizer,
+            [records[i].prompt for i in todo],
+            n,
+            params,
+            batch_size,
+            seed,
+            on_batch=save,
+        )
+    if out:
+        _export(store, project, records, splits, key, out)
+    return GenerateResult(
+        len(records), len(todo), tokens, time.perf_counter() - started, stored, empty, params.mode
+    )
