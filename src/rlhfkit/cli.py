@@ -53,6 +53,7 @@ app = typer.Typer(
 feedback_app = typer.Typer(
     cls=_Group, no_args_is_help=True, help="The feedback store: import, export, agreement, pairs."
 )
+label_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Automatic labelers.")
 project_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Labeling projects.")
 
 
@@ -75,6 +76,7 @@ def _root(
 
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(project_app, name="project")
+app.add_typer(label_app, name="label")
 
 StoreOpt = typer.Option(
     None,
@@ -326,6 +328,131 @@ def feedback_pairs(
         f"{result.prompts} prompts → {len(result.pairs)} pairs, {result.ties} ties "
         f"skipped, excluded labelers: {excluded}; wrote {out_file}"
     )
+
+
+@app.command("train-rm")
+def train_rm(
+    pairs: Path = typer.Option(..., "--pairs", help="JSONL of {prompt, chosen, rejected}."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the model and its metrics."),
+    base: str = typer.Option("minilm-l6", help="Encoder or causal LM: short name, dir, hub id."),
+    epochs: int = typer.Option(3),
+    batch_size: int = typer.Option(16, help="Pairs per step (whole prompts at a time)."),
+    lr: float = typer.Option(5e-5),
+    schedule: str = typer.Option("linear", help="linear | cosine | constant (after warm-up)."),
+    warmup_ratio: float = typer.Option(0.1),
+    max_grad_norm: float = typer.Option(1.0),
+    max_length: int = typer.Option(128, help="Tokens of prompt + completion; longer truncated."),
+    eval_fraction: float = typer.Option(0.1, help="Share of prompts held out (never pairs)."),
+    eval_every: int | None = typer.Option(None, help="Evaluate every N steps [default: epoch]."),
+    patience: int = typer.Option(2, help="Stop after N evaluations without improvement."),
+    lora: bool = typer.Option(False, help="Train a LoRA adapter (causal LM bases)."),
+    lora_r: int = typer.Option(16),
+    normalise: bool = typer.Option(True, help="Store gain/bias for mean 0, std 1 rewards."),
+    seed: int = typer.Option(0),
+):
+    """Train a reward model with the pairwise loss −log σ(r_chosen − r_rejected)."""
+    from rlhfkit.reward.train import RMConfig, train_reward_model
+
+    config = RMConfig.make(
+        base=base,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        schedule=schedule,
+        warmup_ratio=warmup_ratio,
+        max_grad_norm=max_grad_norm,
+        max_length=max_length,
+        eval_fraction=eval_fraction,
+        eval_every=eval_every,
+        patience=patience,
+        lora=lora,
+        lora_r=lora_r,
+        normalise=normalise,
+        seed=seed,
+    )
+    with _progress() as bar:
+        task = bar.add_task("training", total=None)
+
+        def show(kind: str, data: dict) -> None:
+            if kind == "start":
+                bar.update(task, total=data["steps"])
+                console.print(
+                    f"{data['train_prompts']} training prompts, {data['eval_prompts']} held out"
+                )
+            elif kind == "step":
+                bar.update(
+                    task,
+                    completed=data["step"],
+                    description=(
+                        f"training: loss {data['loss']:.3f}, {data['pairs_per_s']:.0f} pairs/s"
+                    ),
+                )
+            elif kind == "eval":
+                console.print(
+                    f"step {data['step']}: held-out accuracy "
+                    f"{data['eval_accuracy']:.3f}, loss {data['eval_loss']:.3f}"
+                )
+            elif kind == "warning":
+                console.print(f"[yellow]warning:[/yellow] {escape(data['message'])}")
+
+        info = train_reward_model(pairs, out_dir, config, on_event=show)
+    metrics = info.get("metrics", {})
+    accuracy = metrics.get("eval_accuracy")
+    console.print(
+        f"saved {out_dir} (base {base}, step {metrics.get('step')}"
+        + (f", held-out accuracy {accuracy:.3f}" if accuracy is not None else "")
+        + f", {info['training']['pairs_per_s'] or 0:.0f} pairs/s); use it as --reward rm:{out_dir}"
+    )
+
+
+@app.command("eval-rm")
+def eval_rm(
+    model: str = typer.Option(..., "--model", help="A train-rm directory, or any reward spec."),
+    pairs: Path = typer.Option(..., "--pairs", help="JSONL of {prompt, chosen, rejected}."),
+    project: str | None = typer.Option(None, help="With the store: accuracy per labeler."),
+    as_json: bool = typer.Option(False, "--json"),
+    store: str | None = StoreOpt,
+):
+    """Pairwise accuracy, mean margin and calibration (ECE) of a reward on pairs."""
+    from rlhfkit.reward.evaluate import evaluate_reward
+
+    spec = model if ":" in model and not Path(model).exists() else f"rm:{model}"
+    report = evaluate_reward(spec, pairs, _store(store) if project else None, project)
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    m = report["overall"]
+    out.print(
+        f"{spec} on {pairs}: {m['pairs']} pairs, accuracy {m['accuracy']:.3f}, "
+        f"mean margin {m['mean_margin']:.3f}, ECE {m['ece']:.3f}, loss {m['loss']:.3f}"
+    )
+    if report.get("labelers"):
+        table = Table("labeler", "pairs", "accuracy", title="against each labeler's own pairs")
+        for row in report["labelers"]:
+            table.add_row(row["labeler"], str(row["pairs"]), _fmt(row["accuracy"]))
+        out.print(table)
+
+
+@label_app.command("auto")
+def label_auto(
+    reward: str = typer.Option(..., "--reward", help="Reward spec that ranks completions."),
+    labeler: str = typer.Option(..., "--labeler", help="Name of this AI labeler."),
+    project: str = ProjectOpt,
+    noise: float = typer.Option(
+        0.0, help="Gaussian noise, in standard deviations of the rewards, added before ranking."
+    ),
+    seed: int = typer.Option(0),
+    split: str | None = typer.Option(None, help="Only prompts of this split."),
+    store: str | None = StoreOpt,
+):
+    """Rank every prompt's completions by a reward, as an AI labeler in the store."""
+    from rlhfkit.reward import load_reward
+    from rlhfkit.reward.labelers import auto_label
+
+    feedback_store = _store(store)
+    scorer = load_reward(reward)
+    counts = auto_label(feedback_store, project, scorer, labeler, noise, seed, split)
+    console.print(f"{labeler} ({reward}, noise {noise}) in '{project}': {_counts(counts)}")
 
 
 def main() -> None:

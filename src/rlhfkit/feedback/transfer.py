@@ -77,7 +77,7 @@ def import_records(
                     registry.completion(prompt, text).id: rank
                     for text, rank in zip(record.completions, record.ranks, strict=True)
                 }
-                counts[f"rankings {_put_ranking(session, prompt, labeler, ranks)}"] += 1
+                counts[f"rankings {put_ranking(session, prompt, labeler, ranks)}"] += 1
             elif isinstance(record, ThumbsRecord):
                 labeler = registry.labeler(record.labeler, record.labeler_kind)
                 completion = registry.completion(prompt, record.completion)
@@ -94,7 +94,7 @@ def import_records(
     return +counts  # drop zero counts
 
 
-def _put_ranking(session, prompt: Prompt, labeler: Labeler, ranks: dict[int, int]) -> str:
+def put_ranking(session, prompt: Prompt, labeler: Labeler, ranks: dict[int, int]) -> str:
     ranking = session.scalar(
         select(Ranking).where(Ranking.prompt_id == prompt.id, Ranking.labeler_id == labeler.id)
     )

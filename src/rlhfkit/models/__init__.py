@@ -4,7 +4,9 @@ from rlhfkit.models.loading import (
     DEFAULT_ENCODER,
     DEFAULT_POLICY,
     cache_dir,
+    is_causal,
     load_causal_lm,
+    load_classifier,
     load_encoder,
     resolve_model,
 )
@@ -13,7 +15,9 @@ __all__ = [
     "DEFAULT_ENCODER",
     "DEFAULT_POLICY",
     "cache_dir",
+    "is_causal",
     "load_causal_lm",
+    "load_classifier",
     "load_encoder",
     "resolve_model",
 ]

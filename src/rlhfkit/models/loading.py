@@ -150,7 +150,7 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
         tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None:
+    if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
@@ -178,6 +178,30 @@ def load_encoder(
         model = _load(
             AutoModelForSequenceClassification.from_pretrained, name, num_labels=num_labels
         )
+    if device:
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+def is_causal(name: str) -> bool:
+    """Whether a model (short name, dir or hub id) is a decoder-only LM rather than an encoder."""
+    from transformers import AutoConfig
+
+    config = _load(AutoConfig.from_pretrained, name)
+    return any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+
+
+def load_classifier(
+    name: str, num_labels: int | None = None, device: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A sequence classifier in eval mode with a pad token distinct from EOS. `num_labels`
+    sizes a new head (a reward head is num_labels=1); None keeps the checkpoint's own head.
+    On a causal LM the score is read at the last non-pad token, so pad on the right."""
+    tokenizer = _load(AutoTokenizer.from_pretrained, name)
+    extra = {} if num_labels is None else {"num_labels": num_labels}
+    model = _load(AutoModelForSequenceClassification.from_pretrained, name, **extra)
+    _ensure_pad_token(tokenizer, model)
+    tokenizer.padding_side = "right"
     if device:
         model.to(device)
     return model.eval(), tokenizer

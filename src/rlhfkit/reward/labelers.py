@@ -1,0 +1,79 @@
+"""Automatic labelers: rank each prompt's completions by a reward, optionally with noise.
+
+Several noisy labelers disagree realistically, which lets the whole pipeline (agreement,
+consensus, pairs, reward model) run without people; with a constitution-following judge as
+the reward it is the first step of RL from AI feedback.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+from sqlalchemy import select
+
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.feedback.consensus import ranks_from_scores
+from rlhfkit.feedback.store import Prompt, Registry, Store, get_project
+from rlhfkit.feedback.transfer import put_ranking
+from rlhfkit.reward.specs import Reward
+
+
+def noisy_ranks(rewards: np.ndarray, noise: float, rng: np.random.Generator) -> list[int]:
+    """Competition ranks (1 = highest reward) after adding N(0, noise²) to each reward."""
+    noisy = rewards + rng.normal(0.0, noise, size=len(rewards)) if noise > 0 else rewards
+    return list(ranks_from_scores(dict(enumerate(noisy.tolist()))).values())
+
+
+def auto_label(
+    store: Store,
+    project: str,
+    reward: Reward,
+    labeler: str,
+    noise: float = 0.0,
+    seed: int = 0,
+    split: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Counter:
+    """Rank every prompt of `project` (of one split, if given) with ≥ 2 completions, as the
+    AI labeler `labeler`. `noise` is in units of the standard deviation of the rewards over
+    all the completions, so σ = 1 blurs differences as large as the typical spread."""
+    if noise < 0:
+        raise RlhfkitError("noise must be >= 0")
+    with store.session() as session:
+        query = select(Prompt).where(Prompt.project_id == get_project(session, project).id)
+        if split:
+            query = query.where(Prompt.split == split)
+        prompts = [
+            (p.id, p.text, [(c.id, c.text) for c in p.completions])
+            for p in session.scalars(query.order_by(Prompt.id))
+        ]
+    prompts = [p for p in prompts if len(p[2]) >= 2]
+    if not prompts:
+        raise RlhfkitError(f"project '{project}' has no prompt with two or more completions")
+    texts = [(text, c_text) for _, text, cs in prompts for _, c_text in cs]
+    rewards = reward([t[0] for t in texts], [t[1] for t in texts]).double().numpy()
+    if not np.isfinite(rewards).all():
+        raise RlhfkitError(f"{reward.name} gave non-finite rewards")
+    scale = noise * (rewards.std() if rewards.std() > 0 else 1.0)
+    rng = np.random.default_rng(seed)
+    counts: Counter = Counter()
+    offset = 0
+    with store.session() as session:
+        registry = Registry(session, get_project(session, project))
+        who = registry.labeler(labeler, "ai")
+        for prompt_id, _, completions in prompts:
+            ranks = noisy_ranks(rewards[offset : offset + len(completions)], scale, rng)
+            offset += len(completions)
+            prompt = session.get(Prompt, prompt_id)
+            result = put_ranking(
+                session,
+                prompt,
+                who,
+                {cid: rank for (cid, _), rank in zip(completions, ranks, strict=True)},
+            )
+            counts[f"rankings {result}"] += 1
+            if on_progress:
+                on_progress(1)
+    return counts

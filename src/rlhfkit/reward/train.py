@@ -1,0 +1,275 @@
+"""Training a reward model on (chosen, rejected) pairs with −log σ(r_chosen − r_rejected).
+
+One batch holds whole prompts: their completions are scored in one forward pass and the loss
+is averaged over each prompt's pairs, then over prompts (InstructGPT). The split into train
+and eval is by prompt. Every evaluation that improves eval accuracy writes the model
+directory, so it always holds the best model so far; training stops early when accuracy
+has not improved for `patience` evaluations, and at once (keeping that directory) on a
+non-finite loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.reward.data import (
+    PromptPairs,
+    file_sha256,
+    group_pairs,
+    pack_batches,
+    read_pairs,
+    split_by_prompt,
+)
+from rlhfkit.reward.evaluate import flatten, pair_metrics, score_pairs
+from rlhfkit.reward.model import RewardModel
+from rlhfkit.rl.losses import pairwise_loss
+
+
+class RMConfig(BaseModel):
+    """Settings of `rlhfkit train-rm`; unknown keys and impossible values are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = "minilm-l6"
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1, description="pairs per step, whole prompts at a time")
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(128, ge=8)
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    eval_every: int | None = Field(None, ge=1, description="steps; default once per epoch")
+    patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
+    dropout: bool = False
+    lora: bool = False
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    normalise: bool = True
+    seed: int = 0
+
+    @classmethod
+    def make(cls, **values) -> RMConfig:
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise RlhfkitError(f"reward model setting '{where}': {first['msg']}") from None
+
+
+class _Log:
+    """Metrics to metrics.jsonl and TensorBoard, one record per step or evaluation."""
+
+    def __init__(self, out: Path):
+        self.file = (out / "metrics.jsonl").open("a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:  # tensorboard is optional at run time
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb:
+            self.tb.close()
+
+
+def adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, fused where this torch build can (on CPU it takes the step from ~170 ms to
+    ~10 ms for MiniLM's 23M parameters)."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _count_truncated(reward: RewardModel, groups: list[PromptPairs]) -> tuple[int, int]:
+    prompts, completions, *_ = flatten(groups)
+    lengths = (
+        [
+            len(reward.encode([p], [c])["input_ids"][0])
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+        if len(prompts) < 5000
+        else []
+    )
+    return sum(n >= reward.max_length for n in lengths), len(prompts)
+
+
+def train_reward_model(
+    pairs_path: str | Path,
+    out: str | Path,
+    config: RMConfig | None = None,
+    on_event: Callable[[str, dict], None] | None = None,
+) -> dict:
+    """Train, save the best model to `out`, return its summary (also in out/reward.json).
+    `on_event(kind, data)` reports "start", "step", "eval" and "warning" for progress displays."""
+    config = config or RMConfig()
+    out = Path(out)
+    emit = on_event or (lambda kind, data: None)
+    pairs = read_pairs(pairs_path)
+    groups = group_pairs(pairs)
+    train, held_out = split_by_prompt(groups, config.eval_fraction)
+    if not train:
+        raise RlhfkitError("no training prompts left after the eval split; lower --eval-fraction")
+    if config.eval_fraction > 0 and not held_out:
+        emit("warning", {"message": "no prompt fell in the eval split: early stopping is off"})
+
+    torch.manual_seed(config.seed)
+    lora = (
+        dict(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        )
+        if config.lora
+        else None
+    )
+    reward = RewardModel.from_base(config.base, config.max_length, lora)
+    truncated, total = _count_truncated(reward, groups)
+    if truncated:
+        emit(
+            "warning",
+            {
+                "message": f"{truncated} of {total} texts are longer than "
+                f"{config.max_length} tokens and were truncated"
+            },
+        )
+    reward.info.update(
+        data={
+            "pairs_file": str(pairs_path),
+            "sha256": file_sha256(pairs_path),
+            "pairs": sum(len(g.pairs) for g in groups),
+            "prompts": len(groups),
+            "train_prompts": len(train),
+            "eval_prompts": len(held_out),
+        },
+        config=config.model_dump(),
+    )
+    rng = random.Random(config.seed)
+    steps_per_epoch = len(pack_batches(train, config.batch_size))
+    total_steps = steps_per_epoch * config.epochs
+    trainable = [p for p in reward.model.parameters() if p.requires_grad]
+    optimizer = adamw(trainable, config.lr, config.weight_decay)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(
+        "constant_with_warmup" if config.schedule == "constant" else config.schedule,
+        optimizer,
+        num_warmup_steps=int(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(out)
+    emit(
+        "start", {"steps": total_steps, "train_prompts": len(train), "eval_prompts": len(held_out)}
+    )
+    best = {"eval_accuracy": -1.0, "step": None}
+    stale, step, pairs_seen, train_seconds = 0, 0, 0, 0.0
+
+    def evaluate() -> bool:
+        """Evaluate; save when better. Returns True when patience has run out."""
+        nonlocal stale
+        if not held_out:
+            return False
+        metrics = pair_metrics(score_pairs(reward, held_out))
+        record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
+        log.write(record)
+        emit("eval", record)
+        if metrics["accuracy"] > best["eval_accuracy"]:
+            best.update(eval_accuracy=metrics["accuracy"], step=step, metrics=metrics)
+            reward.info["metrics"] = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
+            reward.save(out)
+            stale = 0
+        else:
+            stale += 1
+        return stale >= config.patience
+
+    try:
+        stop = evaluate()  # the untrained head's accuracy: the baseline to beat
+        for epoch in range(config.epochs):
+            if stop:
+                break
+            for batch in pack_batches(train, config.batch_size, rng):
+                reward.model.train(config.dropout)
+                tick = time.perf_counter()
+                prompts, completions, chosen, rejected, group = flatten(batch)
+                scores = reward.raw(prompts, completions)
+                loss = pairwise_loss(scores[chosen], scores[rejected], torch.tensor(group))
+                step += 1
+                if not torch.isfinite(loss):
+                    kept = (
+                        f"the best model so far (step {best['step']}) is kept in {out}"
+                        if best["step"] is not None
+                        else "no model was saved"
+                    )
+                    raise RlhfkitError(
+                        f"loss became {loss.item()} at step {step}: training stopped; {kept}"
+                    )
+                optimizer.zero_grad()
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                pairs_seen += len(chosen)
+                train_seconds += time.perf_counter() - tick
+                margins = (scores[chosen] - scores[rejected]).detach()
+                record = {
+                    "step": step,
+                    "epoch": epoch + 1,
+                    "loss": loss.item(),
+                    "accuracy": float((margins > 0).float().mean()),
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "pairs_per_s": pairs_seen / train_seconds,
+                }
+                log.write(record)
+                emit("step", record)
+                if config.eval_every and step % config.eval_every == 0 and evaluate():
+                    stop = True
+                    break
+            if not stop and not config.eval_every:
+                stop = evaluate()
+        if not held_out:
+            reward.info["metrics"] = {"step": step}
+            reward.save(out)
+    finally:
+        log.close()
+
+    final = RewardModel.load(out)  # the best model, as saved
+    final.info.update(
+        training={
+            "steps": step,
+            "train_seconds": train_seconds,  # forward, backward and update; evaluation excluded
+            "pairs_per_s": pairs_seen / train_seconds if step else None,
+            "stopped_early": bool(stop and step < total_steps),
+        }
+    )
+    if config.normalise:
+        prompts, completions, *_ = flatten(train)
+        final.set_normalisation(final.score(prompts, completions, normalise=False))
+    final.info.pop("path", None)
+    final.save(out)
+    return final.info

@@ -1,0 +1,1 @@
+"""Reinforcement learning: pure loss functions (losses.py) and the trainers built on them."""
