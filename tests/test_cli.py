@@ -159,3 +159,109 @@ def test_unknown_project_and_empty_project(cli, tmp_path, sqlite_url):
     )
     assert "has no feedback that gives pairs" in result.output
     assert not (tmp_path / "p.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_reward_commands(cli, tmp_path, sqlite_url):
+    """label auto -> pairs -> train-rm -> eval-rm, all through the command line."""
+    from rlhfkit.data.prompts import load_prompts
+
+    texts = [p.prompt for p in load_prompts("builtin:rtp", limit=120)]
+    records = [
+        {
+            "prompt": f"Say something, #{i}.",
+            "completions": texts[4 * i : 4 * i + 4],
+            "labeler": "seed",
+            "ranks": [1, 2, 3, 4],
+        }
+        for i in range(30)
+    ]
+    cli("feedback", "import", write_jsonl(tmp_path / "c.jsonl", records), "--store", sqlite_url)
+    for k in range(2):
+        result = cli(
+            "label",
+            "auto",
+            "--reward",
+            "scorer:profanity",
+            "--labeler",
+            f"ai-{k}",
+            "--noise",
+            "0.3",
+            "--seed",
+            k,
+            "--store",
+            sqlite_url,
+        )
+        assert "30 rankings created" in result.output
+    pairs = tmp_path / "pairs.jsonl"
+    cli("feedback", "pairs", "--out", pairs, "--keep-flagged", "--store", sqlite_url)
+    result = cli(
+        "train-rm",
+        "--pairs",
+        pairs,
+        "--out",
+        tmp_path / "rm",
+        "--epochs",
+        "1",
+        "--eval-fraction",
+        "0.3",
+        "--max-length",
+        "64",
+    )
+    assert "held-out accuracy" in result.output and f"rm:{tmp_path / 'rm'}" in result.output
+    report = json.loads(
+        cli(
+            "eval-rm",
+            "--model",
+            tmp_path / "rm",
+            "--pairs",
+            pairs,
+            "--project",
+            "default",
+            "--json",
+            "--store",
+            sqlite_url,
+        ).stdout
+    )
+    assert report["overall"]["pairs"] > 100 and 0 <= report["overall"]["ece"] <= 1
+    assert {row["labeler"] for row in report["labelers"]} == {"seed", "ai-0", "ai-1"}
+    table = cli("eval-rm", "--model", "scorer:profanity", "--pairs", pairs).stdout
+    assert "scorer:profanity on" in table and "accuracy" in table
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "no records"),
+        (
+            '{"prompt": "p", "chosen": "same", "rejected": "same"}\n',
+            "pairs.jsonl:1: 'chosen' and 'rejected' are the same text",
+        ),
+        ('{"prompt": "p", "completion": "c", "label": "up", "labeler": "x"}\n', "expected pairs"),
+    ],
+)
+def test_train_rm_bad_pairs_files(cli, tmp_path, content, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(content)
+    result = cli("train-rm", "--pairs", path, "--out", tmp_path / "rm", ok=False)
+    assert result.exit_code == 1 and message in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "rm").exists()
+
+
+def test_train_rm_bad_settings_fail_before_any_model_loads(cli, tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    result = cli("train-rm", "--pairs", path, "--out", tmp_path / "rm", "--epochs", "0", ok=False)
+    assert (
+        "reward model setting 'epochs': Input should be greater than or equal to 1" in result.output
+    )
+    result = cli(
+        "train-rm", "--pairs", path, "--out", tmp_path / "rm", "--schedule", "wavy", ok=False
+    )
+    assert "reward model setting 'schedule'" in result.output
+
+
+def test_label_auto_with_a_spec_that_names_nothing(cli, sqlite_url):
+    result = cli(
+        "label", "auto", "--reward", "vibes", "--labeler", "x", "--store", sqlite_url, ok=False
+    )
+    assert result.exit_code == 1 and "unknown reward spec 'vibes'" in result.output

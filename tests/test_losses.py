@@ -28,8 +28,7 @@ def test_grouped_loss_averages_within_each_prompt_then_over_prompts():
     assert pairwise_loss(chosen, rejected, group).item() == pytest.approx(expected)
     assert expected == pytest.approx(0.598176, abs=1e-6)
     # Pooled over pairs instead, prompt 7 would weigh twice: a different number.
-    assert pairwise_loss(chosen, rejected).item() == pytest.approx(
-        (nll(1) + 2 * math.log(2)) / 3)
+    assert pairwise_loss(chosen, rejected).item() == pytest.approx((nll(1) + 2 * math.log(2)) / 3)
 
 
 def test_the_gradient_raises_chosen_and_lowers_rejected():

@@ -19,10 +19,19 @@ from rlhfkit.reward.scorers import HateSonarScorer, ProfanityScorer
 
 
 def test_pairs_are_grouped_by_prompt_and_each_text_scored_once():
-    groups = group_pairs([Pair("q", "a", "b"), Pair("q", "a", "c"), Pair("q", "b", "c"),
-                          Pair("r", "x", "y"), Pair("q", "a", "b")])
+    groups = group_pairs(
+        [
+            Pair("q", "a", "b"),
+            Pair("q", "a", "c"),
+            Pair("q", "b", "c"),
+            Pair("r", "x", "y"),
+            Pair("q", "a", "b"),
+        ]
+    )
     assert [(g.prompt, g.completions, g.pairs) for g in groups] == [
-        ("q", ["a", "b", "c"], [(0, 1), (0, 2), (1, 2)]), ("r", ["x", "y"], [(0, 1)])]
+        ("q", ["a", "b", "c"], [(0, 1), (0, 2), (1, 2)]),
+        ("r", ["x", "y"], [(0, 1)]),
+    ]
     prompts, completions, chosen, rejected, group = flatten(groups)
     assert completions == ["a", "b", "c", "x", "y"]  # 5 forward passes for 4 pairs, not 8
     assert (chosen, rejected, group) == ([0, 0, 1, 3], [1, 2, 2, 4], [0, 0, 0, 1])
@@ -81,7 +90,8 @@ def test_hatesonar_runs_with_the_locale_patch():
 def test_python_reward_spec(tmp_path, monkeypatch):
     (tmp_path / "my_rewards.py").write_text(
         "def length(prompts, completions):\n    return [len(c) for c in completions]\n"
-        "def wrong(prompts, completions):\n    return [1.0]\n")
+        "def wrong(prompts, completions):\n    return [1.0]\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     reward = load_reward("python:my_rewards:length")
     assert reward(["p", "p"], ["ab", "abcd"]).tolist() == [2.0, 4.0]
@@ -109,13 +119,16 @@ def test_classifier_spec_reads_the_named_label_logit(tmp_path):
         load_reward(f"classifier:{tmp_path}:nice")
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("toxicity", "unknown reward spec 'toxicity'"),
-    ("scorer:perspective", "unknown scorer 'perspective'"),
-    ("rm:/no/such/dir", "no reward model in '/no/such/dir'"),
-    ("python:no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
-    ("python:math:no_such_function", "'math' has no function 'no_such_function'"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("toxicity", "unknown reward spec 'toxicity'"),
+        ("scorer:perspective", "unknown scorer 'perspective'"),
+        ("rm:/no/such/dir", "no reward model in '/no/such/dir'"),
+        ("python:no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
+        ("python:math:no_such_function", "'math' has no function 'no_such_function'"),
+    ],
+)
 def test_reward_specs_that_name_nothing(spec, message):
     with pytest.raises(RlhfkitError, match=message):
         load_reward(spec)

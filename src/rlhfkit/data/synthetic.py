@@ -22,8 +22,11 @@ def _conversations() -> dict[str, list[tuple[str, str]]]:
     topics = {}
     for path in sorted(folder.glob("*.yml")):
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        turns = [(c[0].strip(), c[1].strip()) for c in data.get("conversations") or []
-                 if len(c) >= 2 and isinstance(c[0], str) and isinstance(c[1], str)]
+        turns = [
+            (c[0].strip(), c[1].strip())
+            for c in data.get("conversations") or []
+            if len(c) >= 2 and isinstance(c[0], str) and isinstance(c[1], str)
+        ]
         if turns:
             topics[path.stem] = turns
     return topics

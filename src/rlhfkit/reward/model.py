@@ -99,12 +99,15 @@ class RewardModel:
     ) -> torch.Tensor:
         was_training = self.model.training
         self.model.eval()
-        out = [
-            self.raw(prompts[i : i + batch_size], completions[i : i + batch_size]).float().cpu()
-            for i in range(0, len(prompts), batch_size)
-        ]
+        # Score in order of length so each batch pads little; put the rewards back in order.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
+        rewards = torch.zeros(len(prompts))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            rewards[chunk] = (
+                self.raw([prompts[i] for i in chunk], [completions[i] for i in chunk]).float().cpu()
+            )
         self.model.train(was_training)
-        rewards = torch.cat(out) if out else torch.zeros(0)
         if normalise:
             n = self.info["normalisation"]
             rewards = n["gain"] * rewards + n["bias"]
