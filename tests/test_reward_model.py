@@ -124,7 +124,15 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_model(tmp_path
 
 def test_a_causal_lm_reward_model_with_lora(tmp_path):
     path = pairs_file(tmp_path / "pairs.jsonl", relevance_pairs(k=3)[:24])
+    reference = write_jsonl(
+        tmp_path / "reference.jsonl",
+        [  # as `generate --out` writes it
+            {"prompt": "Hi", "completions": ["Hello!", "Go away.", "Hi, how are you?"]},
+            {"prompt": "Thanks", "completions": ["You're welcome.", "Whatever."]},
+        ],
+    )
     config = RMConfig(
+        reference=str(reference),
         base="smollm2-135m-instruct",
         lora=True,
         lora_r=4,
@@ -142,3 +150,9 @@ def test_a_causal_lm_reward_model_with_lora(tmp_path):
     one = model(["Hi"], texts[:1])
     assert torch.allclose(batched[:1], one, atol=1e-4)  # padding does not move the score
     assert torch.isfinite(batched).all()
+    normalised = model(
+        ["Hi"] * 3 + ["Thanks"] * 2,
+        ["Hello!", "Go away.", "Hi, how are you?", "You're welcome.", "Whatever."],
+    )
+    assert normalised.mean().item() == pytest.approx(0.0, abs=1e-4)  # on its reference set
+    assert normalised.std().item() == pytest.approx(1.0, abs=1e-4)

@@ -348,6 +348,11 @@ def train_rm(
     lora: bool = typer.Option(False, help="Train a LoRA adapter (causal LM bases)."),
     lora_r: int = typer.Option(16),
     normalise: bool = typer.Option(True, help="Store gain/bias for mean 0, std 1 rewards."),
+    reference: Path | None = typer.Option(
+        None,
+        help="Normalise on these completions (JSONL "
+        "from `generate --out`) [default: training ones].",
+    ),
     seed: int = typer.Option(0),
 ):
     """Train a reward model with the pairwise loss −log σ(r_chosen − r_rejected)."""
@@ -368,6 +373,7 @@ def train_rm(
         lora=lora,
         lora_r=lora_r,
         normalise=normalise,
+        reference=str(reference) if reference else None,
         seed=seed,
     )
     with _progress() as bar:

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.reward.data import (
     PromptPairs,
@@ -57,6 +58,11 @@ class RMConfig(BaseModel):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     normalise: bool = True
+    reference: str | None = Field(
+        None,
+        description="JSONL of {prompt, completion} or {prompt, completions}: the "
+        "completions normalised to mean 0, std 1 [default: the training completions]",
+    )
     seed: int = 0
 
     @classmethod
@@ -93,6 +99,23 @@ class _Log:
         self.file.close()
         if self.tb:
             self.tb.close()
+
+
+def read_reference(path: str | Path) -> tuple[list[str], list[str]]:
+    """(prompts, completions) from a JSONL of {prompt, completion} or {prompt, completions}
+    (what `rlhfkit generate --out` writes)."""
+    prompts, completions = [], []
+    for number, obj in read_jsonl(path):
+        texts = obj.get("completions", [obj.get("completion")])
+        if not isinstance(obj.get("prompt"), str) or not all(isinstance(t, str) for t in texts):
+            raise RlhfkitError(
+                f"{path}:{number}: expected {{prompt, completion}} or {{prompt, completions}}"
+            )
+        prompts += [obj["prompt"]] * len(texts)
+        completions += texts
+    if len(completions) < 2:
+        raise RlhfkitError(f"{path}: need at least two reference completions to normalise")
+    return prompts, completions
 
 
 def adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -268,7 +291,9 @@ def train_reward_model(
         }
     )
     if config.normalise:
-        prompts, completions, *_ = flatten(train)
+        prompts, completions = (
+            read_reference(config.reference) if config.reference else flatten(train)[:2]
+        )
         final.set_normalisation(final.score(prompts, completions, normalise=False))
     final.info.pop("path", None)
     final.save(out)
