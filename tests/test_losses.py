@@ -5,7 +5,19 @@ import math
 import pytest
 import torch
 
-from rlhfkit.rl.losses import pairwise_loss
+from rlhfkit.rl.kl import AdaptiveKL, FixedKL
+from rlhfkit.rl.losses import (
+    entropy_from_logits,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    pairwise_loss,
+    policy_loss,
+    ppo_loss,
+    token_rewards,
+    value_loss,
+)
 
 
 def nll(margin: float) -> float:
@@ -38,3 +50,111 @@ def test_the_gradient_raises_chosen_and_lowers_rejected():
     # d/dΔ −log σ(Δ) = σ(Δ) − 1 = −0.37754 at Δ = 0.5.
     assert chosen.grad.item() == pytest.approx(1 / (1 + math.exp(0.5)) * -1, abs=1e-6)
     assert rejected.grad.item() == pytest.approx(-chosen.grad.item())
+
+
+# --- PPO math -------------------------------------------------------------------------------
+
+
+def close(tensor, expected, tol=1e-5):
+    return torch.allclose(tensor, torch.tensor(expected, dtype=tensor.dtype), atol=tol)
+
+
+def test_masked_mean_and_whiten_ignore_padding():
+    x, mask = torch.tensor([[1.0, 2.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert masked_mean(x, mask).item() == pytest.approx(2.0)
+    # mean 2, unbiased variance (1 + 0 + 1)/2 = 1: whitened -1, 0, 1; padding stays 0.
+    assert close(masked_whiten(x, mask), [[-1.0, 0.0, 1.0, 0.0]], 1e-4)
+    assert close(masked_whiten(x, mask, shift_mean=False), [[1.0, 2.0, 3.0, 0.0]], 1e-4)
+
+
+def test_gae_by_hand_with_and_without_padding():
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 9.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7], [1.0, 1.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    # Row 0: δ2 = 1 − 0.7 = 0.3; δ1 = 0.7 − 0.6 = 0.1, A1 = 0.1 + 0.95·0.3 = 0.385;
+    #        δ0 = 0.6 − 0.5 = 0.1, A0 = 0.1 + 0.95·0.385 = 0.46575.
+    # Row 1 ends after two steps (the 9s are padding): A1 = 2 − 1 = 1, A0 = (1 − 1) + 0.95 = 0.95.
+    assert close(advantages, [[0.46575, 0.385, 0.3], [0.95, 1.0, 0.0]])
+    assert close(returns, [[0.96575, 0.985, 1.0], [1.95, 2.0, 0.0]])
+
+
+def test_gae_discounts_with_gamma():
+    # One reward of 1 at the end of 3 steps, values 0, γ = 0.5, λ = 1: A = 0.25, 0.5, 1.
+    advantages, _ = gae(
+        torch.tensor([[0.0, 0.0, 1.0]]), torch.zeros(1, 3), torch.ones(1, 3), gamma=0.5, lam=1.0
+    )
+    assert close(advantages, [[0.25, 0.5, 1.0]])
+
+
+def test_kl_estimators():
+    logp, ref = torch.tensor([-1.0, -0.5]), torch.tensor([-2.0, -0.5])
+    assert close(kl_penalty(logp, ref, "k1"), [1.0, 0.0])
+    # k3 with log ρ = −1: e^{-1} − 1 + 1 = 0.367879; equal log-probs give 0.
+    assert close(kl_penalty(logp, ref, "k3"), [0.367879, 0.0])
+    assert (kl_penalty(torch.randn(100), torch.randn(100), "k3") >= 0).all()
+
+
+def test_token_rewards_put_the_score_on_the_last_real_token():
+    score = torch.tensor([1.5, -1.0])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, -0.1, 0.5]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    # β = 0.5: row 0 −0.05, −0.1, −0.15 + 1.5; row 1 −0.2, +0.05 − 1, padding 0.
+    assert close(
+        token_rewards(score, kl, mask, beta=0.5), [[-0.05, -0.1, 1.35], [-0.2, -0.95, 0.0]]
+    )
+
+
+def test_policy_loss_clips_by_hand():
+    logp = torch.tensor([[0.0, math.log(1.5), math.log(0.5)]])
+    advantages = torch.tensor([[1.0, 1.0, -1.0]])
+    loss, stats = policy_loss(logp, torch.zeros(1, 3), advantages, torch.ones(1, 3), 0.2)
+    # ρ = 1, 1.5, 0.5: max(−Aρ, −A·clip(ρ)) = −1; max(−1.5, −1.2) = −1.2; max(0.5, 0.8) = 0.8.
+    assert loss.item() == pytest.approx((-1 - 1.2 + 0.8) / 3)
+    assert stats["clipfrac"].item() == pytest.approx(2 / 3)
+    assert stats["approx_kl"].item() == pytest.approx(
+        0.5 * (math.log(1.5) ** 2 + math.log(0.5) ** 2) / 3
+    )
+
+
+def test_policy_gradient_raises_the_probability_of_advantaged_actions():
+    logp = torch.tensor([[-1.0]], requires_grad=True)
+    loss, _ = policy_loss(logp, torch.tensor([[-1.0]]), torch.tensor([[2.0]]), torch.ones(1, 1))
+    loss.backward()
+    assert logp.grad.item() == pytest.approx(-2.0)  # descending the loss raises log π
+
+
+def test_value_loss_takes_the_worse_of_clipped_and_unclipped():
+    values, old = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.5]])
+    returns, mask = torch.tensor([[2.0, 0.1]]), torch.ones(1, 2)
+    # t0: (1−2)² = 1 vs (0.7−2)² = 1.69; t1: (0−0.1)² = 0.01 vs (0.3−0.1)² = 0.04.
+    assert value_loss(values, old, returns, mask, 0.2).item() == pytest.approx(
+        0.5 * (1.69 + 0.04) / 2
+    )
+    assert value_loss(values, old, returns, mask, None).item() == pytest.approx(
+        0.5 * (1 + 0.01) / 2
+    )
+
+
+def test_entropy_from_logits():
+    h = entropy_from_logits(torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]]))
+    # uniform over 2: ln 2; p = (0.25, 0.75): −(0.25 ln 0.25 + 0.75 ln 0.75) = 0.562335.
+    assert close(h, [math.log(2), 0.562335])
+
+
+def test_ppo_loss_signs():
+    total = ppo_loss(torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0), 0.1, 0.01)
+    assert total.item() == pytest.approx(1.0 + 0.1 * 2.0 - 0.01 * 3.0)  # entropy is rewarded
+
+
+def test_kl_controllers():
+    assert FixedKL(0.05).update(kl=100.0, steps=64) == 0.05
+    controller = AdaptiveKL(beta=0.1, target=6.0, horizon=10000)
+    # KL 12 is 100% over target: the error is clipped to +0.2, β ← 0.1·(1 + 0.2·256/10000).
+    assert controller.update(12.0, 256) == pytest.approx(0.1 * 1.00512)
+    assert controller.update(6.0, 256) == pytest.approx(0.1 * 1.00512)  # on target: unchanged
+    controller.update(3.0, 256)  # 50% under: clipped to −0.2
+    assert controller.beta == pytest.approx(0.1 * 1.00512 * 0.99488)
+    restored = AdaptiveKL(1.0, 1.0, 1)
+    restored.load_state_dict(controller.state_dict())
+    assert restored == controller
