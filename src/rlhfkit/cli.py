@@ -53,6 +53,7 @@ app = typer.Typer(
 feedback_app = typer.Typer(
     cls=_Group, no_args_is_help=True, help="The feedback store: import, export, agreement, pairs."
 )
+examples_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Worked examples.")
 label_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Automatic labelers.")
 project_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Labeling projects.")
 
@@ -77,6 +78,7 @@ def _root(
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(project_app, name="project")
 app.add_typer(label_app, name="label")
+app.add_typer(examples_app, name="examples")
 
 StoreOpt = typer.Option(
     None,
@@ -459,6 +461,40 @@ def label_auto(
     scorer = load_reward(reward)
     counts = auto_label(feedback_store, project, scorer, labeler, noise, seed, split)
     console.print(f"{labeler} ({reward}, noise {noise}) in '{project}': {_counts(counts)}")
+
+
+@examples_app.command("tictactoe")
+def tictactoe(
+    iterations: int = typer.Option(120, help="PPO iterations of 256 games each."),
+    seed: int = typer.Option(0),
+    plot: Path | None = typer.Option(None, help="Write the learning curve as a PNG."),
+):
+    """The seed's RL example: PPO learns tic-tac-toe against a random opponent."""
+    from rlhfkit.rl.tictactoe import TicTacToeConfig, evaluate, train
+
+    if iterations < 1:
+        raise RlhfkitError("iterations must be >= 1")
+    with _progress() as bar:
+        task = bar.add_task("training", total=iterations)
+
+        def show(iteration: int, record: dict) -> None:
+            bar.update(
+                task,
+                completed=iteration,
+                description=(f"training: win {record['win']:.2f}, loss {record['loss']:.2f}"),
+            )
+
+        agent, history = train(TicTacToeConfig(iterations=iterations, seed=seed), show)
+    rates = evaluate(agent)
+    out.print(
+        f"greedy play over 1,000 games against the random player: win {rates['win']:.3f}, "
+        f"draw {rates['draw']:.3f}, loss {rates['loss']:.3f}"
+    )
+    if plot:
+        from rlhfkit.rl.tictactoe import plot_history
+
+        plot_history(history, plot)
+        out.print(f"learning curve: {plot}")
 
 
 def main() -> None:

@@ -63,7 +63,10 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
 
 
 def gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
     lam: float = 0.95,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation, right to left:
@@ -82,8 +85,8 @@ def gae(
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token KL(π‖π_ref) estimate from the sampled token's log-probabilities.
-        k1 = log π − log π_ref                   (unbiased; can be negative per token)
-        k3 = (ρ − 1) − log ρ,  ρ = π_ref / π      (unbiased, always ≥ 0, lower variance)"""
+    k1 = log π − log π_ref                   (unbiased; can be negative per token)
+    k3 = (ρ − 1) − log ρ,  ρ = π_ref / π      (unbiased, always ≥ 0, lower variance)"""
     log_ratio = logp - ref_logp
     if estimator == "k1":
         return log_ratio
@@ -102,7 +105,10 @@ def token_rewards(
 
 
 def policy_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
     clip_eps: float = 0.2,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip, as a loss to minimise: masked mean of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)),
@@ -114,13 +120,18 @@ def policy_loss(
     clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
-        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask),
-                 "approx_kl": 0.5 * masked_mean(log_ratio**2, mask)}
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": 0.5 * masked_mean(log_ratio**2, mask),
+        }
     return loss, stats
 
 
 def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
     clip: float | None = 0.2,
 ) -> torch.Tensor:
     """½·masked mean of max((V − R)², (V_clip − R)²), V_clip = V_old + clip(V − V_old, ±c):
@@ -138,8 +149,13 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (probabilities * logits).sum(dim=-1)
 
 
-def ppo_loss(policy: torch.Tensor, value: torch.Tensor, entropy: torch.Tensor,
-             vf_coef: float = 0.1, ent_coef: float = 0.0) -> torch.Tensor:
+def ppo_loss(
+    policy: torch.Tensor,
+    value: torch.Tensor,
+    entropy: torch.Tensor,
+    vf_coef: float = 0.1,
+    ent_coef: float = 0.0,
+) -> torch.Tensor:
     """The seed maximises L^POLICY + c1·L^VF + c2·L^ENT with L^VF a value *objective*; as one
     loss to minimise, with `policy` and `value` the losses above and `entropy` a mean
     entropy (to keep high): L = L_policy + c1·L_value − c2·H."""
