@@ -7,9 +7,13 @@ from rlhfkit.rl.tictactoe import Agent, TicTacToeConfig, evaluate, play, train, 
 
 
 def test_rules():
-    boards = torch.tensor([[1, 1, 1, -1, -1, 0, 0, 0, 0],
-                           [-1, 1, 0, 1, -1, 0, 0, 1, -1],
-                           [1, -1, 1, 1, -1, -1, -1, 1, 1]])
+    boards = torch.tensor(
+        [
+            [1, 1, 1, -1, -1, 0, 0, 0, 0],
+            [-1, 1, 0, 1, -1, 0, 0, 1, -1],
+            [1, -1, 1, 1, -1, -1, -1, 1, 1],
+        ]
+    )
     assert winner(boards).tolist() == [1, -1, 0]  # a row, a diagonal, a draw
 
 

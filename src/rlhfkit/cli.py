@@ -463,6 +463,83 @@ def label_auto(
     console.print(f"{labeler} ({reward}, noise {noise}) in '{project}': {_counts(counts)}")
 
 
+@app.command()
+def ppo(
+    out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML of PPO settings."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
+    model: str | None = typer.Option(None, help="Policy: short name, dir or hub id."),
+    reward: str | None = typer.Option(None, help="Reward spec (see README)."),
+    prompts: str | None = typer.Option(None, help="builtin:NAME or a JSONL of prompts."),
+    steps: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None, help="Rollouts per step."),
+    minibatches: int | None = typer.Option(None),
+    ppo_epochs: int | None = typer.Option(None),
+    lr: float | None = typer.Option(None),
+    max_new_tokens: int | None = typer.Option(None),
+    init_kl_coef: float | None = typer.Option(None, help="β of the KL penalty."),
+    adaptive_kl: bool | None = typer.Option(None, help="Adapt β towards --kl-target."),
+    kl_target: float | None = typer.Option(None),
+    lora: bool | None = typer.Option(
+        None,
+        help="LoRA with a shared reference (default) or "
+        "a full fine-tune with a separate frozen reference.",
+    ),
+    target_reward: float | None = typer.Option(None, help="Stop when the mean reward reaches it."),
+    seed: int | None = typer.Option(None),
+):
+    """PPO with a KL penalty against the frozen reference (LoRA: the same weights, adapter off)."""
+    import yaml
+
+    from rlhfkit.rl.ppo import PPOConfig
+    from rlhfkit.rl.trainer import run_ppo
+
+    values = {}
+    if config_file:
+        try:
+            values = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise RlhfkitError(f"{config_file}: cannot read YAML ({e})") from None
+        if not isinstance(values, dict):
+            raise RlhfkitError(f"{config_file}: expected a mapping of PPO settings")
+    flags = dict(
+        model=model,
+        reward=reward,
+        prompts=prompts,
+        steps=steps,
+        batch_size=batch_size,
+        minibatches=minibatches,
+        ppo_epochs=ppo_epochs,
+        lr=lr,
+        max_new_tokens=max_new_tokens,
+        init_kl_coef=init_kl_coef,
+        adaptive_kl=adaptive_kl,
+        kl_target=kl_target,
+        lora=lora,
+        target_reward=target_reward,
+        seed=seed,
+    )
+    config = PPOConfig.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
+    with _progress() as bar:
+        task = bar.add_task("PPO", total=config.steps)
+
+        def show(record: dict) -> None:
+            bar.update(
+                task,
+                completed=record["step"],
+                description=(
+                    f"PPO: reward {record['reward_mean']:+.3f}, KL {record['kl']:.2f}, "
+                    f"{record['tokens_per_s']:.0f} tok/s"
+                ),
+            )
+
+        result = run_ppo(config, out_dir, resume=resume, on_step=show)
+    console.print(
+        f"{result['steps']} steps ({result['stopped']}); policy in {out_dir}/policy, "
+        f"metrics in {out_dir}/metrics.jsonl"
+    )
+
+
 @examples_app.command("tictactoe")
 def tictactoe(
     iterations: int = typer.Option(120, help="PPO iterations of 256 games each."),

@@ -10,8 +10,6 @@ non-finite loss.
 
 from __future__ import annotations
 
-import json
-import math
 import random
 import time
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.metrics import MetricsLog
 from rlhfkit.reward.data import (
     PromptPairs,
     file_sha256,
@@ -73,32 +72,6 @@ class RMConfig(BaseModel):
             first = e.errors()[0]
             where = ".".join(str(x) for x in first["loc"])
             raise RlhfkitError(f"reward model setting '{where}': {first['msg']}") from None
-
-
-class _Log:
-    """Metrics to metrics.jsonl and TensorBoard, one record per step or evaluation."""
-
-    def __init__(self, out: Path):
-        self.file = (out / "metrics.jsonl").open("a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:  # tensorboard is optional at run time
-            self.tb = None
-
-    def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float) and math.isfinite(value):
-                    self.tb.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb:
-            self.tb.close()
 
 
 def read_reference(path: str | Path) -> tuple[list[str], list[str]]:
@@ -205,7 +178,7 @@ def train_reward_model(
         num_training_steps=total_steps,
     )
     out.mkdir(parents=True, exist_ok=True)
-    log = _Log(out)
+    log = MetricsLog(out)
     emit(
         "start", {"steps": total_steps, "train_prompts": len(train), "eval_prompts": len(held_out)}
     )

@@ -1,0 +1,240 @@
+"""PPO for language models (the seed's "Fine-Tuning the LLM Using the Reward Model").
+
+One step = phase 1, a rollout (rollout.py), then phase 2: rewards are the sequence score on
+the last token minus β·KL(π‖π_ref) on every token, advantages come from GAE and are
+whitened, and `ppo_epochs` passes over shuffled minibatches minimise
+L = L_policy + c1·L_value − c2·H, with gradient accumulation and clipping. All of the math
+is in losses.py; this module orchestrates.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.rl.kl import AdaptiveKL, FixedKL
+from rlhfkit.rl.losses import (
+    entropy_from_logits,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    ppo_loss,
+    token_rewards,
+    value_loss,
+)
+from rlhfkit.rl.policy import Policy
+from rlhfkit.rl.rollout import Rollout, response_logits, token_logp
+
+
+class PPOConfig(BaseModel):
+    """Settings of `rlhfkit ppo`; unknown keys and impossible values are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "smollm2-135m-instruct"
+    reward: str = "scorer:profanity"
+    prompts: str = "builtin:rtp"
+    split: Literal["all", "train", "eval"] = "train"
+    eval_fraction: float = Field(0.2, ge=0, lt=1)
+    mode: Literal["raw", "chat", "auto"] = "auto"
+    lora: bool = True
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    steps: int = Field(20, ge=1, description="PPO steps (rollout + update) at most")
+    batch_size: int = Field(16, ge=1, description="rollouts per step")
+    minibatches: int = Field(2, ge=1)
+    grad_accumulation: int = Field(1, ge=1, description="micro-batches per minibatch")
+    ppo_epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    max_new_tokens: int = Field(24, ge=1)
+    min_new_tokens: int = Field(0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    init_kl_coef: float = Field(0.05, ge=0)
+    adaptive_kl: bool = False
+    kl_target: float = Field(6.0, gt=0)
+    kl_horizon: int = Field(10000, ge=1)
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    clip_eps: float = Field(0.2, gt=0)
+    value_clip: float | None = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    ent_coef: float = Field(0.0, ge=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    whiten_advantages: bool = True
+    reward_clip: float | None = Field(10.0, gt=0)
+    no_eos_penalty: float | None = Field(None, description="score of a response without EOS")
+    target_reward: float | None = Field(None, description="stop once the mean score reaches it")
+    max_kl: float = Field(50.0, gt=0, description="stop if the mean KL exceeds it")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _divisible(self) -> PPOConfig:
+        if self.batch_size % self.minibatches:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split into {self.minibatches} minibatches"
+            )
+        if (self.batch_size // self.minibatches) % self.grad_accumulation:
+            raise ValueError(
+                f"a minibatch of {self.batch_size // self.minibatches} does not "
+                f"split into {self.grad_accumulation} micro-batches"
+            )
+        return self
+
+    @classmethod
+    def make(cls, **values) -> PPOConfig:
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "config"
+            message = first["msg"].removeprefix("Value error, ")
+            raise RlhfkitError(f"PPO setting '{where}': {message}") from None
+
+    def lora_args(self) -> dict | None:
+        from rlhfkit.rl.policy import LORA_TARGETS
+
+        return (
+            dict(
+                r=self.lora_r,
+                lora_alpha=self.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=LORA_TARGETS,
+            )
+            if self.lora
+            else None
+        )
+
+    def kl_controller(self) -> FixedKL | AdaptiveKL:
+        if self.adaptive_kl:
+            return AdaptiveKL(self.init_kl_coef, self.kl_target, self.kl_horizon)
+        return FixedKL(self.init_kl_coef)
+
+
+def shape_scores(scores: torch.Tensor, finished: torch.Tensor, config: PPOConfig) -> torch.Tensor:
+    """The sequence scores PPO sees: a fixed score for responses that never ended, then
+    clipped to ±reward_clip."""
+    scores = scores.float().clone()
+    if config.no_eos_penalty is not None:
+        scores[~finished] = config.no_eos_penalty
+    if config.reward_clip is not None:
+        scores = scores.clamp(-config.reward_clip, config.reward_clip)
+    return scores
+
+
+def ppo_update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    batch: Rollout,
+    scores: torch.Tensor,
+    beta: float,
+    config: PPOConfig,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Phase 2 on one rollout batch; returns the step's statistics."""
+    mask = batch.response_mask
+    kl = kl_penalty(batch.logp, batch.ref_logp, config.kl_estimator) * mask
+    rewards = token_rewards(scores, kl, mask, beta)
+    advantages, returns = gae(rewards, batch.values, mask, config.gamma, config.lam)
+    if config.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+
+    policy.train(False)  # dropout stays off: PPO's ratio must compare like with like
+    n = len(batch.prompts)
+    minibatch = n // config.minibatches
+    micro = minibatch // config.grad_accumulation
+    totals: dict[str, float] = {}
+    updates = 0
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, minibatch):
+            optimizer.zero_grad()
+            for m in range(start, start + minibatch, micro):
+                rows = order[m : m + micro]
+                logits, values = policy(batch.input_ids[rows], batch.attention_mask[rows])
+                logits = response_logits(logits, batch.prompt_length, config.temperature)
+                values = values[:, batch.prompt_length - 1 : -1]
+                response = batch.response_ids[rows]
+                logp = token_logp(logits, response)
+                m_mask = mask[rows]
+                pg, stats = policy_loss(
+                    logp, batch.logp[rows], advantages[rows], m_mask, config.clip_eps
+                )
+                vf = value_loss(
+                    values, batch.values[rows], returns[rows], m_mask, config.value_clip
+                )
+                entropy = masked_mean(entropy_from_logits(logits.float()), m_mask)
+                loss = ppo_loss(pg, vf, entropy, config.vf_coef, config.ent_coef)
+                (loss / config.grad_accumulation).backward()
+                for key, value in (
+                    ("policy_loss", pg),
+                    ("value_loss", vf),
+                    ("entropy", entropy),
+                    *stats.items(),
+                ):
+                    totals[key] = totals.get(key, 0.0) + float(value.detach())
+                updates += 1
+            torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), config.max_grad_norm)
+            optimizer.step()
+
+    with torch.no_grad():
+        explained = 1 - torch.var((returns - batch.values)[mask.bool()]) / torch.var(
+            returns[mask.bool()]
+        ).clamp(min=1e-8)
+    kl_per_sequence = (kl * mask).sum(dim=1)
+    return {
+        **{k: v / updates for k, v in totals.items()},
+        "score_mean": float(scores.mean()),
+        "score_std": float(scores.std()),
+        "kl": float(kl_per_sequence.mean()),
+        "kl_per_token": float(masked_mean(kl, mask)),
+        "beta": beta,
+        "explained_variance": float(explained),
+        "response_length": float(mask.sum(dim=1).mean()),
+        "finished": float(batch.finished.float().mean()),
+    }
+
+
+def train_step(
+    policy,
+    optimizer,
+    reward,
+    prompts: list[str],
+    kl_controller,
+    config: PPOConfig,
+    mode: str,
+    generator: torch.Generator | None = None,
+) -> tuple[dict, Rollout]:
+    """Rollout, score and update on one batch of prompts."""
+    from rlhfkit.rl.rollout import rollout
+
+    started = time.perf_counter()
+    batch = rollout(
+        policy,
+        prompts,
+        mode,
+        config.max_new_tokens,
+        config.temperature,
+        min_new_tokens=config.min_new_tokens,
+    )
+    generated = time.perf_counter()
+    raw = reward(batch.prompts, batch.responses)
+    scores = shape_scores(raw, batch.finished, config)
+    stats = ppo_update(policy, optimizer, batch, scores, kl_controller.beta, config, generator)
+    kl_controller.update(stats["kl"], len(prompts))
+    seconds = time.perf_counter() - started
+    tokens = float(batch.response_mask.sum())
+    stats.update(
+        reward_mean=float(raw.float().mean()),
+        reward_std=float(raw.float().std()),
+        seconds=seconds,
+        rollout_seconds=generated - started,
+        tokens_per_s=tokens / seconds,
+    )
+    return stats, batch

@@ -1,0 +1,186 @@
+"""The PPO run: prompts in a seeded order, a step at a time, with metrics, checkpoints that
+resume exactly, and the stopping rules (steps, a reward threshold, an exploding KL or a
+non-finite loss, Ctrl-C).
+
+A checkpoint holds the trainable weights (adapter and value head), the optimiser, the KL
+controller, the step (which fixes the data position) and every random state, written
+atomically after each step; `resume=True` continues from it as if never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.metrics import MetricsLog
+from rlhfkit.rl.policy import Policy
+from rlhfkit.rl.ppo import PPOConfig, train_step
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def batch_prompts(prompts: list[str], step: int, batch_size: int, seed: int) -> list[str]:
+    """The prompts of a step: a fresh seeded permutation per pass over the data, so the data
+    position is a function of the step alone."""
+    per_pass = max(1, len(prompts) // batch_size)
+    epoch, index = divmod(step, per_pass)
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed + epoch))
+    rows = order[index * batch_size : (index + 1) * batch_size].tolist()
+    if len(rows) < batch_size:  # fewer prompts than a batch: cycle them
+        rows = (rows * (batch_size // max(1, len(rows)) + 1))[:batch_size]
+    return [prompts[i] for i in rows]
+
+
+def _trainable_state(policy: Policy) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in policy.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    path: Path,
+    policy: Policy,
+    optimizer,
+    kl_controller,
+    step: int,
+    generator: torch.Generator,
+    config: PPOConfig,
+) -> None:
+    state = {
+        "step": step,
+        "config": config.model_dump(),
+        "trainable": _trainable_state(policy),
+        "optimizer": optimizer.state_dict(),
+        "kl": kl_controller.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "python_rng": random.getstate(),
+        "numpy_rng": np.random.get_state(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def load_checkpoint(
+    path: Path,
+    policy: Policy,
+    optimizer,
+    kl_controller,
+    generator: torch.Generator,
+    config: PPOConfig,
+) -> int:
+    state = torch.load(path, weights_only=False)
+    # How long to train may change on resume; anything else would make it another run.
+    extendable = {"steps", "target_reward"}
+    changed = sorted(
+        k
+        for k, v in config.model_dump().items()
+        if k not in extendable and state["config"].get(k) != v
+    )
+    if changed:
+        raise RlhfkitError(
+            f"{path} was written with other settings ({', '.join(changed)}); "
+            "resume with the same settings or start a new run directory"
+        )
+    parameters = dict(policy.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["trainable"].items():
+            parameters[name].copy_(tensor)
+    optimizer.load_state_dict(state["optimizer"])
+    kl_controller.load_state_dict(state["kl"])
+    torch.set_rng_state(state["torch_rng"])
+    generator.set_state(state["generator"])
+    random.setstate(state["python_rng"])
+    np.random.set_state(state["numpy_rng"])
+    return state["step"]
+
+
+def run_ppo(
+    config: PPOConfig,
+    out: str | Path,
+    resume: bool = False,
+    reward=None,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train; write metrics.jsonl, TensorBoard logs, checkpoint.pt and the final adapter and
+    value head to `out`. `reward` overrides `config.reward` with any callable reward."""
+    from rlhfkit.data.prompts import default_mode, load_prompts
+    from rlhfkit.reward import load_reward
+    from rlhfkit.reward.train import adamw
+
+    out = Path(out)
+    checkpoint = out / CHECKPOINT
+    if checkpoint.exists() and not resume:
+        raise RlhfkitError(
+            f"{out} holds a run already: pass --resume to continue it, or "
+            "choose another output directory"
+        )
+    reward = reward or load_reward(config.reward)  # a bad spec fails before the model loads
+    prompts = [p.prompt for p in load_prompts(config.prompts, config.split, config.eval_fraction)]
+    mode = default_mode(config.prompts) if config.mode == "auto" else config.mode
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    policy = Policy.load(config.model, config.lora_args())
+    optimizer = adamw(policy.trainable_parameters(), config.lr, 0.0)
+    kl_controller = config.kl_controller()
+    generator = torch.Generator().manual_seed(config.seed)
+    step = 0
+    if resume and checkpoint.exists():
+        step = load_checkpoint(checkpoint, policy, optimizer, kl_controller, generator, config)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
+    log = MetricsLog(out)
+    reason = "steps"
+    last: dict = {}
+    try:
+        while step < config.steps:
+            batch = batch_prompts(prompts, step, config.batch_size, config.seed)
+            stats, rollout = train_step(
+                policy, optimizer, reward, batch, kl_controller, config, mode, generator
+            )
+            losses = [stats[k] for k in ("policy_loss", "value_loss")]
+            if not all(math.isfinite(x) for x in losses):
+                reason = f"non-finite loss at step {step + 1}"
+                break
+            if stats["kl"] > config.max_kl:
+                reason = f"KL {stats['kl']:.1f} exceeded max_kl {config.max_kl} at step {step + 1}"
+                break
+            step += 1
+            last = {"step": step, **stats}
+            log.write(last)
+            save_checkpoint(checkpoint, policy, optimizer, kl_controller, step, generator, config)
+            if on_step:
+                on_step({**last, "sample": (rollout.prompts[0], rollout.responses[0])})
+            if config.target_reward is not None and stats["reward_mean"] >= config.target_reward:
+                reason = f"mean reward {stats['reward_mean']:.3f} reached the target"
+                break
+    except KeyboardInterrupt:
+        raise RlhfkitError(
+            f"interrupted; the checkpoint of step {step} is in {out}: continue with --resume"
+        ) from None
+    finally:
+        log.close()
+    if reason.startswith(("non-finite", "KL")):
+        raise RlhfkitError(f"stopped: {reason}; the last good checkpoint (step {step}) is in {out}")
+    save_policy(policy, out / "policy", config)
+    return {"steps": step, "stopped": reason, **last}
+
+
+def save_policy(policy: Policy, path: Path, config: PPOConfig) -> None:
+    """The trained policy: the adapter (or full weights) with peft's layout, the value head,
+    the tokenizer, and which base model it sits on."""
+    path.mkdir(parents=True, exist_ok=True)
+    policy.model.save_pretrained(path)
+    policy.tokenizer.save_pretrained(path)
+    torch.save(policy.value_head.state_dict(), path / "value_head.pt")
+    (path / "rlhfkit_policy.json").write_text(
+        json.dumps({"base": config.model, "lora": config.lora, "mode": config.mode}, indent=2)
+    )
