@@ -192,3 +192,15 @@ def test_a_run_killed_mid_way_resumes_as_if_never_stopped(tmp_path):
         _rlhfkit("ppo", "--out", tmp_path / "b", *TINY), capture_output=True, text=True, timeout=120
     )
     assert again.returncode == 1 and "pass --resume" in again.stderr
+
+
+@pytest.mark.slow
+def test_full_fine_tune_mode_keeps_a_separate_frozen_reference():
+    full = Policy.load("smollm2-135m-instruct", lora=None)
+    assert not full.uses_lora
+    assert all(not p.requires_grad for p in full.reference_model.parameters())
+    trainable = sum(p.numel() for p in full.trainable_parameters())
+    assert trainable == pytest.approx(134.5e6, rel=0.01)  # every weight, and the value head
+    torch.manual_seed(0)
+    batch = rollout(full, ["Hello there."], "chat", max_new_tokens=6)
+    assert torch.equal(batch.logp, batch.ref_logp)  # identical copies before training

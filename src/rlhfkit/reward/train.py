@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from rlhfkit.config import StageConfig
 from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.metrics import MetricsLog
@@ -35,10 +36,10 @@ from rlhfkit.reward.model import RewardModel
 from rlhfkit.rl.losses import pairwise_loss
 
 
-class RMConfig(BaseModel):
+class RMConfig(StageConfig):
     """Settings of `rlhfkit train-rm`; unknown keys and impossible values are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    label = "reward model setting"
 
     base: str = "minilm-l6"
     epochs: int = Field(3, ge=1)
@@ -63,15 +64,6 @@ class RMConfig(BaseModel):
         "completions normalised to mean 0, std 1 [default: the training completions]",
     )
     seed: int = 0
-
-    @classmethod
-    def make(cls, **values) -> RMConfig:
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(x) for x in first["loc"])
-            raise RlhfkitError(f"reward model setting '{where}': {first['msg']}") from None
 
 
 def read_reference(path: str | Path) -> tuple[list[str], list[str]]:

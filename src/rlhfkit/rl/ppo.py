@@ -13,9 +13,9 @@ import time
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.config import StageConfig
 from rlhfkit.rl.kl import AdaptiveKL, FixedKL
 from rlhfkit.rl.losses import (
     entropy_from_logits,
@@ -32,10 +32,10 @@ from rlhfkit.rl.policy import Policy
 from rlhfkit.rl.rollout import Rollout, response_logits, token_logp
 
 
-class PPOConfig(BaseModel):
+class PPOConfig(StageConfig):
     """Settings of `rlhfkit ppo`; unknown keys and impossible values are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    label = "PPO setting"
 
     model: str = "smollm2-135m-instruct"
     reward: str = "scorer:profanity"
@@ -86,16 +86,6 @@ class PPOConfig(BaseModel):
                 f"split into {self.grad_accumulation} micro-batches"
             )
         return self
-
-    @classmethod
-    def make(cls, **values) -> PPOConfig:
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "config"
-            message = first["msg"].removeprefix("Value error, ")
-            raise RlhfkitError(f"PPO setting '{where}': {message}") from None
 
     def lora_args(self) -> dict | None:
         from rlhfkit.rl.policy import LORA_TARGETS
