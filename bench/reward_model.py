@@ -1,6 +1,6 @@
 """Reward-model training throughput and accuracy: TRL's RewardTrainer vs rlhfkit, same data.
 
-    .venv/bin/python bench/reward_model.py [--epochs 1] [--batch-size 16] [--max-length 64]
+    .venv/bin/python bench/reward_model.py [--epochs 2] [--batch-size 16] [--max-length 64]
 
 Both train MiniLM (the packaged `minilm-l6`) with a scalar head on the same training pairs,
 the same token ids (prompt and completion as a sentence pair, truncated to --max-length),
@@ -146,7 +146,7 @@ def run_trl(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-5)

@@ -86,7 +86,11 @@ def test_left_padding_does_not_change_the_log_probabilities_of_real_tokens(polic
     lp_alone = token_logp(alone[:, :-1], ids)
     lp_batched = token_logp(batched[:1, -n:-1], ids)
     assert torch.allclose(lp_alone, lp_batched, atol=1e-4)
-    assert response_logits(alone, 3, 2.0).shape[1] == n - 3  # positions t−1 predict token t
+    # positions t−1 predict token t, on all logits or only the kept last ones
+    assert torch.equal(response_logits(alone, 3, 2.0), alone[:, -4:-1] / 2.0)
+    with torch.no_grad():
+        kept, _ = policy(short.input_ids, short.attention_mask, logits_to_keep=4)
+    assert torch.allclose(response_logits(kept, 3, 1.0), alone[:, -4:-1], atol=1e-4)
 
 
 @pytest.mark.slow

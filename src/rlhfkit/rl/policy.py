@@ -52,10 +52,16 @@ class Policy(nn.Module):
     def uses_lora(self) -> bool:
         return self.reference_model is None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 0
+    ):
+        """Logits of the last `logits_to_keep` positions (0: all) and values of all of them.
+        PPO needs logits only where the response is predicted: skipping the prompt's saves
+        much of the vocabulary projection, the costliest layer of a small model."""
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
+            logits_to_keep=logits_to_keep,
             position_ids=position_ids(attention_mask),
             output_hidden_states=True,
             use_cache=False,
@@ -64,12 +70,15 @@ class Policy(nn.Module):
         return out.logits, values
 
     @torch.no_grad()
-    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def reference_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 0
+    ):
         model = self.reference_model or self.model
         with self.adapter_disabled():
             return model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
+                logits_to_keep=logits_to_keep,
                 position_ids=position_ids(attention_mask),
                 use_cache=False,
             ).logits

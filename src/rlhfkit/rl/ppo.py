@@ -147,9 +147,12 @@ def ppo_update(
             optimizer.zero_grad()
             for m in range(start, start + minibatch, micro):
                 rows = order[m : m + micro]
-                logits, values = policy(batch.input_ids[rows], batch.attention_mask[rows])
-                logits = response_logits(logits, batch.prompt_length, config.temperature)
-                values = values[:, batch.prompt_length - 1 : -1]
+                length = mask.shape[1]
+                logits, values = policy(
+                    batch.input_ids[rows], batch.attention_mask[rows], length + 1
+                )
+                logits = response_logits(logits, length, config.temperature)
+                values = values[:, -length - 1 : -1]
                 response = batch.response_ids[rows]
                 logp = token_logp(logits, response)
                 m_mask = mask[rows]

@@ -36,10 +36,11 @@ class Rollout:
         return self.input_ids[:, self.prompt_length :]
 
 
-def response_logits(logits: torch.Tensor, prompt_length: int, temperature: float) -> torch.Tensor:
+def response_logits(logits: torch.Tensor, response_length: int, temperature: float) -> torch.Tensor:
     """Logits that predicted each response token (position t−1 predicts token t), divided by
-    the sampling temperature so log π is the probability the token was sampled with."""
-    return logits[:, prompt_length - 1 : -1] / temperature
+    the sampling temperature so log π is the probability the token was sampled with. Works
+    on all positions' logits or on the last response_length + 1 (`logits_to_keep`)."""
+    return logits[:, -response_length - 1 : -1] / temperature
 
 
 def token_logp(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -101,11 +102,12 @@ def rollout(
     input_ids = torch.cat([batch["input_ids"], response], dim=1)
     attention_mask = torch.cat([batch["attention_mask"], response_mask.long()], dim=1)
 
-    logits, values = policy(input_ids, attention_mask)
-    logp = token_logp(response_logits(logits, prompt_length, temperature), response)
-    ref = policy.reference_logits(input_ids, attention_mask)
-    ref_logp = token_logp(response_logits(ref, prompt_length, temperature), response)
-    values = values[:, prompt_length - 1 : -1]
+    keep = response.shape[1] + 1
+    logits, values = policy(input_ids, attention_mask, keep)
+    logp = token_logp(response_logits(logits, keep - 1, temperature), response)
+    ref = policy.reference_logits(input_ids, attention_mask, keep)
+    ref_logp = token_logp(response_logits(ref, keep - 1, temperature), response)
+    values = values[:, -keep:-1]
     mask = response_mask
     return Rollout(
         prompts=list(prompts),
