@@ -65,6 +65,15 @@ def test_kl_is_zero_with_a_fresh_adapter_and_positive_after_updates(policy):
 
 
 @pytest.mark.slow
+def test_long_prompts_are_cut_from_the_left_and_counted(policy):
+    long = "word " * 200 + "The end of the prompt is kept:"
+    batch = rollout(policy, [long, "Short."], "raw", max_new_tokens=4, max_prompt_tokens=32)
+    assert batch.truncated_prompts == 1 and batch.prompt_length == 32
+    kept = policy.tokenizer.decode(batch.input_ids[0, :32])
+    assert kept.endswith("The end of the prompt is kept:")
+
+
+@pytest.mark.slow
 def test_left_padding_does_not_change_the_log_probabilities_of_real_tokens(policy):
     tokenizer = policy.tokenizer
     short = tokenizer("The cat sat on the mat.", return_tensors="pt")

@@ -524,6 +524,12 @@ def ppo(
         task = bar.add_task("PPO", total=config.steps)
 
         def show(record: dict) -> None:
+            if record["truncated_prompts"]:
+                console.print(
+                    f"[yellow]warning:[/yellow] step {record['step']}: "
+                    f"{record['truncated_prompts']} prompts longer than "
+                    f"{config.max_prompt_tokens} tokens lost their start"
+                )
             bar.update(
                 task,
                 completed=record["step"],

@@ -53,6 +53,7 @@ class PPOConfig(StageConfig):
     ppo_epochs: int = Field(2, ge=1)
     lr: float = Field(1e-4, gt=0)
     max_new_tokens: int = Field(24, ge=1)
+    max_prompt_tokens: int = Field(256, ge=8, description="longer prompts lose their start")
     min_new_tokens: int = Field(0, ge=0)
     temperature: float = Field(1.0, gt=0)
     init_kl_coef: float = Field(0.05, ge=0)
@@ -214,7 +215,8 @@ def train_step(
         mode,
         config.max_new_tokens,
         config.temperature,
-        min_new_tokens=config.min_new_tokens,
+        config.max_prompt_tokens,
+        config.min_new_tokens,
     )
     generated = time.perf_counter()
     raw = reward(batch.prompts, batch.responses)
@@ -229,5 +231,6 @@ def train_step(
         seconds=seconds,
         rollout_seconds=generated - started,
         tokens_per_s=tokens / seconds,
+        truncated_prompts=batch.truncated_prompts,
     )
     return stats, batch

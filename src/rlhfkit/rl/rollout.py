@@ -30,6 +30,7 @@ class Rollout:
     values: torch.Tensor  # [B, R]
     finished: torch.Tensor  # [B] bool: the response ended with EOS
     prompt_length: int
+    truncated_prompts: int = 0  # prompts cut from the left to fit max_prompt_tokens
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -71,13 +72,18 @@ def rollout(
     policy.eval()
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     texts = [format_prompt(tokenizer, p, mode) for p in prompts]
+    add_special = mode == "raw"  # chat templates carry their own special tokens
+    too_long = sum(
+        len(tokenizer(t, add_special_tokens=add_special).input_ids) > max_prompt_tokens
+        for t in texts
+    )
     batch = tokenizer(
         texts,
         return_tensors="pt",
         padding=True,
         truncation=True,
         max_length=max_prompt_tokens,
-        add_special_tokens=mode == "raw",
+        add_special_tokens=add_special,
     )
     device = next(policy.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -120,4 +126,5 @@ def rollout(
         values=values * mask,
         finished=finished,
         prompt_length=prompt_length,
+        truncated_prompts=too_long,
     )
