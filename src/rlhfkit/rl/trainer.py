@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.metrics import MetricsLog
 from rlhfkit.rl.policy import Policy
 from rlhfkit.rl.ppo import PPOConfig, train_step
+from rlhfkit.training import MetricsLog, adamw
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -113,7 +113,6 @@ def run_ppo(
     value head to `out`. `reward` overrides `config.reward` with any callable reward."""
     from rlhfkit.data.prompts import default_mode, load_prompts
     from rlhfkit.reward import load_reward
-    from rlhfkit.reward.train import adamw
 
     out = Path(out)
     checkpoint = out / CHECKPOINT
