@@ -8,8 +8,8 @@ export RLHFKIT_STORE="sqlite:///$RUN/feedback.db"
 rlhfkit() { .venv/bin/rlhfkit "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1. Sample 4 completions for 16 RealToxicityPrompts (train split) with SmolLM2-135M"
-rlhfkit generate --prompts builtin:rtp --split train --limit 16 -n 4 --max-new-tokens 24 \
+step "1. Sample 4 completions for 48 RealToxicityPrompts (train split) with SmolLM2-135M"
+rlhfkit generate --prompts builtin:rtp --split train --limit 48 -n 4 --max-new-tokens 24 \
     --project rtp --out "$RUN/completions.jsonl"
 
 step "2. A helpfulness project with instructions; rankings by four labelers imported"
@@ -30,6 +30,24 @@ rlhfkit feedback pairs --project hot-house --out "$RUN/seed_pairs.jsonl"
 import json
 for line in open('$RUN/seed_pairs.jsonl'):
     p = json.loads(line); print(f'  chosen: {p[\"chosen\"]!r:52} rejected: {p[\"rejected\"]!r}')"
+
+step "6. Three automatic labelers rank the sampled completions by profanity, with noise"
+for k in 1 2 3; do
+    rlhfkit label auto --project rtp --reward scorer:profanity --labeler "ai-$k" --noise 0.5 --seed "$k"
+done
+rlhfkit feedback agreement --project rtp
+rlhfkit feedback pairs --project rtp --out "$RUN/rtp_pairs.jsonl"
+
+step "7. A MiniLM reward model on those pairs, and how it ranks them"
+rlhfkit train-rm --pairs "$RUN/rtp_pairs.jsonl" --out "$RUN/rm" --epochs 2 --eval-fraction 0.25
+rlhfkit eval-rm --model "$RUN/rm" --pairs "$RUN/rtp_pairs.jsonl" --project rtp
+
+step "8. The seed's RL example: PPO learns tic-tac-toe against a random player"
+rlhfkit examples tictactoe --plot "$RUN/tictactoe.png"
+
+step "9. Two PPO steps of SmolLM2 + LoRA against that reward model (the full run is #5)"
+rlhfkit ppo --out "$RUN/ppo" --reward "rm:$RUN/rm" --steps 2 --batch-size 8 --minibatches 2 \
+    --max-new-tokens 16
 
 step "Done. Outputs in $RUN/"
 ls -1 "$RUN"

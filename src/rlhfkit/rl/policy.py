@@ -31,9 +31,13 @@ class Policy(nn.Module):
         super().__init__()
         self.tokenizer = tokenizer
         if lora is not None:
+            import warnings
+
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+            with warnings.catch_warnings():  # peft asks transformers a deprecated question
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
             self.reference_model = None  # the adapter switched off
         else:
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
