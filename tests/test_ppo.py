@@ -217,3 +217,24 @@ def test_full_fine_tune_mode_keeps_a_separate_frozen_reference():
     torch.manual_seed(0)
     batch = rollout(full, ["Hello there."], "chat", max_new_tokens=6)
     assert torch.equal(batch.logp, batch.ref_logp)  # identical copies before training
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
+    run = subprocess.Popen(
+        _rlhfkit("ppo", "--out", tmp_path / "c", "--steps", "50", *TINY),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "c" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n")):
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1
+    assert "interrupted; the checkpoint of step" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr
+    state = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == metrics.read_text().count("\n") >= 1
