@@ -51,9 +51,11 @@ def save_checkpoint(
     step: int,
     generator: torch.Generator,
     config: PPOConfig,
+    record: dict | None = None,
 ) -> None:
     state = {
         "step": step,
+        "record": record,  # this step's metrics, restored if the kill came before they were logged
         "config": config.model_dump(),
         "trainable": _trainable_state(policy),
         "optimizer": optimizer.state_dict(),
@@ -137,8 +139,11 @@ def run_ppo(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
     log = MetricsLog(out)
+    if step and _last_logged_step(out) < step:  # killed after the checkpoint, before its line
+        log.write(torch.load(checkpoint, weights_only=False)["record"])
     reason = "steps"
     last: dict = {}
+    saved = logged = step  # the checkpoint on disk, and the last step in metrics.jsonl
     try:
         while step < config.steps:
             batch = batch_prompts(prompts, step, config.batch_size, config.seed)
@@ -154,23 +159,40 @@ def run_ppo(
                 break
             step += 1
             last = {"step": step, **stats}
+            # Checkpoint first: a metrics line then always has its checkpoint behind it.
+            save_checkpoint(
+                checkpoint, policy, optimizer, kl_controller, step, generator, config, last
+            )
+            saved = step
             log.write(last)
-            save_checkpoint(checkpoint, policy, optimizer, kl_controller, step, generator, config)
+            logged = step
             if on_step:
                 on_step({**last, "sample": (rollout.prompts[0], rollout.responses[0])})
             if config.target_reward is not None and stats["reward_mean"] >= config.target_reward:
                 reason = f"mean reward {stats['reward_mean']:.3f} reached the target"
                 break
     except KeyboardInterrupt:
-        raise RlhfkitError(
-            f"interrupted; the checkpoint of step {step} is in {out}: continue with --resume"
-        ) from None
+        if saved > logged:  # interrupted between the checkpoint and its metrics line
+            log.write(last)
+        where = (
+            f"the checkpoint of step {saved} is in {out}: continue with --resume"
+            if saved
+            else "no step had finished"
+        )
+        raise RlhfkitError(f"interrupted; {where}") from None
     finally:
         log.close()
     if reason.startswith(("non-finite", "KL")):
         raise RlhfkitError(f"stopped: {reason}; the last good checkpoint (step {step}) is in {out}")
     save_policy(policy, out / "policy", config)
     return {"steps": step, "stopped": reason, **last}
+
+
+def _last_logged_step(out: Path) -> int:
+    lines = (
+        (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+    )
+    return json.loads(lines[-1])["step"] if lines else 0
 
 
 def save_policy(policy: Policy, path: Path, config: PPOConfig) -> None:
