@@ -103,6 +103,7 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        disable=int(os.environ.get("RANK", "0")) > 0,  # one bar under `accelerate launch`
     )
 
 
@@ -540,10 +541,110 @@ def ppo(
             )
 
         result = run_ppo(config, out_dir, resume=resume, on_step=show)
-    console.print(
-        f"{result['steps']} steps ({result['stopped']}); policy in {out_dir}/policy, "
-        f"metrics in {out_dir}/metrics.jsonl"
+    if result["main"]:  # under `accelerate launch`, one process reports
+        console.print(
+            f"{result['steps']} steps ({result['stopped']}); policy in {out_dir}/policy, "
+            f"metrics in {out_dir}/metrics.jsonl"
+        )
+
+
+@app.command("eval")
+def evaluate(
+    policy: str = typer.Option(..., help="A PPO run's policy directory, or a model name."),
+    reference: str | None = typer.Option(None, help="Before-model [default: the policy's base]."),
+    prompts: str = typer.Option("builtin:rtp", help="builtin:NAME or a JSONL of prompts."),
+    split: str = typer.Option("eval", help="eval (held out) | train | all."),
+    limit: int | None = typer.Option(200, help="Prompts to use."),
+    samples: int = typer.Option(2, help="Samples per prompt and model."),
+    max_new_tokens: int = typer.Option(24),
+    scorer: list[str] = typer.Option(
+        ["scorer:hatesonar", "scorer:profanity"], help="Toxicity scorer(s); repeat the flag."
+    ),
+    reward: str | None = typer.Option(None, help="A reward spec to average as well."),
+    out_file: Path | None = typer.Option(None, "--out", help="Write the full results as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    seed: int = typer.Option(0),
+):
+    """Toxicity, reward, KL, fluency and diversity before vs after, on held-out prompts."""
+    from rlhfkit.eval.run import EvalConfig
+
+    config = EvalConfig.make(
+        policy=policy,
+        reference=reference,
+        prompts=prompts,
+        split=split,
+        limit=limit,
+        samples=samples,
+        max_new_tokens=max_new_tokens,
+        scorers=scorer,
+        reward=reward,
+        seed=seed,
     )
+    result = evaluate_to(config, out_file)
+    summary = {k: result[k] for k in ("policy", "reference", "held_out", "models", "change")}
+    if as_json:
+        out.print_json(data=summary)
+    else:
+        out.print(eval_table(result))
+
+
+def evaluate_to(config, out_file: Path | None) -> dict:
+    """Run an evaluation with a progress bar and warnings; write its JSON if asked."""
+    from rlhfkit.data.jsonl import atomic_write
+    from rlhfkit.eval.run import finite, run_eval
+
+    with _progress() as bar:
+        task = bar.add_task("evaluating", total=None)
+        result = run_eval(
+            config,
+            on_start=lambda n: bar.update(task, total=n),
+            on_progress=lambda n: bar.advance(task, n),
+            on_warning=lambda m: console.print(f"[yellow]warning:[/yellow] {escape(m)}"),
+        )
+    if out_file:
+        atomic_write(out_file, json.dumps(finite(result), indent=1))
+    return result
+
+
+def eval_table(result: dict) -> Table:
+    before, after = result["models"]["before"], result["models"]["after"]
+    change = result["change"]
+    table = Table(
+        "",
+        "before",
+        "after",
+        "change",
+        title=f"{result['held_out']['prompts']} held-out prompts: {escape(result['reference'])} "
+        f"→ {escape(result['policy'])}",
+    )
+    pct = lambda x: "–" if x is None or x != x else f"{x:+.0%}"  # noqa: E731
+    for name in result["config"]["scorers"]:
+        b, a = before[name], after[name]
+        table.add_row(
+            f"{name} mean [95% CI]",
+            f"{b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]",
+            f"{a['mean']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]",
+            pct(change[name]["mean"]),
+        )
+        table.add_row(
+            f"{name} toxic share",
+            f"{b['toxic_share']:.1%}",
+            f"{a['toxic_share']:.1%}",
+            pct(change[name]["toxic_share"]),
+        )
+    rows = [
+        ("reward", "reward", 3),
+        ("perplexity (reference)", "perplexity", 2),
+        ("distinct-2", "distinct_2", 3),
+        ("length (tokens)", "length", 1),
+    ]
+    for label, key, digits in rows:
+        if key in before:
+            table.add_row(
+                label, _fmt(before[key], digits), _fmt(after[key], digits), pct(change[key])
+            )
+    table.add_row("KL from reference", _fmt(before["kl"], 2), _fmt(after["kl"], 2), "")
+    return table
 
 
 @examples_app.command("tictactoe")

@@ -16,6 +16,7 @@ import torch
 from pydantic import Field, model_validator
 
 from rlhfkit.config import StageConfig
+from rlhfkit.rl.distributed import Processes
 from rlhfkit.rl.kl import AdaptiveKL, FixedKL
 from rlhfkit.rl.losses import (
     entropy_from_logits,
@@ -127,13 +128,15 @@ def ppo_update(
     beta: float,
     config: PPOConfig,
     generator: torch.Generator | None = None,
+    processes: Processes | None = None,
 ) -> dict[str, float]:
-    """Phase 2 on one rollout batch; returns the step's statistics."""
+    """Phase 2 on one rollout batch (this process's share of it, under data parallelism);
+    returns the step's statistics."""
     mask = batch.response_mask
     kl = kl_penalty(batch.logp, batch.ref_logp, config.kl_estimator) * mask
     rewards = token_rewards(scores, kl, mask, beta)
     advantages, returns = gae(rewards, batch.values, mask, config.gamma, config.lam)
-    if config.whiten_advantages:
+    if config.whiten_advantages:  # over this process's rollouts, as TRL and CleanRL do
         advantages = masked_whiten(advantages, mask)
 
     policy.train(False)  # dropout stays off: PPO's ratio must compare like with like
@@ -174,6 +177,8 @@ def ppo_update(
                 ):
                     totals[key] = totals.get(key, 0.0) + float(value.detach())
                 updates += 1
+            if processes:
+                processes.average_gradients(policy.trainable_parameters())
             torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), config.max_grad_norm)
             optimizer.step()
 
@@ -204,10 +209,13 @@ def train_step(
     config: PPOConfig,
     mode: str,
     generator: torch.Generator | None = None,
+    processes: Processes | None = None,
 ) -> tuple[dict, Rollout]:
-    """Rollout, score and update on one batch of prompts."""
+    """Rollout, score and update on one batch of prompts (this process's share of the step's
+    batch); the statistics returned are the whole batch's."""
     from rlhfkit.rl.rollout import rollout
 
+    processes = processes or Processes()
     started = time.perf_counter()
     batch = rollout(
         policy,
@@ -221,16 +229,25 @@ def train_step(
     generated = time.perf_counter()
     raw = reward(batch.prompts, batch.responses)
     scores = shape_scores(raw, batch.finished, config)
-    stats = ppo_update(policy, optimizer, batch, scores, kl_controller.beta, config, generator)
-    kl_controller.update(stats["kl"], len(prompts))
-    seconds = time.perf_counter() - started
-    tokens = float(batch.response_mask.sum())
+    stats = ppo_update(
+        policy, optimizer, batch, scores, kl_controller.beta, config, generator, processes
+    )
     stats.update(
-        reward_mean=float(raw.float().mean()),
-        reward_std=float(raw.float().std()),
-        seconds=seconds,
+        seconds=time.perf_counter() - started,
         rollout_seconds=generated - started,
-        tokens_per_s=tokens / seconds,
+        tokens=float(batch.response_mask.sum()),
         truncated_prompts=batch.truncated_prompts,
+    )
+    stats = processes.mean(stats)
+    world = processes.world_size
+    all_raw, all_scores = processes.gather(raw.float()), processes.gather(scores)
+    kl_controller.update(stats["kl"], len(all_raw))
+    stats.update(
+        reward_mean=float(all_raw.mean()),
+        reward_std=float(all_raw.std()),
+        score_mean=float(all_scores.mean()),
+        score_std=float(all_scores.std()),
+        tokens_per_s=stats.pop("tokens") * world / stats["seconds"],
+        truncated_prompts=round(stats["truncated_prompts"] * world),
     )
     return stats, batch

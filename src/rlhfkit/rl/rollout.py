@@ -58,18 +58,33 @@ def truncate_after_eos(tokens: torch.Tensor, stops: Sequence[int], pad_id: int):
     return tokens.masked_fill(~mask, pad_id), mask.float(), is_stop.any(dim=1)
 
 
+@dataclass
+class Responses:
+    """Sampled responses after their left-padded prompts, cut after the first EOS."""
+
+    input_ids: torch.Tensor  # [B, P + R]
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor  # [B, R]
+    finished: torch.Tensor  # [B] bool
+    prompt_length: int
+    truncated_prompts: int
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_length :]
+
+
 @torch.no_grad()
-def rollout(
-    policy: Policy,
+def sample_responses(
+    model,
+    tokenizer,
     prompts: Sequence[str],
     mode: str = "raw",
     max_new_tokens: int = 24,
     temperature: float = 1.0,
     max_prompt_tokens: int = 256,
     min_new_tokens: int = 0,
-) -> Rollout:
-    tokenizer, model = policy.tokenizer, policy.model
-    policy.eval()
+) -> Responses:
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     texts = [format_prompt(tokenizer, p, mode) for p in prompts]
     add_special = mode == "raw"  # chat templates carry their own special tokens
@@ -85,7 +100,7 @@ def rollout(
         max_length=max_prompt_tokens,
         add_special_tokens=add_special,
     )
-    device = next(policy.parameters()).device
+    device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     stops = stop_token_ids(model, tokenizer)
     # Pure sampling (no top-k/top-p) so the sampled tokens follow π exactly: PPO's ratios
@@ -105,26 +120,55 @@ def rollout(
     response, response_mask, finished = truncate_after_eos(
         out[:, prompt_length:], stops, tokenizer.pad_token_id
     )
-    input_ids = torch.cat([batch["input_ids"], response], dim=1)
-    attention_mask = torch.cat([batch["attention_mask"], response_mask.long()], dim=1)
+    return Responses(
+        input_ids=torch.cat([batch["input_ids"], response], dim=1),
+        attention_mask=torch.cat([batch["attention_mask"], response_mask.long()], dim=1),
+        response_mask=response_mask,
+        finished=finished,
+        prompt_length=prompt_length,
+        truncated_prompts=too_long,
+    )
 
+
+@torch.no_grad()
+def rollout(
+    policy: Policy,
+    prompts: Sequence[str],
+    mode: str = "raw",
+    max_new_tokens: int = 24,
+    temperature: float = 1.0,
+    max_prompt_tokens: int = 256,
+    min_new_tokens: int = 0,
+) -> Rollout:
+    policy.eval()
+    sampled = sample_responses(
+        policy.model,
+        policy.tokenizer,
+        prompts,
+        mode,
+        max_new_tokens,
+        temperature,
+        max_prompt_tokens,
+        min_new_tokens,
+    )
+    input_ids, attention_mask = sampled.input_ids, sampled.attention_mask
+    response, mask = sampled.response_ids, sampled.response_mask
     keep = response.shape[1] + 1
     logits, values = policy(input_ids, attention_mask, keep)
     logp = token_logp(response_logits(logits, keep - 1, temperature), response)
     ref = policy.reference_logits(input_ids, attention_mask, keep)
     ref_logp = token_logp(response_logits(ref, keep - 1, temperature), response)
     values = values[:, -keep:-1]
-    mask = response_mask
     return Rollout(
         prompts=list(prompts),
-        responses=tokenizer.batch_decode(response, skip_special_tokens=True),
+        responses=policy.tokenizer.batch_decode(response, skip_special_tokens=True),
         input_ids=input_ids,
         attention_mask=attention_mask,
         response_mask=mask,
         logp=logp * mask,
         ref_logp=ref_logp * mask,
         values=values * mask,
-        finished=finished,
-        prompt_length=prompt_length,
-        truncated_prompts=too_long,
+        finished=sampled.finished,
+        prompt_length=sampled.prompt_length,
+        truncated_prompts=sampled.truncated_prompts,
     )

@@ -3,8 +3,10 @@ resume exactly, and the stopping rules (steps, a reward threshold, an exploding 
 non-finite loss, Ctrl-C).
 
 A checkpoint holds the trainable weights (adapter and value head), the optimiser, the KL
-controller, the step (which fixes the data position) and every random state, written
-atomically after each step; `resume=True` continues from it as if never stopped.
+controller, the step (which fixes the data position) and every random state of every
+process, written atomically after each step; `resume=True` continues from it as if never
+stopped. Under `accelerate launch` each process trains on its share of every step's prompts
+(distributed.py); the main process alone logs, checkpoints and saves the policy.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.rl.distributed import Processes
 from rlhfkit.rl.policy import Policy
 from rlhfkit.rl.ppo import PPOConfig, train_step
 from rlhfkit.training import MetricsLog, adamw
@@ -43,16 +46,34 @@ def _trainable_state(policy: Policy) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in policy.named_parameters() if p.requires_grad}
 
 
+def rng_state(generator: torch.Generator) -> dict:
+    """This process's random states: sampling, minibatch order, Python and NumPy."""
+    return {
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
 def save_checkpoint(
     path: Path,
     policy: Policy,
     optimizer,
     kl_controller,
     step: int,
-    generator: torch.Generator,
+    rng_states: list[dict],
     config: PPOConfig,
     record: dict | None = None,
 ) -> None:
+    """`rng_states`: one per process, in rank order."""
     state = {
         "step": step,
         "record": record,  # this step's metrics, restored if the kill came before they were logged
@@ -60,10 +81,7 @@ def save_checkpoint(
         "trainable": _trainable_state(policy),
         "optimizer": optimizer.state_dict(),
         "kl": kl_controller.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "generator": generator.get_state(),
-        "python_rng": random.getstate(),
-        "numpy_rng": np.random.get_state(),
+        "rng": rng_states,
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -77,8 +95,14 @@ def load_checkpoint(
     kl_controller,
     generator: torch.Generator,
     config: PPOConfig,
+    processes: Processes,
 ) -> int:
     state = torch.load(path, weights_only=False)
+    if len(state["rng"]) != processes.world_size:
+        raise RlhfkitError(
+            f"{path} was written by {len(state['rng'])} processes, not "
+            f"{processes.world_size}: resume with as many"
+        )
     # How long to train may change on resume; anything else would make it another run.
     extendable = {"steps", "target_reward"}
     changed = sorted(
@@ -97,10 +121,7 @@ def load_checkpoint(
             parameters[name].copy_(tensor)
     optimizer.load_state_dict(state["optimizer"])
     kl_controller.load_state_dict(state["kl"])
-    torch.set_rng_state(state["torch_rng"])
-    generator.set_state(state["generator"])
-    random.setstate(state["python_rng"])
-    np.random.set_state(state["numpy_rng"])
+    set_rng_state(state["rng"][processes.rank], generator)
     return state["step"]
 
 
@@ -112,7 +133,8 @@ def run_ppo(
     on_step: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train; write metrics.jsonl, TensorBoard logs, checkpoint.pt and the final adapter and
-    value head to `out`. `reward` overrides `config.reward` with any callable reward."""
+    value head to `out`. `reward` overrides `config.reward` with any callable reward.
+    `on_step` is called on the main process only."""
     from rlhfkit.data.prompts import default_mode, load_prompts
     from rlhfkit.reward import load_reward
 
@@ -123,32 +145,40 @@ def run_ppo(
             f"{out} holds a run already: pass --resume to continue it, or "
             "choose another output directory"
         )
+    processes = Processes()
+    _check_split(config, processes.world_size)
     reward = reward or load_reward(config.reward)  # a bad spec fails before the model loads
     prompts = [p.prompt for p in load_prompts(config.prompts, config.split, config.eval_fraction)]
     mode = default_mode(config.prompts) if config.mode == "auto" else config.mode
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial adapter in every process
     random.seed(config.seed)
     np.random.seed(config.seed)
     policy = Policy.load(config.model, config.lora_args())
+    if processes.world_size > 1:  # but each process samples its own responses
+        torch.manual_seed(config.seed + processes.rank)
     optimizer = adamw(policy.trainable_parameters(), config.lr, 0.0)
     kl_controller = config.kl_controller()
     generator = torch.Generator().manual_seed(config.seed)
     step = 0
     if resume and checkpoint.exists():
-        step = load_checkpoint(checkpoint, policy, optimizer, kl_controller, generator, config)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
-    log = MetricsLog(out)
-    if step and _last_logged_step(out) < step:  # killed after the checkpoint, before its line
-        log.write(torch.load(checkpoint, weights_only=False)["record"])
+        step = load_checkpoint(
+            checkpoint, policy, optimizer, kl_controller, generator, config, processes
+        )
+    log = None
+    if processes.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
+        log = MetricsLog(out)
+        if step and _last_logged_step(out) < step:  # killed after the checkpoint, before its line
+            log.write(torch.load(checkpoint, weights_only=False)["record"])
     reason = "steps"
     last: dict = {}
     saved = logged = step  # the checkpoint on disk, and the last step in metrics.jsonl
     try:
         while step < config.steps:
-            batch = batch_prompts(prompts, step, config.batch_size, config.seed)
+            batch = processes.shard(batch_prompts(prompts, step, config.batch_size, config.seed))
             stats, rollout = train_step(
-                policy, optimizer, reward, batch, kl_controller, config, mode, generator
+                policy, optimizer, reward, batch, kl_controller, config, mode, generator, processes
             )
             losses = [stats[k] for k in ("policy_loss", "value_loss")]
             if not all(math.isfinite(x) for x in losses):
@@ -159,20 +189,25 @@ def run_ppo(
                 break
             step += 1
             last = {"step": step, **stats}
-            # Checkpoint first: a metrics line then always has its checkpoint behind it.
-            save_checkpoint(
-                checkpoint, policy, optimizer, kl_controller, step, generator, config, last
-            )
+            if not processes.same_everywhere(policy.trainable_parameters()):
+                raise RlhfkitError(f"the processes' weights differ after step {step}")
+            rng_states = processes.gather_objects(rng_state(generator))
+            if processes.is_main:
+                # Checkpoint first: a metrics line then always has its checkpoint behind it.
+                save_checkpoint(
+                    checkpoint, policy, optimizer, kl_controller, step, rng_states, config, last
+                )
             saved = step
-            log.write(last)
-            logged = step
-            if on_step:
-                on_step({**last, "sample": (rollout.prompts[0], rollout.responses[0])})
+            if log:
+                log.write(last)
+                logged = step
+                if on_step:
+                    on_step({**last, "sample": (rollout.prompts[0], rollout.responses[0])})
             if config.target_reward is not None and stats["reward_mean"] >= config.target_reward:
                 reason = f"mean reward {stats['reward_mean']:.3f} reached the target"
                 break
     except KeyboardInterrupt:
-        if saved > logged:  # interrupted between the checkpoint and its metrics line
+        if log and saved > logged:  # interrupted between the checkpoint and its metrics line
             log.write(last)
         where = (
             f"the checkpoint of step {saved} is in {out}: continue with --resume"
@@ -181,11 +216,24 @@ def run_ppo(
         )
         raise RlhfkitError(f"interrupted; {where}") from None
     finally:
-        log.close()
+        if log:
+            log.close()
     if reason.startswith(("non-finite", "KL")):
         raise RlhfkitError(f"stopped: {reason}; the last good checkpoint (step {step}) is in {out}")
-    save_policy(policy, out / "policy", config)
-    return {"steps": step, "stopped": reason, **last}
+    if processes.is_main:
+        save_policy(policy, out / "policy", config)
+    processes.barrier()  # the policy is on disk before any process reports success
+    return {"steps": step, "stopped": reason, "main": processes.is_main, **last}
+
+
+def _check_split(config: PPOConfig, world_size: int) -> None:
+    """Each process takes an equal share of a step's rollouts and splits it the same way."""
+    share, rest = divmod(config.batch_size, world_size)
+    if rest or share % (config.minibatches * config.grad_accumulation):
+        raise RlhfkitError(
+            f"batch_size {config.batch_size} does not split into {world_size} processes × "
+            f"{config.minibatches} minibatches × {config.grad_accumulation} micro-batches"
+        )
 
 
 def _last_logged_step(out: Path) -> int:
@@ -197,11 +245,12 @@ def _last_logged_step(out: Path) -> int:
 
 def save_policy(policy: Policy, path: Path, config: PPOConfig) -> None:
     """The trained policy: the adapter (or full weights) with peft's layout, the value head,
-    the tokenizer, and which base model it sits on."""
+    the tokenizer, which base model it sits on and what it was trained on."""
     path.mkdir(parents=True, exist_ok=True)
     policy.model.save_pretrained(path)
     policy.tokenizer.save_pretrained(path)
     torch.save(policy.value_head.state_dict(), path / "value_head.pt")
-    (path / "rlhfkit_policy.json").write_text(
-        json.dumps({"base": config.model, "lora": config.lora, "mode": config.mode}, indent=2)
-    )
+    # What evaluation needs: the base model, and the prompts trained on, to keep them out.
+    keys = ("lora", "mode", "prompts", "split", "eval_fraction", "reward")
+    info = {"base": config.model, **{k: getattr(config, k) for k in keys}}
+    (path / "rlhfkit_policy.json").write_text(json.dumps(info, indent=2))
