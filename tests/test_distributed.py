@@ -59,7 +59,7 @@ def test_averaged_gradients_of_two_halves_equal_the_full_batch_gradient(tmp_path
     torch.nn.functional.mse_loss(model(x), y).backward()
     for averaged, full in zip(result["grads"], model.parameters(), strict=True):
         torch.testing.assert_close(averaged, full.grad)
-    assert result["share"] == [0, 2, 4, 6]
+    assert result["share"] == [0, 1, 2, 3]  # a contiguous block: a prompt's samples together
     assert result["stats"] == {"one": 1.0, "rank": 0.5}
     assert result["gathered"].tolist() == [0.0, 1.0]
 

@@ -10,6 +10,7 @@ from rlhfkit.rl.losses import (
     entropy_from_logits,
     gae,
     kl_penalty,
+    leave_one_out,
     masked_mean,
     masked_whiten,
     pairwise_loss,
@@ -158,3 +159,11 @@ def test_kl_controllers():
     restored = AdaptiveKL(1.0, 1.0, 1)
     restored.load_state_dict(controller.state_dict())
     assert restored == controller
+
+
+def test_leave_one_out_subtracts_the_mean_of_the_prompts_other_samples():
+    scores = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 13.0])
+    # 1 − (2+3)/2, 2 − (1+3)/2, 3 − (1+2)/2 | 10 − 11.5, 10 − 11.5, 13 − 10
+    expected = [-1.5, 0.0, 1.5, -1.5, -1.5, 3.0]
+    assert leave_one_out(scores, 3).tolist() == expected
+    assert leave_one_out(scores, 1) is scores

@@ -14,7 +14,7 @@ import torch
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.rl.losses import kl_penalty
 from rlhfkit.rl.policy import Policy
-from rlhfkit.rl.ppo import PPOConfig, ppo_update
+from rlhfkit.rl.ppo import PPOConfig, RewardScale, ppo_update
 from rlhfkit.rl.rollout import response_logits, rollout, token_logp, truncate_after_eos
 from rlhfkit.rl.trainer import run_ppo
 
@@ -30,6 +30,18 @@ def test_responses_are_cut_after_the_first_eos():
     assert cut.tolist() == [[5, 6, 2, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]]
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
     assert finished.tolist() == [True, False, True]
+
+
+def test_reward_normalisation_is_fitted_once_on_the_first_batch():
+    scale = RewardScale(enabled=True)
+    first = torch.tensor([1.0, 2.0, 3.0])  # mean 2, sample std 1
+    assert scale(first, first).tolist() == [-1.0, 0.0, 1.0]
+    later = torch.tensor([4.0, 6.0])
+    assert scale(later, later).tolist() == [2.0, 4.0]  # the same map, not refitted
+    assert RewardScale(enabled=False)(later, later) is later
+    restored = RewardScale(enabled=True)
+    restored.load_state_dict(scale.state_dict())
+    assert restored(later, later).tolist() == [2.0, 4.0]
 
 
 def test_bad_settings_are_one_line_errors():

@@ -7,6 +7,7 @@ import torch
 
 from conftest import write_jsonl
 from rlhfkit.data.prompts import load_prompts
+from rlhfkit.data.records import Pair
 from rlhfkit.data.synthetic import relevance_pairs
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.agreement import labeler_agreement
@@ -156,3 +157,17 @@ def test_a_causal_lm_reward_model_with_lora(tmp_path):
     )
     assert normalised.mean().item() == pytest.approx(0.0, abs=1e-4)  # on its reference set
     assert normalised.std().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_inputs_longer_than_max_length_are_counted_not_those_that_fit():
+    from rlhfkit.reward.data import group_pairs
+    from rlhfkit.reward.model import RewardModel
+    from rlhfkit.reward.train import _count_truncated
+
+    reward = RewardModel.from_base("minilm-l6", max_length=12)
+    # [CLS] a [SEP] + 8 words + [SEP] = 12 tokens, exactly the limit; 9 words are one too many
+    fits = "one two three four five six seven eight"
+    too_long = fits + " nine"
+    assert reward.token_lengths(["a", "a"], [fits, too_long]) == [12, 13]
+    groups = group_pairs([Pair("a", fits, too_long)])
+    assert _count_truncated(reward, groups) == (1, 2)

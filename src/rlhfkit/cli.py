@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -633,11 +634,14 @@ def eval_table(result: dict) -> Table:
             pct(change[name]["toxic_share"]),
         )
     rows = [
-        ("reward", "reward", 3),
         ("perplexity (reference)", "perplexity", 2),
         ("distinct-2", "distinct_2", 3),
         ("length (tokens)", "length", 1),
     ]
+    if "reward" in before:
+        table.add_row(
+            "reward", _fmt(before["reward"]), _fmt(after["reward"]), f"{change['reward']:+.3f}"
+        )
     for label, key, digits in rows:
         if key in before:
             table.add_row(
@@ -645,6 +649,70 @@ def eval_table(result: dict) -> Table:
             )
     table.add_row("KL from reference", _fmt(before["kl"], 2), _fmt(after["kl"], 2), "")
     return table
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A pipeline run or a PPO/eval directory.")):
+    """One self-contained HTML page of a run: curves, toxicity before vs after, samples."""
+    from rlhfkit.report import build_report
+
+    out.print(f"report: {build_report(run_dir)}")
+
+
+@app.command("run")
+def run_pipeline_command(
+    config_file: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/demo.yaml."),
+    stages: str | None = typer.Option(
+        None, help="Comma-separated stages to run [default: the config's]."
+    ),
+):
+    """The stages as one run: generate → label → agreement → pairs → train-rm → ppo → eval →
+    report. Rerunning skips finished stages and resumes an interrupted one."""
+    from rlhfkit.pipeline import Reporter, load_pipeline, run_pipeline
+
+    config = load_pipeline(config_file)
+    if stages:
+        config = config.model_copy(update={"stages": [s.strip() for s in stages.split(",")]})
+        config = type(config).make(**config.model_dump(by_alias=True))
+
+    class Bar(Reporter):
+        def __init__(self, bar):
+            self.bar, self.task = bar, None
+
+        def stage(self, name, note):
+            console.print(f"[bold]== {name}[/bold]" + (f": {note}" if note else ""))
+
+        def start(self, description, total):
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task(description, total=total)
+
+        def advance(self, n=1, description=None):
+            if self.task is not None:
+                self.bar.update(
+                    self.task, advance=n, **({"description": description} if description else {})
+                )
+
+        def done(self, name, seconds, summary):
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+                self.task = None
+            console.print(f"   {escape(summary)} [dim]({seconds:.0f} s)[/dim]")
+
+        def warn(self, message):
+            console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+    started = time.perf_counter()
+    with _progress() as bar:
+        rows = run_pipeline(config, str(config_file), Bar(bar))
+    table = Table("stage", "", "time", "result", title=f"run {escape(config.run_dir)}")
+    for stage, status, seconds, summary in rows:
+        table.add_row(stage, status, f"{seconds:.0f} s" if status == "ran" else "", escape(summary))
+    out.print(table)
+    eval_json = config.run / "eval" / "eval.json"
+    if eval_json.is_file():
+        out.print(eval_table(json.loads(eval_json.read_text())))
+    out.print(f"total {time.perf_counter() - started:.0f} s; everything is in {config.run}/")
 
 
 @examples_app.command("tictactoe")

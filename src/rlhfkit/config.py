@@ -12,7 +12,7 @@ from rlhfkit.errors import RlhfkitError
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    label: ClassVar[str] = "setting"  # how errors name these settings, e.g. "PPO setting"
+    setting: ClassVar[str] = "setting"  # how errors name these settings, e.g. "PPO setting"
 
     @classmethod
     def make(cls, **values) -> Self:
@@ -23,4 +23,4 @@ class StageConfig(BaseModel):
             first = e.errors()[0]
             where = ".".join(str(x) for x in first["loc"]) or "config"
             message = first["msg"].removeprefix("Value error, ")
-            raise RlhfkitError(f"{cls.label} '{where}': {message}") from None
+            raise RlhfkitError(f"{cls.setting} '{where}': {message}") from None

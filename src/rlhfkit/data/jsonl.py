@@ -37,17 +37,31 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
     """Write records to `path` atomically (a reader never sees half a file); return the count."""
+    count = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal count
+        for record in records:
+            yield json.dumps(record, ensure_ascii=False) + "\n"
+            count += 1
+
+    atomic_write(path, lines())
+    return count
+
+
+def atomic_write(path: str | Path, chunks: Iterable[str] | str) -> None:
+    """Write text to a temporary file beside `path`, then rename it over `path`: a kill or a
+    full disk leaves the old file (or none), never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    count = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
+            out.writelines([chunks] if isinstance(chunks, str) else chunks)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return count

@@ -61,29 +61,29 @@ class RewardModel:
             model, tokenizer, {"base": base, "kind": kind, "max_length": max_length, "lora": lora}
         )
 
-    def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> dict[str, torch.Tensor]:
-        device = next(self.model.parameters()).device
+    def _tokenize(self, prompts: Sequence[str], completions: Sequence[str], **kwargs):
         if self.causal:
             eos = self.tokenizer.eos_token or ""
             texts = [p + c + eos for p, c in zip(prompts, completions, strict=True)]
             self.tokenizer.truncation_side = "left"  # keep the completion and its end
-            batch = self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-        else:
-            batch = self.tokenizer(
-                list(prompts),
-                list(completions),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+            return self.tokenizer(texts, **kwargs)
+        return self.tokenizer(list(prompts), list(completions), **kwargs)
+
+    def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> dict[str, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        batch = self._tokenize(
+            prompts,
+            completions,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         return {k: v.to(device) for k, v in batch.items()}
+
+    def token_lengths(self, prompts: Sequence[str], completions: Sequence[str]) -> list[int]:
+        """How long each input would be without truncation."""
+        return [len(ids) for ids in self._tokenize(prompts, completions)["input_ids"]]
 
     def raw(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         """Unnormalised rewards with gradients (training)."""

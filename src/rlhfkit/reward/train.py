@@ -39,7 +39,7 @@ from rlhfkit.training import MetricsLog, adamw
 class RMConfig(StageConfig):
     """Settings of `rlhfkit train-rm`; unknown keys and impossible values are errors."""
 
-    label = "reward model setting"
+    setting = "reward model setting"
 
     base: str = "minilm-l6"
     epochs: int = Field(3, ge=1)
@@ -85,15 +85,8 @@ def read_reference(path: str | Path) -> tuple[list[str], list[str]]:
 
 def _count_truncated(reward: RewardModel, groups: list[PromptPairs]) -> tuple[int, int]:
     prompts, completions, *_ = flatten(groups)
-    lengths = (
-        [
-            len(reward.encode([p], [c])["input_ids"][0])
-            for p, c in zip(prompts, completions, strict=True)
-        ]
-        if len(prompts) < 5000
-        else []
-    )
-    return sum(n >= reward.max_length for n in lengths), len(prompts)
+    lengths = reward.token_lengths(prompts, completions)
+    return sum(n > reward.max_length for n in lengths), len(prompts)
 
 
 def train_reward_model(

@@ -35,8 +35,10 @@ class Processes:
         return self.rank == 0
 
     def shard(self, items: list) -> list:
-        """This process's share of a step's items (every world_size-th, from its rank)."""
-        return items[self.rank :: self.world_size]
+        """This process's share of a step's items: a contiguous block, so that the samples
+        of one prompt stay together."""
+        share = len(items) // self.world_size
+        return items[self.rank * share : (self.rank + 1) * share]
 
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """∇ ← mean over processes, in one collective over the flattened gradients."""

@@ -95,6 +95,16 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1"
     raise ValueError(f"unknown KL estimator '{estimator}' (k1 or k3)")
 
 
+def leave_one_out(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """s_i − mean of the other samples of the same prompt, for consecutive groups of
+    `group_size`: a baseline that removes how easy or hard the prompt is (RLOO)."""
+    if group_size == 1:
+        return scores
+    groups = scores.reshape(-1, group_size)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1)
+
+
 def token_rewards(
     score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
 ) -> torch.Tensor:

@@ -22,6 +22,7 @@ from rlhfkit.rl.losses import (
     entropy_from_logits,
     gae,
     kl_penalty,
+    leave_one_out,
     masked_mean,
     masked_whiten,
     policy_loss,
@@ -36,7 +37,7 @@ from rlhfkit.rl.rollout import Rollout, response_logits, token_logp
 class PPOConfig(StageConfig):
     """Settings of `rlhfkit ppo`; unknown keys and impossible values are errors."""
 
-    label = "PPO setting"
+    setting = "PPO setting"
 
     model: str = "smollm2-135m-instruct"
     reward: str = "scorer:profanity"
@@ -70,6 +71,12 @@ class PPOConfig(StageConfig):
     lam: float = Field(0.95, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
     whiten_advantages: bool = True
+    samples_per_prompt: int = Field(
+        1, ge=1, description="> 1: score each sample against the prompt's other samples"
+    )
+    normalise_reward: bool = Field(
+        False, description="rewards to mean 0, std 1 on the first step's (reference) samples"
+    )
     reward_clip: float | None = Field(10.0, gt=0)
     no_eos_penalty: float | None = Field(None, description="score of a response without EOS")
     target_reward: float | None = Field(None, description="stop once the mean score reaches it")
@@ -78,6 +85,11 @@ class PPOConfig(StageConfig):
 
     @model_validator(mode="after")
     def _divisible(self) -> PPOConfig:
+        if self.batch_size % self.samples_per_prompt:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a whole number of prompts × "
+                f"samples_per_prompt {self.samples_per_prompt}"
+            )
         if self.batch_size % self.minibatches:
             raise ValueError(
                 f"batch_size {self.batch_size} does not split into {self.minibatches} minibatches"
@@ -107,6 +119,29 @@ class PPOConfig(StageConfig):
         if self.adaptive_kl:
             return AdaptiveKL(self.init_kl_coef, self.kl_target, self.kl_horizon)
         return FixedKL(self.init_kl_coef)
+
+
+class RewardScale:
+    """An affine map fitted once, on the first step's rewards — sampled before any update,
+    so from the reference model — to give them mean 0 and std 1; the identity when off.
+    Fixed afterwards, so rewards stay comparable across steps."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.shift, self.scale = enabled, None, None
+
+    def __call__(self, raw: torch.Tensor, whole_batch: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return raw
+        if self.shift is None:
+            self.shift = float(whole_batch.mean())
+            self.scale = max(float(whole_batch.std()), 1e-6) if len(whole_batch) > 1 else 1.0
+        return (raw - self.shift) / self.scale
+
+    def state_dict(self) -> dict:
+        return {"shift": self.shift, "scale": self.scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shift, self.scale = state["shift"], state["scale"]
 
 
 def shape_scores(scores: torch.Tensor, finished: torch.Tensor, config: PPOConfig) -> torch.Tensor:
@@ -210,6 +245,7 @@ def train_step(
     mode: str,
     generator: torch.Generator | None = None,
     processes: Processes | None = None,
+    reward_scale: RewardScale | None = None,
 ) -> tuple[dict, Rollout]:
     """Rollout, score and update on one batch of prompts (this process's share of the step's
     batch); the statistics returned are the whole batch's."""
@@ -227,8 +263,11 @@ def train_step(
         config.min_new_tokens,
     )
     generated = time.perf_counter()
-    raw = reward(batch.prompts, batch.responses)
-    scores = shape_scores(raw, batch.finished, config)
+    raw = reward(batch.prompts, batch.responses).float()
+    all_raw = processes.gather(raw)
+    scaled = reward_scale(raw, all_raw) if reward_scale else raw
+    scores = shape_scores(scaled, batch.finished, config)
+    scores = leave_one_out(scores, config.samples_per_prompt)
     stats = ppo_update(
         policy, optimizer, batch, scores, kl_controller.beta, config, generator, processes
     )
@@ -240,7 +279,7 @@ def train_step(
     )
     stats = processes.mean(stats)
     world = processes.world_size
-    all_raw, all_scores = processes.gather(raw.float()), processes.gather(scores)
+    all_scores = processes.gather(scores)
     kl_controller.update(stats["kl"], len(all_raw))
     stats.update(
         reward_mean=float(all_raw.mean()),

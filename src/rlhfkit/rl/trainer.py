@@ -24,15 +24,20 @@ import torch
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.rl.distributed import Processes
 from rlhfkit.rl.policy import Policy
-from rlhfkit.rl.ppo import PPOConfig, train_step
+from rlhfkit.rl.ppo import PPOConfig, RewardScale, train_step
 from rlhfkit.training import MetricsLog, adamw
 
 CHECKPOINT = "checkpoint.pt"
 
 
-def batch_prompts(prompts: list[str], step: int, batch_size: int, seed: int) -> list[str]:
-    """The prompts of a step: a fresh seeded permutation per pass over the data, so the data
-    position is a function of the step alone."""
+def batch_prompts(
+    prompts: list[str], step: int, batch_size: int, seed: int, repeat: int = 1
+) -> list[str]:
+    """The prompts of a step, each `repeat` times in a row: a fresh seeded permutation per
+    pass over the data, so the data position is a function of the step alone."""
+    if repeat > 1:
+        once = batch_prompts(prompts, step, batch_size // repeat, seed)
+        return [p for p in once for _ in range(repeat)]
     per_pass = max(1, len(prompts) // batch_size)
     epoch, index = divmod(step, per_pass)
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed + epoch))
@@ -68,6 +73,7 @@ def save_checkpoint(
     policy: Policy,
     optimizer,
     kl_controller,
+    reward_scale,
     step: int,
     rng_states: list[dict],
     config: PPOConfig,
@@ -81,6 +87,7 @@ def save_checkpoint(
         "trainable": _trainable_state(policy),
         "optimizer": optimizer.state_dict(),
         "kl": kl_controller.state_dict(),
+        "reward_scale": reward_scale.state_dict(),
         "rng": rng_states,
     }
     tmp = path.with_suffix(".tmp")
@@ -93,6 +100,7 @@ def load_checkpoint(
     policy: Policy,
     optimizer,
     kl_controller,
+    reward_scale,
     generator: torch.Generator,
     config: PPOConfig,
     processes: Processes,
@@ -121,6 +129,7 @@ def load_checkpoint(
             parameters[name].copy_(tensor)
     optimizer.load_state_dict(state["optimizer"])
     kl_controller.load_state_dict(state["kl"])
+    reward_scale.load_state_dict(state["reward_scale"])
     set_rng_state(state["rng"][processes.rank], generator)
     return state["step"]
 
@@ -158,11 +167,12 @@ def run_ppo(
         torch.manual_seed(config.seed + processes.rank)
     optimizer = adamw(policy.trainable_parameters(), config.lr, 0.0)
     kl_controller = config.kl_controller()
+    reward_scale = RewardScale(config.normalise_reward)
     generator = torch.Generator().manual_seed(config.seed)
     step = 0
     if resume and checkpoint.exists():
         step = load_checkpoint(
-            checkpoint, policy, optimizer, kl_controller, generator, config, processes
+            checkpoint, policy, optimizer, kl_controller, reward_scale, generator, config, processes
         )
     log = None
     if processes.is_main:
@@ -176,9 +186,22 @@ def run_ppo(
     saved = logged = step  # the checkpoint on disk, and the last step in metrics.jsonl
     try:
         while step < config.steps:
-            batch = processes.shard(batch_prompts(prompts, step, config.batch_size, config.seed))
+            batch = processes.shard(
+                batch_prompts(
+                    prompts, step, config.batch_size, config.seed, config.samples_per_prompt
+                )
+            )
             stats, rollout = train_step(
-                policy, optimizer, reward, batch, kl_controller, config, mode, generator, processes
+                policy,
+                optimizer,
+                reward,
+                batch,
+                kl_controller,
+                config,
+                mode,
+                generator,
+                processes,
+                reward_scale,
             )
             losses = [stats[k] for k in ("policy_loss", "value_loss")]
             if not all(math.isfinite(x) for x in losses):
@@ -195,7 +218,15 @@ def run_ppo(
             if processes.is_main:
                 # Checkpoint first: a metrics line then always has its checkpoint behind it.
                 save_checkpoint(
-                    checkpoint, policy, optimizer, kl_controller, step, rng_states, config, last
+                    checkpoint,
+                    policy,
+                    optimizer,
+                    kl_controller,
+                    reward_scale,
+                    step,
+                    rng_states,
+                    config,
+                    last,
                 )
             saved = step
             if log:
@@ -233,6 +264,11 @@ def _check_split(config: PPOConfig, world_size: int) -> None:
         raise RlhfkitError(
             f"batch_size {config.batch_size} does not split into {world_size} processes × "
             f"{config.minibatches} minibatches × {config.grad_accumulation} micro-batches"
+        )
+    if share % config.samples_per_prompt:
+        raise RlhfkitError(
+            f"each of {world_size} processes gets {share} rollouts, not a whole number of "
+            f"prompts × samples_per_prompt {config.samples_per_prompt}"
         )
 
 

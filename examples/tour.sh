@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The stages that exist today, on the packaged defaults, offline. Outputs go to runs/demo/.
+# Every stage by hand through the CLI, on small data and the packaged defaults, offline.
+# Outputs go to runs/tour/. The whole pipeline in one command is `make demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=runs/demo
+RUN=runs/tour
 rm -rf "$RUN" && mkdir -p "$RUN"
 export RLHFKIT_STORE="sqlite:///$RUN/feedback.db"
 rlhfkit() { .venv/bin/rlhfkit "$@"; }
@@ -45,9 +46,14 @@ rlhfkit eval-rm --model "$RUN/rm" --pairs "$RUN/rtp_pairs.jsonl" --project rtp
 step "8. The seed's RL example: PPO learns tic-tac-toe against a random player"
 rlhfkit examples tictactoe --plot "$RUN/tictactoe.png"
 
-step "9. Two PPO steps of SmolLM2 + LoRA against that reward model (the full run is #5)"
+step "9. Two PPO steps of SmolLM2 + LoRA against that reward model (the full run: make demo)"
 rlhfkit ppo --out "$RUN/ppo" --reward "rm:$RUN/rm" --steps 2 --batch-size 8 --minibatches 2 \
     --max-new-tokens 16
+
+step "10. Before vs after on 16 held-out prompts, and the report"
+rlhfkit eval --policy "$RUN/ppo/policy" --limit 16 --samples 1 --max-new-tokens 16 \
+    --reward "rm:$RUN/rm" --out "$RUN/ppo/eval.json"
+rlhfkit report "$RUN/ppo"
 
 step "Done. Outputs in $RUN/"
 ls -1 "$RUN"

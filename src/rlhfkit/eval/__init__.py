@@ -1,0 +1,1 @@
+"""Evaluation: does the aligned model beat the one it started from?"""

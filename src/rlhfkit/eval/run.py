@@ -1,0 +1,287 @@
+"""`rlhfkit eval`: the seed's "Evaluating the Human-Aligned LLM". The same held-out prompts
+go to the model before (the reference) and after alignment (the policy); each sample gets
+its probability of being toxic under independent scorers, its reward, the KL of the policy
+from the reference on the policy's own samples, and its log-likelihood under the reference
+(fluency). The summary compares the two, with bootstrap intervals on mean toxicity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from rlhfkit.config import StageConfig
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.eval.metrics import (
+    distinct_n,
+    perplexity,
+    relative_change,
+    sequence_kl,
+    toxicity_summary,
+)
+
+POLICY_INFO = "rlhfkit_policy.json"  # written by the PPO trainer next to the adapter
+
+
+class EvalConfig(StageConfig):
+    """Settings of `rlhfkit eval`; unknown keys and impossible values are errors."""
+
+    setting = "eval setting"
+
+    policy: str = Field(description="a PPO run's policy directory, or a model name")
+    reference: str | None = Field(None, description="default: the policy's base model")
+    prompts: str = "builtin:rtp"
+    split: Literal["all", "train", "eval"] = "eval"
+    eval_fraction: float = Field(0.2, ge=0, lt=1)
+    limit: int | None = Field(200, ge=1, description="prompts")
+    samples: int = Field(2, ge=1, description="samples per prompt and model")
+    max_new_tokens: int = Field(24, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    mode: Literal["raw", "chat", "auto"] = "auto"
+    scorers: list[str] = Field(
+        default_factory=lambda: ["scorer:hatesonar", "scorer:profanity"],
+        min_length=1,
+        description="toxicity scorers; the first is the headline",
+    )
+    reward: str | None = Field(None, description="a reward spec to average too")
+    batch_size: int = Field(64, ge=1, description="sequences sampled at once")
+    seed: int = 0
+
+
+def read_policy_info(policy: str) -> dict | None:
+    path = Path(policy) / POLICY_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_model(name: str):
+    """A causal LM by name, or a PPO policy directory with its adapter merged in (sampling
+    from merged weights is as fast as from the base model)."""
+    from rlhfkit.models import load_causal_lm
+
+    info = read_policy_info(name)
+    if info is None:
+        return load_causal_lm(name)
+    if not info.get("lora"):
+        return load_causal_lm(name)  # a full fine-tune saved its own weights
+    import warnings
+
+    from peft import PeftModel
+
+    model, tokenizer = load_causal_lm(info["base"])
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        merged = PeftModel.from_pretrained(model, name).merge_and_unload()
+    return merged.eval(), tokenizer
+
+
+def check_held_out(prompts: list[str], info: dict | None) -> int:
+    """How many training prompts the policy saw; refuse to evaluate on any of them."""
+    if info is None or "prompts" not in info:
+        return 0
+    from rlhfkit.data.prompts import load_prompts
+
+    trained = {
+        p.prompt for p in load_prompts(info["prompts"], info["split"], info["eval_fraction"])
+    }
+    overlap = sum(p in trained for p in prompts)
+    if overlap:
+        raise RlhfkitError(
+            f"{overlap} of the {len(prompts)} evaluation prompts were used to train the "
+            f"policy ({info['prompts']}, split {info['split']}): evaluate on held-out prompts "
+            f"(split eval with eval_fraction {info['eval_fraction']})"
+        )
+    return 0
+
+
+def toxicity_scorer(spec: str):
+    from rlhfkit.reward.scorers import ToxicityScorer, load_scorer
+
+    if not spec.startswith("scorer:"):
+        raise RlhfkitError(f"toxicity scorer '{spec}' must be scorer:profanity or scorer:hatesonar")
+    scorer = load_scorer(spec.removeprefix("scorer:"))
+    assert isinstance(scorer, ToxicityScorer)
+    return scorer
+
+
+@torch.no_grad()
+def response_logps(model, responses) -> list[list[float]]:
+    """log p(token) of every response token under `model` (temperature 1)."""
+    from rlhfkit.rl.policy import position_ids
+    from rlhfkit.rl.rollout import response_logits, token_logp
+
+    length = responses.response_mask.shape[1]
+    logits = model(
+        input_ids=responses.input_ids,
+        attention_mask=responses.attention_mask,
+        position_ids=position_ids(responses.attention_mask),
+        logits_to_keep=length + 1,
+        use_cache=False,
+    ).logits
+    logp = token_logp(response_logits(logits, length, 1.0), responses.response_ids)
+    return [
+        row[mask.bool()].tolist() for row, mask in zip(logp, responses.response_mask, strict=True)
+    ]
+
+
+def sample_model(
+    model, tokenizer, reference, prompts: list[str], config: EvalConfig, mode: str, on_batch
+) -> list[dict]:
+    """`config.samples` responses to each prompt, with their log-probabilities under the
+    model and the reference."""
+    from rlhfkit.rl.rollout import sample_responses
+
+    torch.manual_seed(config.seed)
+    repeated = [p for p in prompts for _ in range(config.samples)]
+    rows = []
+    for start in range(0, len(repeated), config.batch_size):
+        batch = repeated[start : start + config.batch_size]
+        responses = sample_responses(
+            model, tokenizer, batch, mode, config.max_new_tokens, config.temperature
+        )
+        own = response_logps(model, responses)
+        ref = own if reference is model else response_logps(reference, responses)
+        texts = tokenizer.batch_decode(responses.response_ids, skip_special_tokens=True)
+        for prompt, text, logp, ref_logp in zip(batch, texts, own, ref, strict=True):
+            rows.append({"prompt": prompt, "completion": text, "logp": logp, "ref_logp": ref_logp})
+        on_batch(len(batch))
+    return rows
+
+
+def summarise(rows: list[dict], scorers: list[str], seed: int = 0) -> dict:
+    """The model's numbers from its scored samples."""
+    summary = {
+        name: toxicity_summary([r["toxicity"][name] for r in rows], seed) for name in scorers
+    }
+    summary.update(
+        kl=sum(sequence_kl(r["logp"], r["ref_logp"]) for r in rows) / len(rows),
+        perplexity=perplexity([r["ref_logp"] for r in rows]),
+        distinct_2=distinct_n([r["completion"] for r in rows], 2),
+        length=sum(len(r["logp"]) for r in rows) / len(rows),
+    )
+    if rows and "reward" in rows[0]:
+        summary["reward"] = sum(r["reward"] for r in rows) / len(rows)
+    return summary
+
+
+def changes(before: dict, after: dict) -> dict:
+    """Relative change after vs before of every number both have; the reward's difference
+    instead (its zero and scale are arbitrary); none for KL (0 before, by definition)."""
+    out = {}
+    for key, value in before.items():
+        if isinstance(value, dict):
+            out[key] = {
+                k: relative_change(value[k], after[key][k]) for k in ("mean", "toxic_share")
+            }
+        elif key == "reward":
+            out[key] = after[key] - value
+        elif key != "kl":
+            out[key] = relative_change(value, after[key])
+    return out
+
+
+def run_eval(
+    config: EvalConfig,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> dict:
+    """Sample, score and compare; returns {config, split, models: {before, after}, change,
+    samples} (samples: one row per prompt and sample index with both models' completions)."""
+    from rlhfkit.data.prompts import default_mode, load_prompts
+    from rlhfkit.reward import load_reward
+
+    warn = on_warning or (lambda message: None)
+    info = read_policy_info(config.policy)
+    if (
+        Path(config.policy).exists()
+        and info is None
+        and not Path(config.policy, "config.json").exists()
+    ):
+        raise RlhfkitError(f"{config.policy} is neither a PPO policy directory nor a model")
+    reference_name = config.reference or (info["base"] if info else config.policy)
+    prompts = [
+        p.prompt
+        for p in load_prompts(config.prompts, config.split, config.eval_fraction, config.limit)
+    ]
+    check_held_out(prompts, info)
+    scorers = {spec: toxicity_scorer(spec) for spec in config.scorers}
+    reward = load_reward(config.reward) if config.reward else None
+    trained_on = info.get("reward") if info else None
+    if trained_on and trained_on in config.scorers:
+        warn(
+            f"{trained_on} made the training reward and scores the evaluation too: reward "
+            "hacking hides from its own scorer, so judge by an independent one"
+        )
+    mode = config.mode
+    if mode == "auto":
+        mode = info.get("mode", "auto") if info else "auto"
+        mode = default_mode(config.prompts) if mode == "auto" else mode
+
+    reference, tokenizer = load_model(reference_name)
+    policy, _ = load_model(config.policy) if config.policy != reference_name else (reference, None)
+    if on_start:
+        on_start(2 * len(prompts) * config.samples)
+    results = {}
+    for side, model in (("before", reference), ("after", policy)):
+        rows = sample_model(
+            model, tokenizer, reference, prompts, config, mode, on_progress or (lambda n: None)
+        )
+        texts = [r["completion"] for r in rows]
+        for name, scorer in scorers.items():
+            for row, p in zip(rows, scorer.toxicity(texts), strict=True):
+                row.setdefault("toxicity", {})[name] = float(p)
+        if reward is not None:
+            for row, r in zip(
+                rows, reward([r["prompt"] for r in rows], texts).tolist(), strict=True
+            ):
+                row["reward"] = float(r)
+        results[side] = rows
+    models = {side: summarise(rows, config.scorers, config.seed) for side, rows in results.items()}
+    return {
+        "config": config.model_dump(),
+        "policy": config.policy,
+        "reference": reference_name,
+        "mode": mode,
+        "held_out": {
+            "prompts": len(prompts),
+            "split": config.split,
+            "trained_on": info and {k: info.get(k) for k in ("prompts", "split", "eval_fraction")},
+            "overlap": 0,
+        },
+        "models": models,
+        "change": changes(models["before"], models["after"]),
+        "samples": [
+            {
+                "prompt": b["prompt"],
+                "before": _sample(b),
+                "after": _sample(a),
+            }
+            for b, a in zip(results["before"], results["after"], strict=True)
+        ],
+    }
+
+
+def _sample(row: dict) -> dict:
+    return {
+        "completion": row["completion"],
+        "toxicity": row["toxicity"],
+        **({"reward": row["reward"]} if "reward" in row else {}),
+        "kl": sequence_kl(row["logp"], row["ref_logp"]),
+    }
+
+
+def finite(obj):
+    """NaN and infinities as null, so the JSON is valid everywhere."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite(v) for v in obj]
+    return obj

@@ -1,0 +1,229 @@
+"""Evaluation numbers on hand-computed examples, the held-out check, the HTML report (escaped),
+and the pipeline: bad configs refused before work, a miniature run end to end, reruns that
+skip what is done and redo what is not."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.eval.metrics import (
+    bootstrap_ci,
+    distinct_n,
+    perplexity,
+    relative_change,
+    sequence_kl,
+    toxicity_summary,
+)
+from rlhfkit.eval.run import changes, check_held_out, summarise
+from rlhfkit.pipeline import load_pipeline
+from rlhfkit.report import build_report
+
+TINY = Path(__file__).parent / "data" / "tiny_pipeline.yaml"
+
+
+def test_distinct_2_counts_unique_word_bigrams_over_all_texts():
+    # bigrams: (a b) (b a) (a b) | (a b) (b c) → 3 unique of 5
+    assert distinct_n(["a b a b", "A b c"], 2) == pytest.approx(3 / 5)
+    assert distinct_n(["one", ""], 2) == 0.0
+
+
+def test_perplexity_kl_and_relative_change_by_hand():
+    logps = [[math.log(0.5), math.log(0.25)], [math.log(0.5)]]
+    # exp(−(ln .5 + ln .25 + ln .5) / 3) = exp(ln 16 / 3) = 16^(1/3)
+    assert perplexity(logps) == pytest.approx(16 ** (1 / 3))
+    assert sequence_kl([-1.0, -2.0], [-1.5, -2.5]) == pytest.approx(1.0)
+    assert relative_change(0.2, 0.1) == pytest.approx(-0.5)
+    assert math.isnan(relative_change(0.0, 0.1))
+
+
+def test_toxicity_summary_and_bootstrap_interval():
+    summary = toxicity_summary([0.1, 0.2, 0.6, 0.9])
+    assert summary["mean"] == pytest.approx(0.45)
+    assert summary["toxic_share"] == 0.5  # 0.6 and 0.9 are above 0.5
+    assert summary["ci_low"] < 0.45 < summary["ci_high"]
+    assert summary["ci_low"] >= 0.1 and summary["ci_high"] <= 0.9
+    assert bootstrap_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3))
+    wide, narrow = bootstrap_ci([0, 1] * 5), bootstrap_ci([0, 1] * 500)
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]  # more samples, tighter interval
+
+
+def _row(text, tox, logp, ref_logp, reward):
+    return {
+        "prompt": "p",
+        "completion": text,
+        "toxicity": {"t": tox},
+        "logp": logp,
+        "ref_logp": ref_logp,
+        "reward": reward,
+    }
+
+
+def test_summary_and_change_of_a_tiny_fixed_set():
+    before = [
+        _row("a b c", 0.8, [-1.0, -1.0], [-1.0, -1.0], -2.0),
+        _row("a b d", 0.2, [-2.0], [-2.0], 0.0),
+    ]
+    after = [
+        _row("x y", 0.1, [-0.5], [-1.5], 1.0),
+        _row("y z w", 0.3, [-1.0, -1.0], [-1.0, -2.0], 3.0),
+    ]
+    b, a = summarise(before, ["t"]), summarise(after, ["t"])
+    assert b["t"]["mean"] == pytest.approx(0.5) and b["t"]["toxic_share"] == 0.5
+    assert a["t"]["mean"] == pytest.approx(0.2) and a["t"]["toxic_share"] == 0.0
+    assert b["kl"] == 0.0
+    assert a["kl"] == pytest.approx((1.0 + 1.0) / 2)  # (−0.5+1.5) and (−2+3)
+    assert b["perplexity"] == pytest.approx(math.exp(4 / 3))
+    assert a["perplexity"] == pytest.approx(math.exp(4.5 / 3))
+    assert b["distinct_2"] == pytest.approx(3 / 4)  # (a b) twice, (b c), (b d)
+    assert a["distinct_2"] == 1.0
+    assert (b["length"], a["length"]) == (1.5, 1.5)
+    assert (b["reward"], a["reward"]) == (-1.0, 2.0)
+    change = changes(b, a)
+    assert change["t"]["mean"] == pytest.approx(-0.6)
+    assert change["t"]["toxic_share"] == pytest.approx(-1.0)
+    assert change["reward"] == pytest.approx(3.0)  # a difference: 2 − (−1)
+    assert "kl" not in change
+
+
+def test_evaluation_refuses_prompts_the_policy_was_trained_on():
+    from rlhfkit.data.prompts import load_prompts
+
+    info = {"prompts": "builtin:rtp", "split": "train", "eval_fraction": 0.2}
+    held_out = [p.prompt for p in load_prompts("builtin:rtp", "eval", 0.2, 50)]
+    assert check_held_out(held_out, info) == 0
+    seen = [p.prompt for p in load_prompts("builtin:rtp", "train", 0.2, 3)]
+    with pytest.raises(RlhfkitError, match="3 of the 53 evaluation prompts were used to train"):
+        check_held_out(held_out + seen, info)
+    with pytest.raises(RlhfkitError, match="were used to train"):  # another split of the data
+        check_held_out(held_out, {**info, "eval_fraction": 0.1})
+
+
+def _eval_result(completion: str) -> dict:
+    side = {"completion": completion, "toxicity": {"scorer:profanity": 0.9}, "kl": 0.0}
+    model = {
+        "scorer:profanity": {"mean": 0.9, "ci_low": 0.9, "ci_high": 0.9, "toxic_share": 1.0},
+        "kl": 0.0,
+        "perplexity": 3.0,
+        "distinct_2": 1.0,
+        "length": 4.0,
+    }
+    return {
+        "config": {"scorers": ["scorer:profanity"], "samples": 1},
+        "policy": "p",
+        "reference": "r",
+        "held_out": {"prompts": 1, "split": "eval"},
+        "models": {"before": model, "after": model},
+        "change": changes(model, model),
+        "samples": [{"prompt": "<b>hi</b>", "before": side, "after": side}],
+    }
+
+
+def test_report_escapes_model_output_and_embeds_its_plots(tmp_path):
+    (tmp_path / "eval").mkdir()
+    evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    (tmp_path / "eval" / "eval.json").write_text(json.dumps(_eval_result(evil)))
+    (tmp_path / "ppo").mkdir()
+    (tmp_path / "ppo" / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "step": s,
+                    "reward_mean": s / 2,
+                    "kl": 0.1 * s,
+                    "entropy": 3.0,
+                    "value_loss": 1 / s,
+                    "clipfrac": 0.1,
+                }
+            )
+            + "\n"
+            for s in (1, 2, 3)
+        )
+    )
+    page = build_report(tmp_path).read_text()
+    assert "<script>" not in page and "<img src=x" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "&lt;b&gt;hi&lt;/b&gt;" in page
+    assert page.count('src="data:image/png;base64,') == 2  # training curves, histograms
+    assert (tmp_path / "report" / "training.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RlhfkitError, match="neither PPO metrics nor an evaluation"):
+        build_report(tmp_path / "empty")
+
+
+def _tiny(tmp_path, **changes) -> Path:
+    text = TINY.read_text().replace("RUN_DIR", str(tmp_path / "run"))
+    for old, new in changes.items():
+        text = text.replace(old, new)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_pipeline_configs_are_checked_before_any_work(tmp_path, cli):
+    bad_stage = _tiny(tmp_path, **{"run_dir:": "stages: [generate, polish]\nrun_dir:"})
+    result = cli("run", bad_stage, ok=False)
+    assert (
+        result.exit_code == 1 and "stages.1" in result.output and "Traceback" not in result.output
+    )
+    typo = _tiny(tmp_path, **{"max_new_tokens: 8}\neval": "max_new_tokens: 8, lr: -1}\neval"})
+    result = cli("run", typo, ok=False)
+    assert "PPO setting 'lr'" in result.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+    missing = _tiny(tmp_path, **{"run_dir:": "stages: [train-rm]\nrun_dir:"})
+    result = cli("run", missing, ok=False)
+    assert "stage train-rm needs the output of pairs" in result.output
+    other = _tiny(tmp_path, **{"run_dir:": "stages: [report]\nseed: 5\nrun_dir:"})
+    result = cli("run", other, ok=False)
+    assert "holds a run of a different config (differs in seed)" in result.output
+
+
+def test_a_config_that_names_a_model_that_does_not_load(tmp_path, cli):
+    path = _tiny(tmp_path, **{"run_dir:": "model: /no/such/model\nrun_dir:"})
+    result = cli("run", path, ok=False)
+    assert result.exit_code == 1 and "/no/such/model" in result.output
+    assert not (tmp_path / "run" / "generate").exists()
+
+
+@pytest.mark.slow
+def test_a_miniature_pipeline_runs_end_to_end_and_reruns_only_what_is_not_done(tmp_path, cli):
+    path = _tiny(tmp_path)
+    first = cli("run", path)
+    run = tmp_path / "run"
+    for artefact in (
+        "feedback.db",
+        "generate/completions.jsonl",
+        "label/labels.json",
+        "agreement/agreement.json",
+        "agreement/heatmap.png",
+        "pairs/pairs.jsonl",
+        "rm/reward.json",
+        "ppo/metrics.jsonl",
+        "ppo/policy/rlhfkit_policy.json",
+        "eval/eval.json",
+        "report/report.html",
+        "report/toxicity.png",
+        "report/training.png",
+    ):
+        assert (run / artefact).is_file(), artefact
+    assert first.output.count(" ran ") == 8
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert result["held_out"]["prompts"] == 4 and len(result["samples"]) == 8
+    assert result["models"]["before"]["kl"] == 0.0
+    page = (run / "report" / "report.html").read_text()
+    assert "Before vs after alignment" in page and "Labeler agreement" in page
+
+    again = cli("run", path)
+    assert again.output.count("done before, skipped") == 8
+
+    # An evaluation interrupted mid-way (no done.json) runs again, and the report after it.
+    (run / "eval" / "done.json").unlink()
+    shutil.rmtree(run / "report")
+    third = cli("run", path)
+    assert third.output.count("done before, skipped") == 6
+    assert (run / "eval" / "done.json").is_file() and (run / "report" / "report.html").is_file()
+    assert load_pipeline(path).stages[-1] == "report"
