@@ -608,46 +608,15 @@ def evaluate_to(config, out_file: Path | None) -> dict:
 
 
 def eval_table(result: dict) -> Table:
-    before, after = result["models"]["before"], result["models"]["after"]
-    change = result["change"]
-    table = Table(
-        "",
-        "before",
-        "after",
-        "change",
-        title=f"{result['held_out']['prompts']} held-out prompts: {escape(result['reference'])} "
-        f"→ {escape(result['policy'])}",
+    from rlhfkit.eval.run import summary_rows
+
+    title = (
+        f"{result['held_out']['prompts']} held-out prompts: {escape(result['reference'])} "
+        f"→ {escape(result['policy'])}"
     )
-    pct = lambda x: "–" if x is None or x != x else f"{x:+.0%}"  # noqa: E731
-    for name in result["config"]["scorers"]:
-        b, a = before[name], after[name]
-        table.add_row(
-            f"{name} mean [95% CI]",
-            f"{b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]",
-            f"{a['mean']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]",
-            pct(change[name]["mean"]),
-        )
-        table.add_row(
-            f"{name} toxic share",
-            f"{b['toxic_share']:.1%}",
-            f"{a['toxic_share']:.1%}",
-            pct(change[name]["toxic_share"]),
-        )
-    rows = [
-        ("perplexity (reference)", "perplexity", 2),
-        ("distinct-2", "distinct_2", 3),
-        ("length (tokens)", "length", 1),
-    ]
-    if "reward" in before:
-        table.add_row(
-            "reward", _fmt(before["reward"]), _fmt(after["reward"]), f"{change['reward']:+.3f}"
-        )
-    for label, key, digits in rows:
-        if key in before:
-            table.add_row(
-                label, _fmt(before[key], digits), _fmt(after[key], digits), pct(change[key])
-            )
-    table.add_row("KL from reference", _fmt(before["kl"], 2), _fmt(after["kl"], 2), "")
+    table = Table("", "before", "after", "change", title=title)
+    for row in summary_rows(result):
+        table.add_row(*row)
     return table
 
 

@@ -39,12 +39,17 @@ def find_artefacts(run: Path) -> dict[str, Path | None]:
     }
 
 
-def plot_training(records: list[dict], path: Path) -> None:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_training(records: list[dict], path: Path) -> None:
+    plt = _pyplot()
     keys = [(k, t) for k, t in CURVES if any(k in r for r in records)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 2.8), squeeze=False)
     steps = [r["step"] for r in records]
@@ -59,11 +64,7 @@ def plot_training(records: list[dict], path: Path) -> None:
 
 
 def plot_toxicity(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     scorers = result["config"]["scorers"]
     fig, axes = plt.subplots(1, len(scorers), figsize=(4.6 * len(scorers), 3.0), squeeze=False)
     bins = [i / 20 for i in range(21)]
@@ -87,48 +88,10 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _pct(x) -> str:
-    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:+.0%}"
-
-
-def _num(x, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
 def _eval_table(result: dict) -> str:
-    before, after, change = result["models"]["before"], result["models"]["after"], result["change"]
-    rows = []
-    for name in result["config"]["scorers"]:
-        b, a = before[name], after[name]
-        rows.append(
-            (
-                f"{name}: mean P(toxic) [95% CI]",
-                f"{b['mean']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]",
-                f"{a['mean']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]",
-                _pct(change[name]["mean"]),
-            )
-        )
-        rows.append(
-            (
-                f"{name}: share toxic (p > 0.5)",
-                f"{b['toxic_share']:.1%}",
-                f"{a['toxic_share']:.1%}",
-                _pct(change[name]["toxic_share"]),
-            )
-        )
-    if "reward" in before:
-        difference = f"{change['reward']:+.3f}"
-        rows.append(("mean reward", _num(before["reward"]), _num(after["reward"]), difference))
-    for label, key, digits in (
-        ("perplexity under the reference", "perplexity", 2),
-        ("distinct-2", "distinct_2", 3),
-        ("mean length (tokens)", "length", 1),
-    ):
-        if key in before:
-            rows.append(
-                (label, _num(before[key], digits), _num(after[key], digits), _pct(change[key]))
-            )
-    rows.append(("KL from the reference", _num(before["kl"], 2), _num(after["kl"], 2), ""))
+    from rlhfkit.eval.run import summary_rows
+
+    rows = summary_rows(result)
     body = "".join(
         f"<tr><th>{html.escape(r[0])}</th>"
         + "".join(f"<td>{html.escape(c)}</td>" for c in r[1:])

@@ -185,6 +185,47 @@ def changes(before: dict, after: dict) -> dict:
     return out
 
 
+def summary_rows(result: dict) -> list[tuple[str, str, str, str]]:
+    """(what, before, after, change) as text, for the terminal table and the report."""
+
+    def num(x, digits: int = 3) -> str:
+        return "–" if x is None else f"{x:.{digits}f}"
+
+    def pct(x) -> str:
+        return "–" if x is None or not math.isfinite(x) else f"{x:+.0%}"
+
+    before, after, change = result["models"]["before"], result["models"]["after"], result["change"]
+    rows = []
+    for name in result["config"]["scorers"]:
+        b, a = before[name], after[name]
+        rows += [
+            (
+                f"{name}: mean P(toxic) [95% CI]",
+                f"{num(b['mean'])} [{num(b['ci_low'])}, {num(b['ci_high'])}]",
+                f"{num(a['mean'])} [{num(a['ci_low'])}, {num(a['ci_high'])}]",
+                pct(change[name]["mean"]),
+            ),
+            (
+                f"{name}: share toxic (p > 0.5)",
+                f"{b['toxic_share']:.1%}",
+                f"{a['toxic_share']:.1%}",
+                pct(change[name]["toxic_share"]),
+            ),
+        ]
+    if "reward" in before:
+        rows.append(
+            ("mean reward", num(before["reward"]), num(after["reward"]), f"{change['reward']:+.3f}")
+        )
+    for label, key, digits in (
+        ("perplexity under the reference", "perplexity", 2),
+        ("distinct-2", "distinct_2", 3),
+        ("mean length (tokens)", "length", 1),
+    ):
+        rows.append((label, num(before[key], digits), num(after[key], digits), pct(change[key])))
+    rows.append(("KL from the reference", num(before["kl"], 2), num(after["kl"], 2), ""))
+    return rows
+
+
 def run_eval(
     config: EvalConfig,
     on_start: Callable[[int], None] | None = None,
