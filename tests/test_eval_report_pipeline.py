@@ -201,7 +201,7 @@ def test_a_miniature_pipeline_runs_end_to_end_and_reruns_only_what_is_not_done(t
         "agreement/agreement.json",
         "agreement/heatmap.png",
         "pairs/pairs.jsonl",
-        "rm/reward.json",
+        "rm/model/reward.json",
         "ppo/metrics.jsonl",
         "ppo/policy/rlhfkit_policy.json",
         "eval/eval.json",

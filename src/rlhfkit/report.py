@@ -35,7 +35,7 @@ def find_artefacts(run: Path) -> dict[str, Path | None]:
         "eval": _first(run, "eval/eval.json", "eval.json"),
         "heatmap": _first(run, "agreement/heatmap.png", "agreement.png"),
         "agreement": _first(run, "agreement/agreement.json"),
-        "reward_model": _first(run, "rm/reward.json"),
+        "reward_model": _first(run, "rm/model/reward.json"),
     }
 
 
