@@ -27,9 +27,16 @@ def measure(args) -> dict:
         import rlhfkit.rl.trainer  # noqa: F401
 
         return {}
-    config = PPOConfig(lora=args.run == "lora", steps=args.steps, batch_size=args.batch_size,
-                       minibatches=1, max_new_tokens=args.max_new_tokens,
-                       reward="scorer:profanity", prompts="builtin:rtp", seed=0)
+    config = PPOConfig(
+        lora=args.run == "lora",
+        steps=args.steps,
+        batch_size=args.batch_size,
+        minibatches=1,
+        max_new_tokens=args.max_new_tokens,
+        reward="scorer:profanity",
+        prompts="builtin:rtp",
+        seed=0,
+    )
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         run_ppo(config, out)
@@ -51,23 +58,30 @@ def main() -> None:
         return
     results = {}
     for mode in ("baseline", "lora", "full"):
-        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--run", mode],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--run", mode], capture_output=True, text=True
+        )
         if done.returncode:
             sys.exit(f"{mode} failed:\n{done.stderr[-3000:]}")
         results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
     base = results["baseline"]["peak_rss_gb"]
-    print(f"SmolLM2-135M PPO, {args.steps} steps of {args.batch_size} rollouts × "
-          f"{args.max_new_tokens} tokens, fp32, CPU")
+    print(
+        f"SmolLM2-135M PPO, {args.steps} steps of {args.batch_size} rollouts × "
+        f"{args.max_new_tokens} tokens, fp32, CPU"
+    )
     print(f"runtime baseline (python, torch, transformers, no model): {base:.2f} GB")
     for mode, label in (("lora", "LoRA, shared reference"), ("full", "full fine-tune + copy")):
         r = results[mode]
-        print(f"{label:<26} peak RSS {r['peak_rss_gb']:.2f} GB (above baseline "
-              f"{r['peak_rss_gb'] - base:.2f} GB), {r['seconds_per_step']:.1f} s/step")
+        print(
+            f"{label:<26} peak RSS {r['peak_rss_gb']:.2f} GB (above baseline "
+            f"{r['peak_rss_gb'] - base:.2f} GB), {r['seconds_per_step']:.1f} s/step"
+        )
     ratio = results["lora"]["peak_rss_gb"] / results["full"]["peak_rss_gb"]
     above = (results["lora"]["peak_rss_gb"] - base) / (results["full"]["peak_rss_gb"] - base)
-    print(f"LoRA / full: {ratio:.2f} of the peak, {above:.2f} above the baseline "
-          f"(the seed: about half)")
+    print(
+        f"LoRA / full: {ratio:.2f} of the peak, {above:.2f} above the baseline "
+        f"(the seed: about half)"
+    )
 
 
 if __name__ == "__main__":

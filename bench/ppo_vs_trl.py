@@ -1,14 +1,15 @@
 """Seconds per PPO step: TRL's PPOTrainer vs rlhfkit, same model, prompts and settings.
 
-    .venv/bin/python bench/ppo_vs_trl.py [--full] [--steps 4] [--ppo-epochs 1] [--threads 2]
+    .venv/bin/python bench/ppo_vs_trl.py [--full] [--bf16] [--steps 4] [--ppo-epochs 1]
+                                         [--threads 2]
 
 Both train the packaged SmolLM2-135M (LoRA r=16, alpha 32 on q/k/v/o_proj, or with --full
 a full fine-tune against a frozen reference copy) on the same RTP prompts (the ones
 rlhfkit's run would draw, given to TRL as its data set; raw text, no chat template),
 8 rollouts of 24 sampled tokens (temperature 1) a step, 1 minibatch, --ppo-epochs passes,
-fp32 on --threads CPU threads. The reward is the same for both: SmolLM2 with a fresh
-seq-classification head (num_labels=1, same seed), which TRL also uses as the initial value
-model (its critic is a second model; rlhfkit's is a value head on the policy). Each run is
+fp32 (with --bf16, both in bf16 mixed precision) on --threads CPU threads. The reward is
+the same for both: SmolLM2 with a fresh seq-classification head (num_labels=1, same seed),
+which TRL also uses as the initial value model (its critic is a second model; rlhfkit's is a value head on the policy). Each run is
 a fresh process of one virtual environment (bench/.venv-trl18, made on first use, holding
 trl==1.8.0 beside rlhfkit), so peak RSS (ru_maxrss) is that run's alone.
 
@@ -96,6 +97,8 @@ def run_ours(args) -> dict:
         prompts="builtin:rtp",
         mode="raw",
         seed=0,
+        device="cpu",
+        precision="bf16" if args.bf16 else "fp32",
     )
     generate, ends = [], []
     timed(rlhfkit.rl.rollout, "sample_responses", generate)
@@ -149,7 +152,7 @@ def run_trl(args) -> dict:
             stop_token="eos",
             missing_eos_penalty=None,
             num_sample_generations=0,
-            bf16=False,
+            bf16=args.bf16,
             gradient_checkpointing=False,
             use_cpu=True,
             report_to="none",
@@ -187,6 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     parser.add_argument("--steps", type=int, default=4, help="PPO steps, the first a warm-up")
+    parser.add_argument("--bf16", action="store_true", help="both in bf16 mixed precision")
     parser.add_argument("--ppo-epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--run", choices=["ours", "trl"], help=argparse.SUPPRESS)
@@ -215,7 +219,8 @@ def main() -> None:
     print(
         f"SmolLM2-135M PPO, {'full fine-tune' if args.full else f'LoRA r={LORA_R}'}, "
         f"{BATCH} rollouts × {RESPONSE_LENGTH} tokens a step, 1 minibatch, "
-        f"{args.ppo_epochs} PPO epoch(s), fp32, CPU, {args.threads} threads; "
+        f"{args.ppo_epochs} PPO epoch(s), {'bf16' if args.bf16 else 'fp32'}, CPU, "
+        f"{args.threads} threads; "
         f"means of steps 2–{args.steps}"
     )
     print(f"{'':<26}{'s/step':>8}{'generate s':>12}{'peak RSS':>10}")

@@ -1,6 +1,7 @@
 """PPO on the packaged SmolLM2: the reference, padding, EOS handling, a run that learns,
 checkpoints that resume exactly, and settings checked before any model loads."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -45,6 +46,13 @@ def test_reward_normalisation_is_fitted_once_on_the_first_batch():
 
 
 def test_bad_settings_are_one_line_errors():
+    with pytest.raises(RlhfkitError, match="'precision'"):
+        PPOConfig.make(precision="fp8")
+    with pytest.raises(RlhfkitError, match="not a torch device"):
+        PPOConfig.make(device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(RlhfkitError, match="no CUDA device"):
+            PPOConfig.make(device="cuda")
     with pytest.raises(RlhfkitError, match="does not split into 3 minibatches"):
         PPOConfig.make(batch_size=8, minibatches=3)
     with pytest.raises(RlhfkitError, match="'init_kl_coef'"):
@@ -74,6 +82,60 @@ def test_kl_is_zero_with_a_fresh_adapter_and_positive_after_updates(policy):
     k3 = kl_penalty(after.logp, after.ref_logp, "k3") * after.response_mask
     assert k3.sum() > 0
     assert (after.logp != after.ref_logp).any()
+
+
+@pytest.mark.slow
+def test_one_minibatch_takes_the_old_log_probs_from_its_first_forward_pass(policy):
+    """With one minibatch the rollout skips the policy's forward pass; the update must come
+    out as if it had not: same log π_old and V_old, same statistics, same new weights."""
+    prompts = ["Tell me about dogs.", "Why is the sky blue?", "Name a colour.", "Hello."]
+    torch.manual_seed(5)
+    eager = rollout(policy, prompts, "chat", max_new_tokens=8)
+    lazy = dataclasses.replace(eager, logp=None, values=None)
+    config = PPOConfig(batch_size=4, minibatches=1, ppo_epochs=2, lr=1e-3)
+    scores = torch.tensor([1.0, -1.0, 0.5, 0.0])
+    start = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+    def update(batch):
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if name in start:
+                    p.copy_(start[name])
+        optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=config.lr)
+        generator = torch.Generator().manual_seed(0)
+        stats = ppo_update(policy, optimizer, batch, scores, 0.1, config, generator)
+        return stats, {n: p.detach().clone() for n, p in policy.named_parameters() if n in start}
+
+    eager_stats, eager_weights = update(eager)
+    lazy_stats, lazy_weights = update(lazy)
+    assert torch.allclose(lazy.logp, eager.logp, atol=1e-5)
+    assert torch.allclose(lazy.values, eager.values, atol=1e-5)
+    assert lazy_stats == pytest.approx(eager_stats, rel=1e-4, abs=1e-6)
+    assert any(not torch.equal(eager_weights[n], start[n]) for n in start)  # it did train
+    for name in start:
+        assert torch.allclose(lazy_weights[name], eager_weights[name], atol=1e-6), name
+    with pytest.raises(ValueError, match="one minibatch"):
+        two = PPOConfig(batch_size=4, minibatches=2)
+        ppo_update(
+            policy, None, dataclasses.replace(eager, logp=None, values=None), scores, 0.1, two
+        )
+
+
+@pytest.mark.slow
+def test_bf16_keeps_the_reference_exact_and_the_log_probs_close_to_fp32():
+    torch.manual_seed(0)
+    policy = Policy.load("smollm2-135m-instruct", PPOConfig().lora_args(), precision="bf16")
+    torch.manual_seed(1)
+    batch = rollout(policy, ["Tell me about cats.", "What is rain?"], "chat", max_new_tokens=12)
+    assert torch.equal(batch.logp, batch.ref_logp)  # the same bf16 path, the same weights
+    policy.precision = "fp32"
+    keep = batch.response_ids.shape[1] + 1
+    with torch.no_grad():
+        logits, _ = policy(batch.input_ids, batch.attention_mask, keep)
+    fp32 = token_logp(response_logits(logits, keep - 1, 1.0), batch.response_ids)
+    error = (fp32 - batch.logp).abs() * batch.response_mask
+    # bf16 keeps 8 bits of mantissa: logits of ~20 are off by ~0.1 at worst
+    assert error.max() < 0.25 and float(error.sum() / batch.response_mask.sum()) < 0.05
 
 
 @pytest.mark.slow

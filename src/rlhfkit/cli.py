@@ -488,6 +488,8 @@ def ppo(
         "a full fine-tune with a separate frozen reference.",
     ),
     target_reward: float | None = typer.Option(None, help="Stop when the mean reward reaches it."),
+    device: str | None = typer.Option(None, help="auto (cuda if there is one), cpu, cuda:N."),
+    precision: str | None = typer.Option(None, help="fp32 or bf16 (mixed precision)."),
     seed: int | None = typer.Option(None),
 ):
     """PPO with a KL penalty against the frozen reference (LoRA: the same weights, adapter off)."""
@@ -519,6 +521,8 @@ def ppo(
         kl_target=kl_target,
         lora=lora,
         target_reward=target_reward,
+        device=device,
+        precision=precision,
         seed=seed,
     )
     config = PPOConfig.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})

@@ -20,14 +20,23 @@ import torch.distributed as dist
 class Processes:
     """The processes of a run: `rank`, `world_size`, `is_main` and their collectives."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
+        """`device`: cpu, cuda, cuda:N, or auto (cuda where there is one). Several processes
+        on CUDA take one GPU each (LOCAL_RANK) and talk over NCCL; on CPUs over gloo."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if self.world_size > 1 and not dist.is_initialized():
-            # accelerate sets up the process group (gloo) from the launcher's environment.
-            # PPO runs on CPUs so far, hence cpu=True whatever the launcher says.
-            from accelerate import PartialState
+        if self.world_size > 1:
+            if not dist.is_initialized():
+                # accelerate sets up the process group from the launcher's environment.
+                from accelerate import PartialState
 
-            PartialState(cpu=True)
+                PartialState(cpu=self.device.type == "cpu")
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # where its random state and collectives live
         self.rank = dist.get_rank() if self.world_size > 1 else 0
 
     @property
@@ -58,7 +67,9 @@ class Processes:
         if self.world_size == 1:
             return stats
         keys = sorted(stats)
-        values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
+        values = torch.tensor(
+            [float(stats[k]) for k in keys], dtype=torch.float64, device=self.device
+        )
         dist.all_reduce(values)
         return dict(zip(keys, (values / self.world_size).tolist(), strict=True))
 

@@ -45,6 +45,8 @@ class PPOConfig(StageConfig):
     split: Literal["all", "train", "eval"] = "train"
     eval_fraction: float = Field(0.2, ge=0, lt=1)
     mode: Literal["raw", "chat", "auto"] = "auto"
+    device: str = Field("auto", description="auto (cuda if there is one), cpu, cuda, cuda:N")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: mixed precision")
     lora: bool = True
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
@@ -101,6 +103,22 @@ class PPOConfig(StageConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _known_device(self) -> PPOConfig:
+        try:
+            device = torch.device(self.device if self.device != "auto" else "cpu")
+        except RuntimeError:
+            raise ValueError(f"device {self.device!r} is not a torch device") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: this machine has no CUDA device")
+        return self
+
+    @property
+    def one_pass(self) -> bool:
+        """One minibatch in one micro-batch: the update's first forward pass sees every
+        rollout under the weights that sampled it, so it doubles as the rollout's."""
+        return self.minibatches == 1 and self.grad_accumulation == 1
+
     def lora_args(self) -> dict | None:
         from rlhfkit.rl.policy import LORA_TARGETS
 
@@ -155,6 +173,20 @@ def shape_scores(scores: torch.Tensor, finished: torch.Tensor, config: PPOConfig
     return scores
 
 
+def advantages_and_returns(
+    batch: Rollout, scores: torch.Tensor, beta: float, config: PPOConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token KL, advantages (whitened over this process's rollouts, as TRL and CleanRL
+    do) and returns of a rollout batch."""
+    mask = batch.response_mask
+    kl = kl_penalty(batch.logp, batch.ref_logp, config.kl_estimator) * mask
+    rewards = token_rewards(scores, kl, mask, beta)
+    advantages, returns = gae(rewards, batch.values, mask, config.gamma, config.lam)
+    if config.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return kl, advantages, returns
+
+
 def ppo_update(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
@@ -166,13 +198,13 @@ def ppo_update(
     processes: Processes | None = None,
 ) -> dict[str, float]:
     """Phase 2 on one rollout batch (this process's share of it, under data parallelism);
-    returns the step's statistics."""
+    returns the step's statistics. A batch without log π_old (`rollout(old_logp=False)`,
+    only with `config.one_pass`) gets it, and V_old, from the first forward pass here."""
     mask = batch.response_mask
-    kl = kl_penalty(batch.logp, batch.ref_logp, config.kl_estimator) * mask
-    rewards = token_rewards(scores, kl, mask, beta)
-    advantages, returns = gae(rewards, batch.values, mask, config.gamma, config.lam)
-    if config.whiten_advantages:  # over this process's rollouts, as TRL and CleanRL do
-        advantages = masked_whiten(advantages, mask)
+    if batch.logp is not None:
+        kl, advantages, returns = advantages_and_returns(batch, scores, beta, config)
+    elif not config.one_pass:
+        raise ValueError("a rollout without log π_old needs one minibatch of one micro-batch")
 
     policy.train(False)  # dropout stays off: PPO's ratio must compare like with like
     n = len(batch.prompts)
@@ -181,7 +213,7 @@ def ppo_update(
     totals: dict[str, float] = {}
     updates = 0
     for _ in range(config.ppo_epochs):
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator).to(mask.device)
         for start in range(0, n, minibatch):
             optimizer.zero_grad()
             for m in range(start, start + minibatch, micro):
@@ -194,6 +226,11 @@ def ppo_update(
                 values = values[:, -length - 1 : -1]
                 response = batch.response_ids[rows]
                 logp = token_logp(logits, response)
+                if batch.logp is None:  # rows is every rollout, under the sampling weights
+                    batch.logp, batch.values = torch.zeros_like(logp), torch.zeros_like(values)
+                    batch.logp[rows], batch.values[rows] = logp.detach(), values.detach()
+                    batch.logp, batch.values = batch.logp * mask, batch.values * mask
+                    kl, advantages, returns = advantages_and_returns(batch, scores, beta, config)
                 m_mask = mask[rows]
                 pg, stats = policy_loss(
                     logp, batch.logp[rows], advantages[rows], m_mask, config.clip_eps
@@ -261,9 +298,10 @@ def train_step(
         config.temperature,
         config.max_prompt_tokens,
         config.min_new_tokens,
+        old_logp=not config.one_pass,
     )
     generated = time.perf_counter()
-    raw = reward(batch.prompts, batch.responses).float()
+    raw = reward(batch.prompts, batch.responses).float().to(policy.device)
     all_raw = processes.gather(raw)
     scaled = reward_scale(raw, all_raw) if reward_scale else raw
     scores = shape_scores(scaled, batch.finished, config)

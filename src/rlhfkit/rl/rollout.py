@@ -25,9 +25,9 @@ class Rollout:
     input_ids: torch.Tensor  # [B, P + R]: left-padded prompt, then response
     attention_mask: torch.Tensor
     response_mask: torch.Tensor  # [B, R]: 1 on response tokens up to and including EOS
-    logp: torch.Tensor  # [B, R] log π_old of each response token (temperature-scaled)
+    logp: torch.Tensor | None  # [B, R] log π_old of each response token (temperature-scaled)
     ref_logp: torch.Tensor  # [B, R] log π_ref of the same tokens
-    values: torch.Tensor  # [B, R]
+    values: torch.Tensor | None  # [B, R]; both None: left to the update's first forward
     finished: torch.Tensor  # [B] bool: the response ended with EOS
     prompt_length: int
     truncated_prompts: int = 0  # prompts cut from the left to fit max_prompt_tokens
@@ -139,35 +139,41 @@ def rollout(
     temperature: float = 1.0,
     max_prompt_tokens: int = 256,
     min_new_tokens: int = 0,
+    old_logp: bool = True,
 ) -> Rollout:
+    """`old_logp=False` skips the policy's forward pass: with one minibatch, the update's
+    first forward sees the same weights and computes log π_old and V_old itself."""
     policy.eval()
-    sampled = sample_responses(
-        policy.model,
-        policy.tokenizer,
-        prompts,
-        mode,
-        max_new_tokens,
-        temperature,
-        max_prompt_tokens,
-        min_new_tokens,
-    )
+    with policy.autocast():
+        sampled = sample_responses(
+            policy.model,
+            policy.tokenizer,
+            prompts,
+            mode,
+            max_new_tokens,
+            temperature,
+            max_prompt_tokens,
+            min_new_tokens,
+        )
     input_ids, attention_mask = sampled.input_ids, sampled.attention_mask
     response, mask = sampled.response_ids, sampled.response_mask
     keep = response.shape[1] + 1
-    logits, values = policy(input_ids, attention_mask, keep)
-    logp = token_logp(response_logits(logits, keep - 1, temperature), response)
+    logp = values = None
+    if old_logp:
+        logits, values = policy(input_ids, attention_mask, keep)
+        logp = token_logp(response_logits(logits, keep - 1, temperature), response) * mask
+        values = values[:, -keep:-1] * mask
     ref = policy.reference_logits(input_ids, attention_mask, keep)
     ref_logp = token_logp(response_logits(ref, keep - 1, temperature), response)
-    values = values[:, -keep:-1]
     return Rollout(
         prompts=list(prompts),
         responses=policy.tokenizer.batch_decode(response, skip_special_tokens=True),
         input_ids=input_ids,
         attention_mask=attention_mask,
         response_mask=mask,
-        logp=logp * mask,
+        logp=logp,
         ref_logp=ref_logp * mask,
-        values=values * mask,
+        values=values,
         finished=sampled.finished,
         prompt_length=sampled.prompt_length,
         truncated_prompts=sampled.truncated_prompts,

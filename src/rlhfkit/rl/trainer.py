@@ -52,17 +52,23 @@ def _trainable_state(policy: Policy) -> dict[str, torch.Tensor]:
 
 
 def rng_state(generator: torch.Generator) -> dict:
-    """This process's random states: sampling, minibatch order, Python and NumPy."""
-    return {
+    """This process's random states: sampling (on the CPU, and on its GPU if it uses one),
+    minibatch order, Python and NumPy."""
+    state = {
         "torch": torch.get_rng_state(),
         "generator": generator.get_state(),
         "python": random.getstate(),
         "numpy": np.random.get_state(),
     }
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict, generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
     generator.set_state(state["generator"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -105,7 +111,7 @@ def load_checkpoint(
     config: PPOConfig,
     processes: Processes,
 ) -> int:
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=False, map_location="cpu")
     if len(state["rng"]) != processes.world_size:
         raise RlhfkitError(
             f"{path} was written by {len(state['rng'])} processes, not "
@@ -154,15 +160,15 @@ def run_ppo(
             f"{out} holds a run already: pass --resume to continue it, or "
             "choose another output directory"
         )
-    processes = Processes()
+    processes = Processes(config.device)
     _check_split(config, processes.world_size)
     reward = reward or load_reward(config.reward)  # a bad spec fails before the model loads
     prompts = [p.prompt for p in load_prompts(config.prompts, config.split, config.eval_fraction)]
     mode = default_mode(config.prompts) if config.mode == "auto" else config.mode
-    torch.manual_seed(config.seed)  # the same initial adapter in every process
+    torch.manual_seed(config.seed)  # the same initial adapter in every process (and GPU)
     random.seed(config.seed)
     np.random.seed(config.seed)
-    policy = Policy.load(config.model, config.lora_args())
+    policy = Policy.load(config.model, config.lora_args(), processes.device, config.precision)
     if processes.world_size > 1:  # but each process samples its own responses
         torch.manual_seed(config.seed + processes.rank)
     optimizer = adamw(policy.trainable_parameters(), config.lr, 0.0)
@@ -180,7 +186,7 @@ def run_ppo(
         (out / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
         log = MetricsLog(out)
         if step and _last_logged_step(out) < step:  # killed after the checkpoint, before its line
-            log.write(torch.load(checkpoint, weights_only=False)["record"])
+            log.write(torch.load(checkpoint, weights_only=False, map_location="cpu")["record"])
     reason = "steps"
     last: dict = {}
     saved = logged = step  # the checkpoint on disk, and the last step in metrics.jsonl
