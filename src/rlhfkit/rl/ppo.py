@@ -227,9 +227,9 @@ def ppo_update(
                 response = batch.response_ids[rows]
                 logp = token_logp(logits, response)
                 if batch.logp is None:  # rows is every rollout, under the sampling weights
-                    batch.logp, batch.values = torch.zeros_like(logp), torch.zeros_like(values)
-                    batch.logp[rows], batch.values[rows] = logp.detach(), values.detach()
-                    batch.logp, batch.values = batch.logp * mask, batch.values * mask
+                    unshuffle = torch.argsort(rows)
+                    batch.logp = logp.detach()[unshuffle] * mask
+                    batch.values = values.detach()[unshuffle] * mask
                     kl, advantages, returns = advantages_and_returns(batch, scores, beta, config)
                 m_mask = mask[rows]
                 pg, stats = policy_loss(
