@@ -9,9 +9,10 @@ rlhfkit's run would draw, given to TRL as its data set; raw text, no chat templa
 8 rollouts of 24 sampled tokens (temperature 1) a step, 1 minibatch, --ppo-epochs passes,
 fp32 (with --bf16, both in bf16 mixed precision) on --threads CPU threads. The reward is
 the same for both: SmolLM2 with a fresh seq-classification head (num_labels=1, same seed),
-which TRL also uses as the initial value model (its critic is a second model; rlhfkit's is a value head on the policy). Each run is
-a fresh process of one virtual environment (bench/.venv-trl18, made on first use, holding
-trl==1.8.0 beside rlhfkit), so peak RSS (ru_maxrss) is that run's alone.
+which TRL also uses as the initial value model (its critic is a second model; rlhfkit's is
+a value head on the policy). Each run is a fresh process of one virtual environment
+(bench/.venv-trl18, made on first use, holding trl==1.8.0 beside rlhfkit), so peak RSS
+(ru_maxrss) is that run's alone.
 
 A step is one rollout, scoring and PPO update. The first is a warm-up and left out of the
 means. TRL: the time between its on_step_end callbacks (the whole loop, logging included).
