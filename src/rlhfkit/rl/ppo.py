@@ -13,7 +13,7 @@ import time
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlhfkit.config import StageConfig
 from rlhfkit.rl.distributed import Processes
@@ -103,15 +103,16 @@ class PPOConfig(StageConfig):
             )
         return self
 
-    @model_validator(mode="after")
-    def _known_device(self) -> PPOConfig:
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
         try:
-            device = torch.device(self.device if self.device != "auto" else "cpu")
+            kind = torch.device(device if device != "auto" else "cpu").type
         except RuntimeError:
-            raise ValueError(f"device {self.device!r} is not a torch device") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r}: this machine has no CUDA device")
-        return self
+            raise ValueError(f"{device!r} is not a torch device") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{device!r}: this machine has no CUDA device")
+        return device
 
     @property
     def one_pass(self) -> bool:
