@@ -25,8 +25,8 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def _add_adapters_in_fp32(model) -> None:
     """Under bf16 autocast a LoRA layer adds its adapter's output to the base layer's in
-    bf16, whose 8-bit mantissa rounds a young adapter's small change away: the weights learn
-    but the policy barely moves. Returning the base output in fp32 makes that sum fp32."""
+    bf16, whose 8-bit mantissa can round a young adapter's small change away. Returning the
+    base output in fp32 makes that sum fp32."""
     from peft.tuners.lora import LoraLayer
 
     for module in model.modules():
