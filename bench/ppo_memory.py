@@ -2,15 +2,22 @@
 full fine-tune with a separate frozen reference copy: same model, prompts and batch.
 
     .venv/bin/python bench/ppo_memory.py [--steps 2] [--batch-size 8] [--max-new-tokens 16]
+    .venv/bin/python bench/ppo_memory.py --sharding   # also: full fine-tune on 2 processes
 
 Each mode runs in a fresh process; peak resident memory (RSS) is what the OS reports for
 it, so it includes the Python and torch runtime both pay (printed as the baseline).
+`--sharding` adds the full fine-tune on two processes, replicated (configs/accelerate/
+cpu.yaml) and sharded with FSDP2 (fsdp-cpu.yaml), with each process's peak. Both run
+with glibc returning large freed blocks to the OS at once (MALLOC_MMAP_THRESHOLD_): FSDP
+allocates and frees a layer's gathered weights again and again, and glibc's default of
+keeping freed memory would count those as if still held.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -37,11 +44,34 @@ def measure(args) -> dict:
         prompts="builtin:rtp",
         seed=0,
     )
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        run_ppo(config, out)
+        run_ppo(config, args.out or scratch)  # processes of one run share args.out
         seconds = (time.perf_counter() - started) / args.steps
     return {"seconds_per_step": seconds}
+
+
+def launched(accelerate_config: str, argv: list[str]) -> list[dict]:
+    """The full fine-tune under `accelerate launch`: one result per process."""
+    import socket
+    from pathlib import Path
+
+    config = Path(__file__).parent.parent / "configs" / "accelerate" / accelerate_config
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])  # free once this socket closes
+    with tempfile.TemporaryDirectory() as out:
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+        done = subprocess.run(
+            [*launch, "--main_process_port", port, __file__, *argv, "--run", "full", "--out", out],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(256 * 1024)},
+        )
+    if done.returncode:
+        sys.exit(f"{accelerate_config} failed:\n{done.stderr[-3000:]}")
+    lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+    return sorted((json.loads(x) for x in lines), key=lambda r: r["rank"])
 
 
 def main() -> None:
@@ -49,11 +79,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--sharding", action="store_true", help="also 2 processes, FSDP2")
     parser.add_argument("--run", choices=["baseline", "lora", "full"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         result = measure(args)
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        result["rank"] = int(os.environ.get("RANK", "0"))
         print(json.dumps(result))
         return
     results = {}
@@ -82,6 +115,16 @@ def main() -> None:
         f"LoRA / full: {ratio:.2f} of the peak, {above:.2f} above the baseline "
         f"(the seed: about half)"
     )
+    if not args.sharding:
+        return
+    argv = [a for a in sys.argv[1:] if a != "--sharding"]
+    for config, label in (("cpu.yaml", "replicated"), ("fsdp-cpu.yaml", "FSDP2 sharded")):
+        ranks = launched(config, argv)
+        peaks = ", ".join(f"rank {r['rank']} {r['peak_rss_gb']:.2f} GB" for r in ranks)
+        print(
+            f"full fine-tune, 2 processes, {label:<14}: peak RSS {peaks}; "
+            f"{ranks[0]['seconds_per_step']:.1f} s/step"
+        )
 
 
 if __name__ == "__main__":

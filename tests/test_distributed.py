@@ -1,6 +1,7 @@
 """Data-parallel PPO: two processes over gloo average their gradients into the full batch's
 gradient, and `accelerate launch --num_processes 2 --cpu` runs the trainer with one log,
-one checkpoint holding both processes' random states, and replicas that stay identical."""
+one checkpoint holding both processes' random states, and replicas that stay identical.
+Under an FSDP config the same run shards the weights and trains to the same numbers."""
 
 import json
 import os
@@ -14,7 +15,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rlhfkit.rl.distributed import Processes
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.rl.distributed import Processes, full_state, is_shard
+from rlhfkit.rl.policy import Policy
 from test_ppo import TINY, _rlhfkit
 
 
@@ -64,6 +67,14 @@ def test_averaged_gradients_of_two_halves_equal_the_full_batch_gradient(tmp_path
     assert result["gathered"].tolist() == [0.0, 1.0]
 
 
+def test_an_fsdp1_config_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(RlhfkitError, match="set fsdp_version: 2"):
+        Processes()
+
+
 def test_a_single_process_needs_no_launcher():
     processes = Processes()
     assert (processes.rank, processes.world_size, processes.is_main) == (0, 1, True)
@@ -71,41 +82,163 @@ def test_a_single_process_needs_no_launcher():
     assert processes.mean({"a": 2.0}) == {"a": 2.0}
 
 
-@pytest.mark.slow
-def test_accelerate_launch_trains_on_two_processes_with_one_log_and_checkpoint(tmp_path):
-    config = Path(__file__).parent.parent / "configs" / "accelerate" / "cpu.yaml"
-    port = str(_free_port())
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(config),
-        "--main_process_port",
-        port,
-        "-m",
-        "rlhfkit",
-    ]
-    run = subprocess.run(
-        [*launch, "ppo", "--out", str(tmp_path / "dp"), "--steps", "2", *TINY],
+def _launch(accelerate_config: str, out: Path, *args: str) -> subprocess.CompletedProcess:
+    config = Path(__file__).parent.parent / "configs" / "accelerate" / accelerate_config
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    return subprocess.run(
+        [*launch, "--main_process_port", str(_free_port()), "-m", "rlhfkit"]
+        + ["ppo", "--out", str(out), "--steps", "2", *TINY, *args],
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+@pytest.fixture(scope="module")
+def data_parallel_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path_factory.mktemp("dp") / "run"
+    return _launch("cpu.yaml", out), out
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_on_two_processes_with_one_log_and_checkpoint(
+    data_parallel_run,
+):
+    run, out = data_parallel_run
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stderr.count("2 steps (steps)") == 1  # one process reports
-    lines = (tmp_path / "dp" / "metrics.jsonl").read_text().splitlines()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2]  # logged once, not per process
-    state = torch.load(tmp_path / "dp" / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # own samples
-    assert (tmp_path / "dp" / "policy" / "adapter_model.safetensors").exists()
+    assert (out / "policy" / "adapter_model.safetensors").exists()
 
     alone = subprocess.run(
-        _rlhfkit("ppo", "--out", str(tmp_path / "dp"), "--steps", "3", "--resume", *TINY),
+        _rlhfkit("ppo", "--out", str(out), "--steps", "3", "--resume", *TINY),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert alone.returncode == 1
     assert "written by 2 processes, not 1" in alone.stderr and "Traceback" not in alone.stderr
+
+
+@pytest.mark.slow
+def test_fsdp_shards_the_weights_and_trains_as_data_parallel_does(data_parallel_run, tmp_path):
+    """Same seeds, so the same samples: sharding must change where the weights live, not
+    what the run computes (up to the order of floating-point sums)."""
+    replicated, dp = data_parallel_run
+    assert replicated.returncode == 0, replicated.stderr[-3000:]
+    sharded = _launch("fsdp-cpu.yaml", tmp_path / "fsdp")
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert sharded.stderr.count("2 steps (steps)") == 1
+
+    def metrics(out):
+        return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+    for a, b in zip(metrics(dp), metrics(tmp_path / "fsdp"), strict=True):
+        assert a["reward_mean"] == b["reward_mean"]  # the same responses were sampled
+        # KL near 0 is a difference of log-probabilities near −5 summed over tokens, so the
+        # ~1e-6 rounding of the weights after step 1 shows in it at about that size.
+        for key in ("policy_loss", "value_loss", "kl", "approx_kl"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+    a = torch.load(dp / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "fsdp" / "checkpoint.pt", weights_only=False)
+    assert a["trainable"].keys() == b["trainable"].keys()  # whole weights, not shards
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for name, weight in a["trainable"].items():
+        torch.testing.assert_close(b["trainable"][name], weight, rtol=0, atol=1e-5)
+    for name in ("policy/adapter_model.safetensors", "policy/value_head.pt"):
+        assert (tmp_path / "fsdp" / name).exists()
+
+    # The checkpoints are interchangeable: the sharded run goes on replicated.
+    onwards = _launch("cpu.yaml", tmp_path / "fsdp", "--steps", "3", "--resume")
+    assert onwards.returncode == 0, onwards.stderr[-3000:]
+    assert [r["step"] for r in metrics(tmp_path / "fsdp")] == [1, 2, 3]
+
+
+def tiny_causal_lm():
+    """A two-layer random Llama with tied embeddings, like SmolLM2's, and no tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval(), None
+
+
+def _shard_policy(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    policy = Policy(*tiny_causal_lm(), lora=None)  # full fine-tune: a reference copy too
+    whole = full_state(policy, trainable_only=False)
+    policy.shard()
+
+    def shards():  # FSDP swaps a gathered weight's shard for the whole tensor
+        return [p for p in policy.parameters() if is_shard(p)]
+
+    sharded_before = len(shards())
+    local = sum(p.to_local().numel() for p in shards())
+    total = sum(p.numel() for p in shards())
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with policy.gathered():
+        sampled = policy.model.generate(ids, max_new_tokens=3, do_sample=False)
+        gathered_while_sampling = len(shards())
+    sharded_after = len(shards())
+    logits, _ = policy(ids, torch.ones_like(ids))
+    again = full_state(policy, trainable_only=False, keep=rank == 0)
+    if rank == 0:
+        torch.save(
+            {
+                "local": local,
+                "total": total,
+                "shard_counts": (sharded_before, gathered_while_sampling, sharded_after),
+                "whole": whole,
+                "again": again,
+                "logits": logits,
+                "sampled": sampled,
+            },
+            out,
+        )
+    dist.destroy_process_group()
+
+
+def test_a_sharded_policy_keeps_half_of_each_weight_and_computes_the_same(tmp_path):
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_shard_policy, args=(_free_port(), out), nprocs=2)
+    result = torch.load(out, weights_only=False)
+    assert result["local"] == pytest.approx(result["total"] / 2, rel=0.01)
+    before, while_sampling, after = result["shard_counts"]
+    # Sampling gathered the policy's weights (not the reference's), then let them go.
+    assert (while_sampling, after) == (before // 2, before)
+    assert result["again"].keys() == result["whole"].keys()
+    for name, weight in result["whole"].items():
+        assert torch.equal(result["again"][name], weight), name
+    torch.manual_seed(0)
+    policy = Policy(*tiny_causal_lm(), lora=None)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(result["logits"], policy(ids, torch.ones_like(ids))[0])
+    assert torch.equal(
+        result["sampled"], policy.model.generate(ids, max_new_tokens=3, do_sample=False)
+    )
+
+
+@pytest.mark.parametrize("name", ["cpu.yaml", "fsdp-cpu.yaml", "fsdp.yaml"])
+def test_the_shipped_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(
+        str(Path(__file__).parent.parent / "configs" / "accelerate" / name)
+    )
+    assert config.num_processes >= 2
+    if name.startswith("fsdp"):
+        assert config.distributed_type == "FSDP"
+        assert str(config.fsdp_config["fsdp_version"]) == "2"  # what Processes asks for

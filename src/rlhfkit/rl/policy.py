@@ -56,6 +56,7 @@ class Policy(nn.Module):
         else:
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.model = model
+        self.sharded = False
         hidden = model.config.get_text_config().hidden_size
         self.value_head = nn.Linear(hidden, 1)
         nn.init.zeros_(self.value_head.weight)  # a zero value head does not disturb early steps
@@ -122,3 +123,48 @@ class Policy(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_groups(self) -> list[dict]:
+        """The optimiser's groups: the LM's trainable weights (sharded, under FSDP) and the
+        value head's (never sharded). A fused step takes one kind at a time, and the same
+        groups with or without sharding keep checkpoints interchangeable."""
+        lm = [p for p in self.model.parameters() if p.requires_grad]
+        return [{"params": lm}, {"params": list(self.value_head.parameters())}]
+
+    def shard(self) -> None:
+        """FSDP2 across the processes of a run: each keeps 1/N of every weight (and of the
+        optimiser state and gradients built on them) and gathers a layer's weights only while
+        it runs. Every decoder layer is a unit of its own; the causal LM's root unit holds the
+        rest (its tied embeddings together), so that the paths which bypass `forward` —
+        `generate` and the reference — still gather what they use. The value head, a few
+        hundred weights, stays whole in every process (its gradients are all-reduced)."""
+        from torch.distributed.fsdp import fully_shard
+
+        for model in filter(None, (self.model, self.reference_model)):
+            lm = model.get_base_model() if model is self.model and self.uses_lora else model
+            layer_types = set(lm._no_split_modules or ())
+            for module in lm.modules():
+                if type(module).__name__ in layer_types:
+                    fully_shard(module)
+            fully_shard(lm)
+        self.sharded = True
+
+    @contextmanager
+    def gathered(self):
+        """While sampling, a sharded policy gathers each layer's weights once and keeps them,
+        instead of once per generated token; they are sharded again afterwards."""
+        if not self.sharded:
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        root, *layers = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
+        for unit in (root, *layers):
+            unit.set_reshard_after_forward(False, recurse=False)
+        try:
+            yield
+        finally:
+            for unit in (root, *layers):
+                unit.reshard()
+            for unit in layers:  # the root keeps FSDP's own setting for roots: False
+                unit.set_reshard_after_forward(True, recurse=False)

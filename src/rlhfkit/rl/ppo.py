@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from rlhfkit.config import StageConfig
-from rlhfkit.rl.distributed import Processes
+from rlhfkit.rl.distributed import Processes, clip_grad_norm
 from rlhfkit.rl.kl import AdaptiveKL, FixedKL
 from rlhfkit.rl.losses import (
     entropy_from_logits,
@@ -252,7 +252,7 @@ def ppo_update(
                 updates += 1
             if processes:
                 processes.average_gradients(policy.trainable_parameters())
-            torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), config.max_grad_norm)
+            clip_grad_norm(policy.trainable_parameters(), config.max_grad_norm)
             optimizer.step()
 
     with torch.no_grad():
@@ -300,6 +300,7 @@ def train_step(
         config.max_prompt_tokens,
         config.min_new_tokens,
         old_logp=not config.one_pass,
+        synced=processes.sharded,
     )
     generated = time.perf_counter()
     raw = reward(batch.prompts, batch.responses).float().to(policy.device)

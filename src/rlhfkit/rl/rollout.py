@@ -84,7 +84,10 @@ def sample_responses(
     temperature: float = 1.0,
     max_prompt_tokens: int = 256,
     min_new_tokens: int = 0,
+    synced: bool = False,
 ) -> Responses:
+    """`synced`: the processes of a sharded model gather each layer's weights together, so
+    each must keep stepping until every process's responses have ended."""
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     texts = [format_prompt(tokenizer, p, mode) for p in prompts]
     add_special = mode == "raw"  # chat templates carry their own special tokens
@@ -115,6 +118,7 @@ def sample_responses(
         min_new_tokens=min_new_tokens,
         eos_token_id=stops,
         pad_token_id=tokenizer.pad_token_id,
+        synced_gpus=synced,
     )
     prompt_length = batch["input_ids"].shape[1]
     response, response_mask, finished = truncate_after_eos(
@@ -140,11 +144,13 @@ def rollout(
     max_prompt_tokens: int = 256,
     min_new_tokens: int = 0,
     old_logp: bool = True,
+    synced: bool = False,
 ) -> Rollout:
     """`old_logp=False` skips the policy's forward pass: with one minibatch, the update's
-    first forward sees the same weights and computes log π_old and V_old itself."""
+    first forward sees the same weights and computes log π_old and V_old itself. `synced`:
+    the policy is sharded across processes (sample_responses)."""
     policy.eval()
-    with policy.autocast():
+    with policy.gathered(), policy.autocast():
         sampled = sample_responses(
             policy.model,
             policy.tokenizer,
@@ -154,6 +160,7 @@ def rollout(
             temperature,
             max_prompt_tokens,
             min_new_tokens,
+            synced,
         )
     input_ids, attention_mask = sampled.input_ids, sampled.attention_mask
     response, mask = sampled.response_ids, sampled.response_mask

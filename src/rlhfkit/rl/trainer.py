@@ -22,7 +22,14 @@ import numpy as np
 import torch
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.rl.distributed import Processes
+from rlhfkit.rl.distributed import (
+    Processes,
+    full_state,
+    is_shard,
+    load_full_state,
+    load_optimizer_state,
+    optimizer_state,
+)
 from rlhfkit.rl.policy import Policy
 from rlhfkit.rl.ppo import PPOConfig, RewardScale, train_step
 from rlhfkit.training import MetricsLog, adamw
@@ -45,10 +52,6 @@ def batch_prompts(
     if len(rows) < batch_size:  # fewer prompts than a batch: cycle them
         rows = (rows * (batch_size // max(1, len(rows)) + 1))[:batch_size]
     return [prompts[i] for i in rows]
-
-
-def _trainable_state(policy: Policy) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in policy.named_parameters() if p.requires_grad}
 
 
 def rng_state(generator: torch.Generator) -> dict:
@@ -81,21 +84,24 @@ def save_checkpoint(
     kl_controller,
     reward_scale,
     step: int,
-    rng_states: list[dict],
+    generator: torch.Generator,
     config: PPOConfig,
+    processes: Processes,
     record: dict | None = None,
 ) -> None:
-    """`rng_states`: one per process, in rank order."""
+    """Called by every process (the weights may have to be gathered); the main one writes."""
     state = {
         "step": step,
         "record": record,  # this step's metrics, restored if the kill came before they were logged
         "config": config.model_dump(),
-        "trainable": _trainable_state(policy),
-        "optimizer": optimizer.state_dict(),
+        "trainable": full_state(policy, keep=processes.is_main),
+        "optimizer": optimizer_state(policy, optimizer),
         "kl": kl_controller.state_dict(),
         "reward_scale": reward_scale.state_dict(),
-        "rng": rng_states,
+        "rng": processes.gather_objects(rng_state(generator)),  # in rank order
     }
+    if not processes.is_main:
+        return
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
@@ -129,11 +135,8 @@ def load_checkpoint(
             f"{path} was written with other settings ({', '.join(changed)}); "
             "resume with the same settings or start a new run directory"
         )
-    parameters = dict(policy.named_parameters())
-    with torch.no_grad():
-        for name, tensor in state["trainable"].items():
-            parameters[name].copy_(tensor)
-    optimizer.load_state_dict(state["optimizer"])
+    load_full_state(policy, state["trainable"])
+    load_optimizer_state(policy, optimizer, state["optimizer"])
     kl_controller.load_state_dict(state["kl"])
     reward_scale.load_state_dict(state["reward_scale"])
     set_rng_state(state["rng"][processes.rank], generator)
@@ -169,9 +172,11 @@ def run_ppo(
     random.seed(config.seed)
     np.random.seed(config.seed)
     policy = Policy.load(config.model, config.lora_args(), processes.device, config.precision)
+    if processes.sharded:
+        policy.shard()
     if processes.world_size > 1:  # but each process samples its own responses
         torch.manual_seed(config.seed + processes.rank)
-    optimizer = adamw(policy.trainable_parameters(), config.lr, 0.0)
+    optimizer = adamw(policy.parameter_groups(), config.lr, 0.0)
     kl_controller = config.kl_controller()
     reward_scale = RewardScale(config.normalise_reward)
     generator = torch.Generator().manual_seed(config.seed)
@@ -218,22 +223,22 @@ def run_ppo(
                 break
             step += 1
             last = {"step": step, **stats}
-            if not processes.same_everywhere(policy.trainable_parameters()):
+            replicas = [p for p in policy.trainable_parameters() if not is_shard(p)]
+            if not processes.same_everywhere(replicas):
                 raise RlhfkitError(f"the processes' weights differ after step {step}")
-            rng_states = processes.gather_objects(rng_state(generator))
-            if processes.is_main:
-                # Checkpoint first: a metrics line then always has its checkpoint behind it.
-                save_checkpoint(
-                    checkpoint,
-                    policy,
-                    optimizer,
-                    kl_controller,
-                    reward_scale,
-                    step,
-                    rng_states,
-                    config,
-                    last,
-                )
+            # Checkpoint first: a metrics line then always has its checkpoint behind it.
+            save_checkpoint(
+                checkpoint,
+                policy,
+                optimizer,
+                kl_controller,
+                reward_scale,
+                step,
+                generator,
+                config,
+                processes,
+                last,
+            )
             saved = step
             if log:
                 log.write(last)
@@ -257,8 +262,7 @@ def run_ppo(
             log.close()
     if reason.startswith(("non-finite", "KL")):
         raise RlhfkitError(f"stopped: {reason}; the last good checkpoint (step {step}) is in {out}")
-    if processes.is_main:
-        save_policy(policy, out / "policy", config)
+    save_policy(policy, out / "policy", config, processes.is_main)
     processes.barrier()  # the policy is on disk before any process reports success
     return {"steps": step, "stopped": reason, "main": processes.is_main, **last}
 
@@ -285,13 +289,18 @@ def _last_logged_step(out: Path) -> int:
     return json.loads(lines[-1])["step"] if lines else 0
 
 
-def save_policy(policy: Policy, path: Path, config: PPOConfig) -> None:
+def save_policy(policy: Policy, path: Path, config: PPOConfig, write: bool = True) -> None:
     """The trained policy: the adapter (or full weights) with peft's layout, the value head,
-    the tokenizer, which base model it sits on and what it was trained on."""
+    the tokenizer, which base model it sits on and what it was trained on. Every process
+    of a sharded run calls it (to gather the weights); those with `write` write."""
+    weights = full_state(policy.model, False, keep=write) if policy.sharded else None
+    value_head = full_state(policy.value_head, keep=write)
+    if not write:
+        return
     path.mkdir(parents=True, exist_ok=True)
-    policy.model.save_pretrained(path)
+    policy.model.save_pretrained(path, state_dict=weights)
     policy.tokenizer.save_pretrained(path)
-    torch.save(policy.value_head.state_dict(), path / "value_head.pt")
+    torch.save(value_head, path / "value_head.pt")
     # What evaluation needs: the base model, and the prompts trained on, to keep them out.
     keys = ("lora", "mode", "prompts", "split", "eval_fraction", "reward")
     info = {"base": config.model, **{k: getattr(config, k) for k in keys}}
