@@ -27,9 +27,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _average_half_batch(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, body) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    result = body(rank)
+    if rank == 0:
+        torch.save(result, out)
+    dist.destroy_process_group()
+
+
+def on_two_processes(body, tmp_path) -> dict:
+    """Run `body(rank)` in two processes joined over gloo; return what rank 0 returned."""
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_worker, args=(_free_port(), out, body), nprocs=2)
+    return torch.load(out, weights_only=False)
+
+
+def _average_half_batch(rank: int) -> dict:
     processes = Processes()
     torch.manual_seed(0)  # the same model and data in both processes
     model = torch.nn.Linear(3, 2)
@@ -37,25 +51,16 @@ def _average_half_batch(rank: int, port: int, out: str) -> None:
     share = processes.shard(list(range(8)))
     torch.nn.functional.mse_loss(model(x[share]), y[share]).backward()
     processes.average_gradients(list(model.parameters()))
-    stats = processes.mean({"rank": float(rank), "one": 1.0})
-    gathered = processes.gather(torch.tensor([float(rank)]))
-    if processes.is_main:
-        torch.save(
-            {
-                "grads": [p.grad for p in model.parameters()],
-                "stats": stats,
-                "gathered": gathered,
-                "share": share,
-            },
-            out,
-        )
-    dist.destroy_process_group()
+    return {
+        "grads": [p.grad for p in model.parameters()],
+        "stats": processes.mean({"rank": float(rank), "one": 1.0}),
+        "gathered": processes.gather(torch.tensor([float(rank)])),
+        "share": share,
+    }
 
 
 def test_averaged_gradients_of_two_halves_equal_the_full_batch_gradient(tmp_path):
-    out = str(tmp_path / "rank0.pt")
-    mp.spawn(_average_half_batch, args=(_free_port(), out), nprocs=2)
-    result = torch.load(out)
+    result = on_two_processes(_average_half_batch, tmp_path)
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     x, y = torch.randn(8, 3), torch.randn(8, 2)
@@ -174,9 +179,7 @@ def tiny_causal_lm():
     return LlamaForCausalLM(config).eval(), None
 
 
-def _shard_policy(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _shard_policy(rank: int) -> dict:
     torch.manual_seed(0)
     policy = Policy(*tiny_causal_lm(), lora=None)  # full fine-tune: a reference copy too
     whole = full_state(policy, trainable_only=False)
@@ -194,27 +197,19 @@ def _shard_policy(rank: int, port: int, out: str) -> None:
         gathered_while_sampling = len(shards())
     sharded_after = len(shards())
     logits, _ = policy(ids, torch.ones_like(ids))
-    again = full_state(policy, trainable_only=False, keep=rank == 0)
-    if rank == 0:
-        torch.save(
-            {
-                "local": local,
-                "total": total,
-                "shard_counts": (sharded_before, gathered_while_sampling, sharded_after),
-                "whole": whole,
-                "again": again,
-                "logits": logits,
-                "sampled": sampled,
-            },
-            out,
-        )
-    dist.destroy_process_group()
+    return {
+        "local": local,
+        "total": total,
+        "shard_counts": (sharded_before, gathered_while_sampling, sharded_after),
+        "whole": whole,
+        "again": full_state(policy, trainable_only=False, keep=rank == 0),
+        "logits": logits,
+        "sampled": sampled,
+    }
 
 
 def test_a_sharded_policy_keeps_half_of_each_weight_and_computes_the_same(tmp_path):
-    out = str(tmp_path / "rank0.pt")
-    mp.spawn(_shard_policy, args=(_free_port(), out), nprocs=2)
-    result = torch.load(out, weights_only=False)
+    result = on_two_processes(_shard_policy, tmp_path)
     assert result["local"] == pytest.approx(result["total"] / 2, rel=0.01)
     before, while_sampling, after = result["shard_counts"]
     # Sampling gathered the policy's weights (not the reference's), then let them go.
