@@ -9,6 +9,7 @@ from rlhfkit.models.loading import (
     load_classifier,
     load_encoder,
     resolve_model,
+    with_lora,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "load_classifier",
     "load_encoder",
     "resolve_model",
+    "with_lora",
 ]

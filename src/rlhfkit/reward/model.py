@@ -45,18 +45,16 @@ class RewardModel:
     def from_base(cls, base: str, max_length: int = 256, lora: dict | None = None) -> RewardModel:
         """A new reward head on `base` (short name, dir or hub id); `lora` = peft LoraConfig
         arguments to train an adapter instead of every weight (causal bases)."""
-        from rlhfkit.models import is_causal, load_classifier
+        from rlhfkit.models import is_causal, load_classifier, with_lora
 
         model, tokenizer = load_classifier(base, num_labels=1)
         kind = "causal" if is_causal(base) else "encoder"
         if lora:
-            from peft import LoraConfig, get_peft_model
-
             if kind != "causal":
                 raise RlhfkitError(
                     "LoRA reward models need a causal LM base (e.g. smollm2-135m-instruct)"
                 )
-            model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", **lora))
+            model = with_lora(model, "SEQ_CLS", **lora)
         return cls(
             model, tokenizer, {"base": base, "kind": kind, "max_length": max_length, "lora": lora}
         )

@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
-from rlhfkit.models import load_causal_lm
+from rlhfkit.models import load_causal_lm, with_lora
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -43,13 +43,7 @@ class Policy(nn.Module):
         self.tokenizer = tokenizer
         self.precision = precision
         if lora is not None:
-            import warnings
-
-            from peft import LoraConfig, get_peft_model
-
-            with warnings.catch_warnings():  # peft asks transformers a deprecated question
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-                model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+            model = with_lora(model, "CAUSAL_LM", **lora)
             self.reference_model = None  # the adapter switched off
             if precision == "bf16":
                 _add_adapters_in_fp32(model)
