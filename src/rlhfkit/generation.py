@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.packed import prepacked_linears
 
 MODES = ("raw", "chat", "auto")  # auto: the stage picks by prompt set (data.prompts)
 
@@ -114,14 +115,15 @@ def generate(
             max_length=max_prompt,
             add_special_tokens=add_special,
         ).to(device)
-        out = model.generate(
-            **batch,
-            max_new_tokens=params.max_new_tokens,
-            num_return_sequences=n,
-            eos_token_id=stops,
-            pad_token_id=tokenizer.pad_token_id,
-            **sampling,
-        )
+        with prepacked_linears(model, len(chunk) * n):
+            out = model.generate(
+                **batch,
+                max_new_tokens=params.max_new_tokens,
+                num_return_sequences=n,
+                eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
+            )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         for row, tokens in enumerate(new_tokens):
             is_stop = torch.isin(tokens, torch.tensor(stops, device=tokens.device))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.generation import format_prompt, stop_token_ids
+from rlhfkit.models.packed import prepacked_linears
 from rlhfkit.rl.policy import Policy
 
 
@@ -108,18 +109,19 @@ def sample_responses(
     stops = stop_token_ids(model, tokenizer)
     # Pure sampling (no top-k/top-p) so the sampled tokens follow π exactly: PPO's ratios
     # and the KL estimate assume it.
-    out = model.generate(
-        **batch,
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        eos_token_id=stops,
-        pad_token_id=tokenizer.pad_token_id,
-        synced_gpus=synced,
-    )
+    with prepacked_linears(model, len(texts)):
+        out = model.generate(
+            **batch,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+            synced_gpus=synced,
+        )
     prompt_length = batch["input_ids"].shape[1]
     response, response_mask, finished = truncate_after_eos(
         out[:, prompt_length:], stops, tokenizer.pad_token_id

@@ -1,0 +1,82 @@
+"""Prepacked linear layers for sampling on a CPU compute what the model computes, LoRA
+adapters merged in (or left out while disabled), and leave the model as it was."""
+
+import pytest
+import torch
+from torch import nn
+
+from rlhfkit.generation import SamplingParams, generate
+from rlhfkit.models import load_causal_lm, with_lora
+from rlhfkit.models.packed import prepacked_linears
+from test_distributed import tiny_causal_lm
+
+
+def _lora_model():
+    torch.manual_seed(0)
+    model, _ = tiny_causal_lm()
+    model = with_lora(model, "CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    with torch.no_grad():  # a trained adapter, not the fresh one that changes nothing
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_packed_layers_compute_the_same_logits_with_the_adapter_on_and_off():
+    model = _lora_model()
+    ids = torch.randint(0, 64, (3, 7))
+    plain_on = _logits(model, ids)
+    with model.disable_adapter():
+        plain_off = _logits(model, ids)
+    assert not torch.allclose(plain_on, plain_off, atol=1e-3)  # the adapter matters here
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    with prepacked_linears(model, rows=3):
+        swapped = [m for m in model.modules() if "forward" in vars(m)]
+        # 2 layers × (q, v with LoRA; k, o, gate, up, down) + the output layer
+        assert len(swapped) == 2 * 7 + 1
+        packed_on = _logits(model, ids)
+    with model.disable_adapter(), prepacked_linears(model, rows=3):
+        packed_off = _logits(model, ids)
+    torch.testing.assert_close(packed_on, plain_on, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed_off, plain_off, atol=1e-5, rtol=1e-5)
+    assert not any("forward" in vars(m) for m in linears)  # restored
+
+
+def test_packed_layers_refuse_gradients_and_leave_training_untouched():
+    model = _lora_model()
+    ids = torch.randint(0, 64, (2, 5))
+    with prepacked_linears(model, rows=2), pytest.raises(RuntimeError, match="no_grad"):
+        model(input_ids=ids)
+    model(input_ids=ids).logits.sum().backward()  # after the block, autograd as ever
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_layers_that_are_not_fp32_on_the_cpu_are_left_alone():
+    torch.manual_seed(0)
+    model, _ = tiny_causal_lm()
+    model = model.to(torch.bfloat16)
+    with prepacked_linears(model, rows=2):
+        assert not any("forward" in vars(m) for m in model.modules())
+    with torch.autocast("cpu", dtype=torch.bfloat16), prepacked_linears(model.float(), rows=2):
+        assert not any("forward" in vars(m) for m in model.modules())
+
+
+@pytest.mark.slow
+def test_greedy_decoding_of_smollm2_is_the_same_packed_or_not():
+    model, tokenizer = load_causal_lm("smollm2-135m-instruct")
+    prompts = ["The cat sat on the", "Once upon a time, in a small village by the sea,"]
+    params = SamplingParams(temperature=0, max_new_tokens=16, mode="raw")
+    packed = generate(model, tokenizer, prompts, n=1, params=params)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    plain = model.generate(
+        **batch, do_sample=False, max_new_tokens=16, pad_token_id=tokenizer.pad_token_id
+    )
+    texts = tokenizer.batch_decode(plain[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+    assert [s.text for [s] in packed] == texts
