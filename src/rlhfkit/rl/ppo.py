@@ -10,6 +10,7 @@ is in losses.py; this module orchestrates.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
@@ -239,7 +240,9 @@ def ppo_update(
                 vf = value_loss(
                     values, batch.values[rows], returns[rows], m_mask, config.value_clip
                 )
-                entropy = masked_mean(entropy_from_logits(logits.float()), m_mask)
+                # Without a coefficient the entropy is only watched: no graph for it.
+                with nullcontext() if config.ent_coef else torch.no_grad():
+                    entropy = masked_mean(entropy_from_logits(logits.float()), m_mask)
                 loss = ppo_loss(pg, vf, entropy, config.vf_coef, config.ent_coef)
                 (loss / config.grad_accumulation).backward()
                 for key, value in (
