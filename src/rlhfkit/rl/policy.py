@@ -34,6 +34,13 @@ def _add_adapters_in_fp32(model) -> None:
             module.base_layer.register_forward_hook(lambda _, __, output: output.float())
 
 
+def _contiguous_input(_, args: tuple) -> tuple:
+    """The output layer reads the last positions only (`logits_to_keep`), a slice that is not
+    contiguous; a matrix product with it runs batched, row by row, 1.7× slower (its forward
+    and backward pass at 8 × 25 positions of SmolLM2: 410 → 245 ms) than on a copy."""
+    return (args[0].contiguous(), *args[1:])
+
+
 class Policy(nn.Module):
     """`forward(input_ids, attention_mask) -> (logits, values)` for every position; the value
     at position t estimates the return from the state that ends at token t."""
@@ -42,6 +49,7 @@ class Policy(nn.Module):
         super().__init__()
         self.tokenizer = tokenizer
         self.precision = precision
+        model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
         if lora is not None:
             model = with_lora(model, "CAUSAL_LM", **lora)
             self.reference_model = None  # the adapter switched off
