@@ -80,3 +80,50 @@ def test_greedy_decoding_of_smollm2_is_the_same_packed_or_not():
     )
     texts = tokenizer.batch_decode(plain[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
     assert [s.text for [s] in packed] == texts
+
+
+@pytest.mark.slow
+def test_packed_sampling_is_on_policy_with_a_trained_adapter():
+    """PPO's ratios assume the tokens were sampled from π: the log-probabilities generate saw
+    while sampling under packed weights must be the policy's own, not the reference's."""
+    from rlhfkit.rl.policy import Policy
+    from rlhfkit.rl.ppo import PPOConfig
+    from rlhfkit.rl.rollout import response_logits, token_logp
+
+    torch.manual_seed(0)
+    policy = Policy.load("smollm2-135m-instruct", PPOConfig().lora_args()).eval()
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    tokenizer = policy.tokenizer
+    tokenizer.padding_side = "left"
+    batch = tokenizer(
+        ["The man said that", "Why would you do such a"], return_tensors="pt", padding=True
+    )
+    with torch.no_grad(), prepacked_linears(policy.model, rows=2):
+        out = policy.model.generate(
+            **batch,
+            do_sample=True,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=12,
+            min_new_tokens=12,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    prompt_length = batch.input_ids.shape[1]
+    response = out.sequences[:, prompt_length:]
+    sampled = torch.stack(out.logits, 1).log_softmax(-1).gather(-1, response[..., None])[..., 0]
+    mask = torch.ones_like(out.sequences)
+    mask[:, :prompt_length] = batch.attention_mask
+
+    def logp(logits):
+        return token_logp(response_logits(logits, 12, 1.0), response)
+
+    with torch.no_grad():
+        policy_logp = logp(policy(out.sequences, mask, 13)[0])
+        reference_logp = logp(policy.reference_logits(out.sequences, mask, 13))
+    torch.testing.assert_close(sampled, policy_logp, atol=1e-4, rtol=0)
+    assert (sampled - reference_logp).abs().max() > 0.1  # the adapter was in the sampling
