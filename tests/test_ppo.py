@@ -61,6 +61,16 @@ def test_bad_settings_are_one_line_errors():
         PPOConfig.make(steps=0)
 
 
+def test_bf16_on_a_cpu_that_emulates_it_is_refused(monkeypatch):
+    mkldnn = torch.ops.mkldnn
+    monkeypatch.setattr(mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(RlhfkitError, match="bf16 on a CPU needs AVX-512.*use fp32"):
+        PPOConfig.make(precision="bf16", device="cpu")
+    PPOConfig.make(precision="fp32", device="cpu")
+    monkeypatch.setattr(mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert PPOConfig.make(precision="bf16", device="cpu").precision == "bf16"
+
+
 @pytest.fixture(scope="module")
 def policy():
     torch.manual_seed(0)
