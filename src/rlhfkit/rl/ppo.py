@@ -117,7 +117,8 @@ class PPOConfig(StageConfig):
 
     @model_validator(mode="after")
     def _bf16_where_it_pays(self) -> PPOConfig:
-        on_cpu = self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        on_cpu = torch.device(auto if self.device == "auto" else self.device).type == "cpu"
         if self.precision == "bf16" and on_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             # Measured on an AVX2-only CPU: 85 s a PPO step against 7 s in fp32.
             raise ValueError(
