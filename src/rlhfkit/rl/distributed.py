@@ -20,15 +20,20 @@ import torch.distributed as dist
 from rlhfkit.errors import RlhfkitError
 
 
+def resolve_device(device: str) -> torch.device:
+    """`device` as torch names it, with auto meaning cuda where there is one, else cpu."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
 class Processes:
     """The processes of a run: `rank`, `world_size`, `is_main` and their collectives."""
 
     def __init__(self, device: str = "cpu") -> None:
         """`device`: cpu, cuda, cuda:N, or auto (cuda where there is one). Several processes
         on CUDA take one GPU each (LOCAL_RANK) and talk over NCCL; on CPUs over gloo."""
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         # `accelerate launch` with an FSDP config says so in the environment.
         self.sharded = self.world_size > 1 and os.environ.get("ACCELERATE_USE_FSDP") == "true"

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from rlhfkit.config import StageConfig
-from rlhfkit.rl.distributed import Processes, clip_grad_norm
+from rlhfkit.rl.distributed import Processes, clip_grad_norm, resolve_device
 from rlhfkit.rl.kl import AdaptiveKL, FixedKL
 from rlhfkit.rl.losses import (
     entropy_from_logits,
@@ -108,7 +108,7 @@ class PPOConfig(StageConfig):
     @classmethod
     def _known_device(cls, device: str) -> str:
         try:
-            kind = torch.device(device if device != "auto" else "cpu").type
+            kind = resolve_device(device).type
         except RuntimeError:
             raise ValueError(f"{device!r} is not a torch device") from None
         if kind == "cuda" and not torch.cuda.is_available():
@@ -117,8 +117,7 @@ class PPOConfig(StageConfig):
 
     @model_validator(mode="after")
     def _bf16_where_it_pays(self) -> PPOConfig:
-        auto = "cuda" if torch.cuda.is_available() else "cpu"
-        on_cpu = torch.device(auto if self.device == "auto" else self.device).type == "cpu"
+        on_cpu = resolve_device(self.device).type == "cpu"
         if self.precision == "bf16" and on_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             # Measured on an AVX2-only CPU: 85 s a PPO step against 7 s in fp32.
             raise ValueError(
