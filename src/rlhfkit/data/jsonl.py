@@ -3,36 +3,76 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.files import atomic_write
+
+__all__ = ["atomic_write", "read_jsonl", "write_jsonl"]  # atomic_write lives in files.py
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; a bad line raises `FILE:LINE: why`."""
+def read_jsonl(
+    path: str | Path, on_bytes: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a bad line raises `FILE:LINE: why`.
+    `on_bytes` is told how many bytes each line took, for a progress bar."""
     path = Path(path)
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")  # decoded line by line, so a bad byte is reported with its line
     except OSError as e:
         raise RlhfkitError(f"{path}: cannot read ({e.strerror or e})") from None
     with handle:
+        for number, raw in enumerate(handle, start=1):
+            if on_bytes:
+                on_bytes(len(raw))
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RlhfkitError(
+                    f"{path}:{number}: not UTF-8 text (byte {e.start + 1} of the line)"
+                ) from None
+            if not line.strip():
+                continue
+            obj = _decode(line, f"{path}:{number}")
+            if not isinstance(obj, dict):
+                raise RlhfkitError(f"{path}:{number}: expected a JSON object")
+            yield number, obj
+
+
+def _decode(line: str, where: str) -> Any:
+    """json.loads, with every way it can fail on hostile input turned into one line."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise RlhfkitError(f"{where}: invalid JSON ({e.msg})") from None
+    except ValueError:  # the only other ValueError: Python's limit on digits in an integer
+        raise RlhfkitError(
+            f"{where}: invalid JSON (an integer of more than {sys.get_int_max_str_digits()} digits)"
+        ) from None
+    except RecursionError:
+        raise RlhfkitError(f"{where}: invalid JSON (nested too deeply)") from None
+    # A "\ud800" escape decodes to a lone surrogate, which no text can hold (hashing or storing
+    # it fails later); only an escape can make one, so only lines with one are searched.
+    if "\\u" in line and _has_lone_surrogate(obj):
+        raise RlhfkitError(f"{where}: invalid JSON (a \\u escape names a lone surrogate)")
+    return obj
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
         try:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RlhfkitError(f"{path}:{number}: invalid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise RlhfkitError(f"{path}:{number}: expected a JSON object")
-                yield number, obj
-        except UnicodeDecodeError:
-            raise RlhfkitError(f"{path}: not UTF-8 text") from None
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
@@ -47,21 +87,3 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
 
     atomic_write(path, lines())
     return count
-
-
-def atomic_write(path: str | Path, chunks: Iterable[str] | str) -> None:
-    """Write text to a temporary file beside `path`, then rename it over `path`: a kill or a
-    full disk leaves the old file (or none), never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.writelines([chunks] if isinstance(chunks, str) else chunks)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
