@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,6 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from rlhfkit.data.prompts import package_dir
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.files import atomic_directory
 
 DEFAULT_POLICY = "smollm2-135m-instruct"
 DEFAULT_ENCODER = "minilm-l6"
@@ -68,13 +67,8 @@ def _packaged_smollm2() -> Path:
     with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds it done
         if not (target / "config.json").exists():
-            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-            try:
+            with atomic_directory(target) as tmp:
                 _convert_smollm2(tmp)
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(tmp, target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -9,9 +9,6 @@ prompt + completion + EOS and score the last non-pad token.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ from typing import Any
 import torch
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.files import atomic_directory
 
 INFO_FILE = "reward.json"
 MODEL_DIR = "model"
@@ -127,10 +125,7 @@ class RewardModel:
     def save(self, out: str | Path) -> None:
         """Write the model to OUT/model atomically (a reader sees the old one or the new one);
         the rest of OUT (metrics, TensorBoard logs) is left alone."""
-        out = Path(out) / MODEL_DIR
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-        try:
+        with atomic_directory(Path(out) / MODEL_DIR) as tmp:
             model = self.model
             if hasattr(model, "merge_and_unload"):  # LoRA: save plain weights, loadable anywhere
                 import copy
@@ -139,13 +134,6 @@ class RewardModel:
             model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             (tmp / INFO_FILE).write_text(json.dumps(self.info, indent=2, default=str))
-            old = out.with_name(f".{out.name}.old")
-            if out.exists():
-                os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(cls, path: str | Path) -> RewardModel:
