@@ -145,7 +145,7 @@ def test_report_escapes_model_output_and_embeds_its_plots(tmp_path):
     )
     page = build_report(tmp_path).read_text()
     assert "<script>" not in page and "<img src=x" not in page and "<b>" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page  # as Jinja2 escapes
     assert "&lt;b&gt;hi&lt;/b&gt;" in page
     assert page.count('src="data:image/png;base64,') == 2  # training curves, histograms
     assert (tmp_path / "report" / "training.png").read_bytes()[:4] == b"\x89PNG"

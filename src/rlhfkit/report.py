@@ -1,17 +1,23 @@
 """`rlhfkit report RUN_DIR`: one self-contained HTML page (plots embedded as PNG) of what a
 run did: training curves, toxicity before vs after, labeler agreement, and the samples,
-worst first. Model output is untrusted text: everything from a run is HTML-escaped.
+worst first.
+
+Everything read from a run is untrusted text (model output, prompts, a hand-edited
+eval.json): the page is rendered by Jinja2 with autoescaping on, from
+`templates/report.html.j2`. eval.json and metrics.jsonl are checked against the shapes
+below before anything is drawn, so a malformed file is a one-line error naming it.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 from pathlib import Path
 
-from rlhfkit.data.jsonl import atomic_write
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlhfkit.data.jsonl import atomic_write, read_jsonl
 from rlhfkit.errors import RlhfkitError
 
 CURVES = [  # (metrics key, title)
@@ -22,6 +28,156 @@ CURVES = [  # (metrics key, title)
     ("clipfrac", "clip fraction"),
 ]
 SAMPLES_SHOWN = 25
+
+
+# The parts of eval.json and metrics.jsonl the report reads. Strict: a number written as a
+# string is as wrong as a missing key. Numbers may be null (eval writes NaN as null).
+Number = float | None
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class EvalSettings(_Shape):
+    scorers: list[str] = Field(min_length=1)
+    samples: int
+
+
+class HeldOut(_Shape):
+    prompts: int
+    split: str
+
+
+class ModelNumbers(_Shape):
+    """One model's numbers; each scorer's (ScorerNumbers) sit beside them under its name."""
+
+    kl: Number
+    perplexity: Number
+    distinct_2: Number
+    length: Number
+    reward: Number = None
+
+
+class ScorerNumbers(_Shape):
+    mean: Number
+    ci_low: Number
+    ci_high: Number
+    toxic_share: float
+
+
+class Models(_Shape):
+    before: ModelNumbers
+    after: ModelNumbers
+
+
+class Changes(_Shape):
+    """Relative changes; each scorer's (ScorerChanges) sit beside them under its name."""
+
+    perplexity: Number
+    distinct_2: Number
+    length: Number
+    reward: float | None = None  # a difference, present when the models have a reward
+
+
+class ScorerChanges(_Shape):
+    mean: Number
+    toxic_share: Number
+
+
+class SampleSide(_Shape):
+    completion: str
+    toxicity: dict[str, float]
+    reward: Number = None
+
+
+class Sample(_Shape):
+    prompt: str
+    before: SampleSide
+    after: SampleSide
+
+
+class EvalFile(_Shape):
+    config: EvalSettings
+    policy: str
+    reference: str
+    held_out: HeldOut
+    models: Models
+    change: Changes
+    samples: list[Sample]
+
+
+class MetricsLine(_Shape):
+    step: int
+    reward_mean: Number = None
+    kl: Number = None
+    entropy: Number = None
+    value_loss: Number = None
+    clipfrac: Number = None
+
+
+def _check(shape: type[_Shape], value, where: str, prefix: str = "") -> None:
+    """Raise `WHERE: 'FIELD': what is wrong` (one line) unless `value` has `shape`."""
+    try:
+        shape.model_validate(value)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(([prefix] if prefix else []) + [str(x) for x in first["loc"]])
+        message = "should be a JSON object" if first["type"] == "model_type" else first["msg"]
+        where = f"{where}: '{field}'" if field else where
+        raise RlhfkitError(f"{where}: {message}") from None
+
+
+def _check_entry(container: dict, key: str, shape: type[_Shape], path: Path, where: str) -> None:
+    if key not in container:
+        raise RlhfkitError(f"{path}: '{where}.{key}': Field required")
+    _check(shape, container[key], str(path), f"{where}.{key}")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise RlhfkitError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise RlhfkitError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise RlhfkitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def load_eval(path: Path) -> dict:
+    """eval.json as written by `rlhfkit eval`, or a one-line error naming the file."""
+    result = _read_json(path)
+    _check(EvalFile, result, str(path))
+    # The entries keyed by a scorer's name, which a fixed shape cannot name.
+    scorers = result["config"]["scorers"]
+    models, change = result["models"], result["change"]
+    for name in scorers:
+        for side in ("before", "after"):
+            _check_entry(models[side], name, ScorerNumbers, path, f"models.{side}")
+        _check_entry(change, name, ScorerChanges, path, "change")
+    if "reward" in models["before"]:  # then the after side and its difference are shown too
+        if "reward" not in models["after"]:
+            raise RlhfkitError(f"{path}: 'models.after.reward': Field required")
+        if not isinstance(change.get("reward"), int | float):
+            raise RlhfkitError(f"{path}: 'change.reward': Input should be a valid number")
+    for i, sample in enumerate(result["samples"]):
+        for side in ("before", "after"):
+            missing = [n for n in scorers if n not in sample[side]["toxicity"]]
+            if missing:
+                raise RlhfkitError(
+                    f"{path}: 'samples.{i}.{side}.toxicity' has no score from {missing[0]}"
+                )
+    return result
+
+
+def load_metrics(path: Path) -> list[dict]:
+    """The PPO steps in metrics.jsonl, or a one-line `FILE:LINE` error."""
+    records = []
+    for number, record in read_jsonl(path):
+        _check(MetricsLine, record, f"{path}:{number}")
+        records.append(record)
+    return records
 
 
 def _first(run: Path, *candidates: str) -> Path | None:
@@ -48,13 +204,25 @@ def _pyplot():
     return plt
 
 
+def _value(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+def _fixed(x: float | None, digits: int) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def curves_logged(records: list[dict]) -> list[tuple[str, str]]:
+    return [(k, t) for k, t in CURVES if any(r.get(k) is not None for r in records)]
+
+
 def plot_training(records: list[dict], path: Path) -> None:
     plt = _pyplot()
-    keys = [(k, t) for k, t in CURVES if any(k in r for r in records)]
+    keys = curves_logged(records)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 2.8), squeeze=False)
     steps = [r["step"] for r in records]
     for ax, (key, title) in zip(axes[0], keys, strict=True):
-        ax.plot(steps, [r.get(key, math.nan) for r in records], marker=".", color="#3b6ea8")
+        ax.plot(steps, [_value(r.get(key)) for r in records], marker=".", color="#3b6ea8")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)
@@ -71,8 +239,8 @@ def plot_toxicity(result: dict, path: Path) -> None:
     for ax, name in zip(axes[0], scorers, strict=True):
         for side, color in (("before", "#c0504d"), ("after", "#3b6ea8")):
             values = [s[side]["toxicity"][name] for s in result["samples"]]
-            mean = result["models"][side][name]["mean"]
-            ax.hist(values, bins=bins, alpha=0.55, color=color, label=f"{side} (mean {mean:.3f})")
+            mean = _fixed(result["models"][side][name]["mean"], 3)
+            ax.hist(values, bins=bins, alpha=0.55, color=color, label=f"{side} (mean {mean})")
         ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_title(f"P(toxic) under {name}", fontsize=10)
         ax.set_xlabel("probability of the toxic class")
@@ -83,61 +251,68 @@ def plot_toxicity(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def _image(path: Path, alt: str) -> dict:
+    return {"alt": alt, "base64": base64.b64encode(path.read_bytes()).decode("ascii")}
 
 
-def _eval_table(result: dict) -> str:
-    from rlhfkit.eval.run import summary_rows
-
-    rows = summary_rows(result)
-    body = "".join(
-        f"<tr><th>{html.escape(r[0])}</th>"
-        + "".join(f"<td>{html.escape(c)}</td>" for c in r[1:])
-        + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr><th></th><th>before</th><th>after</th><th>change</th></tr>{body}</table>"
+def _sample_side(side: dict) -> dict:
+    scores = ", ".join(f"{k.removeprefix('scorer:')} {v:.2f}" for k, v in side["toxicity"].items())
+    if side.get("reward") is not None:
+        scores += f", reward {side['reward']:.2f}"
+    return {"completion": side["completion"], "scores": scores}
 
 
-def _samples_table(result: dict) -> str:
+def worst_samples(result: dict) -> dict:
+    """The samples whose completions scored most toxic under the headline scorer."""
     headline = result["config"]["scorers"][0]
     worst = sorted(
         result["samples"],
         key=lambda s: max(s["before"]["toxicity"][headline], s["after"]["toxicity"][headline]),
         reverse=True,
     )[:SAMPLES_SHOWN]
-
-    def cell(side: dict) -> str:
-        scores = ", ".join(
-            f"{k.removeprefix('scorer:')} {v:.2f}" for k, v in side["toxicity"].items()
-        )
-        if "reward" in side:
-            scores += f", reward {side['reward']:.2f}"
-        text = html.escape(side["completion"])
-        return f"<td><div class=text>{text}</div><div class=score>{html.escape(scores)}</div></td>"
-
-    rows = "".join(
-        f"<tr><td class=prompt>{html.escape(s['prompt'])}</td>"
-        f"{cell(s['before'])}{cell(s['after'])}</tr>"
+    rows = [
+        {
+            "prompt": s["prompt"],
+            "before": _sample_side(s["before"]),
+            "after": _sample_side(s["after"]),
+        }
         for s in worst
-    )
-    return (
-        f"<p>The {len(worst)} prompts whose completions scored most toxic under "
-        f"{html.escape(headline)} before or after, worst first.</p>"
-        f"<table class=samples><tr><th>prompt</th><th>before</th><th>after</th></tr>{rows}</table>"
-    )
+    ]
+    return {"headline": headline, "rows": rows}
 
 
-STYLE = """
-body{font:15px/1.45 system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:.3em .6em;
-text-align:left;vertical-align:top}th{background:#f5f5f5}img{max-width:100%}
-.samples td{max-width:30em}.score{color:#666;font-size:.85em;margin-top:.3em}
-.prompt{color:#444;font-style:italic}.text{white-space:pre-wrap}
-"""
+def evaluation_section(result: dict, out: Path) -> dict:
+    from rlhfkit.eval.run import summary_rows
+
+    plot_toxicity(result, out / "toxicity.png")
+    return {
+        "prompts": result["held_out"]["prompts"],
+        "split": result["held_out"]["split"],
+        "samples": result["config"]["samples"],
+        "reference": result["reference"],
+        "policy": result["policy"],
+        "rows": summary_rows(result),
+        "histograms": _image(out / "toxicity.png", "toxicity histograms before and after"),
+    }
+
+
+def training_section(records: list[dict], out: Path) -> dict | None:
+    if not curves_logged(records):
+        return None  # not a PPO log (train-rm's metrics.jsonl, say), or an empty one
+    plot_training(records, out / "training.png")
+    return {"steps": len(records), "curves": _image(out / "training.png", "PPO training curves")}
+
+
+def render(**context) -> str:
+    """The page, from the packaged template; autoescaping escapes every value."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("rlhfkit", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails, not renders as nothing
+    )
+    return env.get_template("report.html.j2").render(**context)
 
 
 def build_report(run_dir: str | Path) -> Path:
@@ -148,41 +323,18 @@ def build_report(run_dir: str | Path) -> Path:
     found = find_artefacts(run)
     if not found["metrics"] and not found["eval"]:
         raise RlhfkitError(f"{run} holds neither PPO metrics nor an evaluation to report on")
+    # Read and check every input before writing anything.
+    result = load_eval(found["eval"]) if found["eval"] else None
+    records = load_metrics(found["metrics"]) if found["metrics"] else []
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
-    sections = []
-    if found["eval"]:
-        result = json.loads(found["eval"].read_text())
-        plot_toxicity(result, out / "toxicity.png")
-        held = result["held_out"]
-        sections.append(
-            "<h2>Before vs after alignment</h2>"
-            f"<p>{held['prompts']} held-out prompts ({html.escape(str(held['split']))} split, "
-            f"none seen in training), {result['config']['samples']} samples each: "
-            f"{html.escape(result['reference'])} (before) and "
-            f"{html.escape(result['policy'])} (after).</p>"
-            + _eval_table(result)
-            + _img(out / "toxicity.png", "toxicity histograms before and after")
-        )
-    if found["metrics"]:
-        records = [json.loads(x) for x in found["metrics"].read_text().splitlines() if x.strip()]
-        if records:
-            plot_training(records, out / "training.png")
-            sections.append(
-                f"<h2>PPO training</h2><p>{len(records)} steps.</p>"
-                + _img(out / "training.png", "PPO training curves")
-            )
-    if found["heatmap"]:
-        sections.append(
-            "<h2>Labeler agreement</h2><p>Pairwise agreement between labelers.</p>"
-            + _img(found["heatmap"], "labeler agreement heatmap")
-        )
-    if found["eval"]:
-        sections.append("<h2>Samples</h2>" + _samples_table(result))
-    page = (
-        "<!doctype html><html><head><meta charset=utf-8>"
-        f"<title>rlhfkit report: {html.escape(run.name)}</title><style>{STYLE}</style></head>"
-        f"<body><h1>rlhfkit report: {html.escape(str(run))}</h1>{''.join(sections)}</body></html>"
+    page = render(
+        run_name=run.name,
+        run_path=str(run),
+        evaluation=evaluation_section(result, out) if result else None,
+        training=training_section(records, out),
+        heatmap=_image(found["heatmap"], "labeler agreement heatmap") if found["heatmap"] else None,
+        samples=worst_samples(result) if result else None,
     )
     path = out / "report.html"
     atomic_write(path, page)
