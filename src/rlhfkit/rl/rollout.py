@@ -1,10 +1,11 @@
 """Phase 1 of PPO (the seed's "Create Completions"): sample responses, score them, and
 record what the update needs: old log-probabilities, reference log-probabilities, values.
 
-Details that decide whether it works (DESIGN.md §5): left-padded prompts with position ids
-from the attention mask; logits divided by the sampling temperature before log-softmax, for
-policy and reference alike; each response cut after its first EOS and padded after it with
-a pad token distinct from EOS (so EOS is kept and learned); dropout off throughout.
+Details that decide whether it works (docs/architecture.md, "PPO: the details that decide
+whether it works"): left-padded prompts with position ids from the attention mask; logits
+divided by the sampling temperature before log-softmax, for policy and reference alike; each
+response cut after its first EOS and padded after it with a pad token distinct from EOS (so
+EOS is kept and learned); dropout off throughout.
 """
 
 from __future__ import annotations
