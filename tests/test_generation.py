@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from sqlalchemy import select
 
 from rlhfkit.errors import RlhfkitError
@@ -38,6 +39,25 @@ def test_n_samples_per_prompt_in_order_and_reproducible_by_seed(lm):
     assert first == generate(model, tokenizer, prompts, n=3, params=params, batch_size=4, seed=1)
     assert first != generate(model, tokenizer, prompts, n=3, params=params, batch_size=4, seed=2)
     assert all(1 <= s.tokens <= 8 for samples in first for s in samples)
+
+
+def test_ppo_samples_as_generate_does(lm):
+    """One sampler: under the same seed, the rollout's responses are generate's, with the same
+    lengths and ends."""
+    from rlhfkit.rl.rollout import sample_responses
+
+    model, tokenizer = lm
+    prompts = ["I think that", "My favourite food is", "Yesterday we went to the"]
+    lengths = [len(tokenizer(p).input_ids) for p in prompts]
+    assert lengths == sorted(lengths)  # generate's length order is the prompts' order
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, mode="raw")
+    samples = [s for [s] in generate(model, tokenizer, prompts, n=1, params=params, seed=4)]
+    torch.manual_seed(4)
+    responses = sample_responses(model, tokenizer, prompts, "raw", max_new_tokens=8)
+    texts = tokenizer.batch_decode(responses.response_ids, skip_special_tokens=True)
+    assert texts == [s.text for s in samples]
+    assert responses.response_mask.sum(dim=1).tolist() == [s.tokens for s in samples]
+    assert responses.finished.tolist() == [s.finished for s in samples]
 
 
 def test_chat_mode_answers_and_stops_at_eos(lm):

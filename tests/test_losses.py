@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rlhfkit.reward.losses import pairwise_loss
 from rlhfkit.rl.kl import AdaptiveKL, FixedKL
 from rlhfkit.rl.losses import (
     entropy_from_logits,
@@ -13,7 +14,6 @@ from rlhfkit.rl.losses import (
     leave_one_out,
     masked_mean,
     masked_whiten,
-    pairwise_loss,
     policy_loss,
     ppo_loss,
     token_rewards,

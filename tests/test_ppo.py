@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.generation import truncate_after_eos
 from rlhfkit.rl.losses import kl_penalty
 from rlhfkit.rl.policy import Policy
-from rlhfkit.rl.ppo import PPOConfig, RewardScale, ppo_update
-from rlhfkit.rl.rollout import response_logits, rollout, token_logp, truncate_after_eos
+from rlhfkit.rl.ppo import PPOConfig, RewardScale, ppo_update, response_forward, with_old_logp
+from rlhfkit.rl.rollout import response_logits, rollout, token_logp
 from rlhfkit.rl.trainer import run_ppo
 
 
@@ -97,13 +98,20 @@ def test_kl_is_zero_with_a_fresh_adapter_and_positive_after_updates(policy):
 @pytest.mark.slow
 def test_one_minibatch_takes_the_old_log_probs_from_its_first_forward_pass(policy):
     """With one minibatch the rollout skips the policy's forward pass; the update must come
-    out as if it had not: same log π_old and V_old, same statistics, same new weights."""
+    out as if it had not: same log π_old and V_old, same statistics, same new weights. The
+    caller's rollout is not filled in behind its back."""
     prompts = ["Tell me about dogs.", "Why is the sky blue?", "Name a colour.", "Hello."]
     torch.manual_seed(5)
     eager = rollout(policy, prompts, "chat", max_new_tokens=8)
     lazy = dataclasses.replace(eager, logp=None, values=None)
     config = PPOConfig(batch_size=4, minibatches=1, ppo_epochs=2, lr=1e-3)
     scores = torch.tensor([1.0, -1.0, 0.5, 0.0])
+    shuffled = torch.tensor([2, 0, 3, 1])  # a forward pass in minibatch order is put back in order
+    with torch.no_grad():
+        _, logp, values = response_forward(policy, lazy, shuffled, config.temperature)
+    filled = with_old_logp(lazy, shuffled, logp, values)
+    assert torch.allclose(filled.logp, eager.logp, atol=1e-5)
+    assert torch.allclose(filled.values, eager.values, atol=1e-5)
     start = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
 
     def update(batch):
@@ -118,8 +126,7 @@ def test_one_minibatch_takes_the_old_log_probs_from_its_first_forward_pass(polic
 
     eager_stats, eager_weights = update(eager)
     lazy_stats, lazy_weights = update(lazy)
-    assert torch.allclose(lazy.logp, eager.logp, atol=1e-5)
-    assert torch.allclose(lazy.values, eager.values, atol=1e-5)
+    assert lazy.logp is None and lazy.values is None
     assert lazy_stats == pytest.approx(eager_stats, rel=1e-4, abs=1e-6)
     assert any(not torch.equal(eager_weights[n], start[n]) for n in start)  # it did train
     for name in start:

@@ -201,3 +201,17 @@ def test_a_malformed_metrics_jsonl_is_one_line_naming_the_file_and_line(tmp_path
     assert str(error.value).startswith(f"{run}/ppo/metrics.jsonl{expected}")
     assert "\n" not in str(error.value)
     assert not (run / "report").exists()
+
+
+def test_a_report_folder_of_the_users_is_left_alone(tmp_path):
+    run = _run_dir(tmp_path, _eval_json())
+    (run / "report").mkdir()
+    (run / "report" / "report.html").write_text("my own notes")
+    with pytest.raises(RlhfkitError, match="not empty and was not made by rlhfkit"):
+        build_report(run)
+    assert (run / "report" / "report.html").read_text() == "my own notes"
+    assert sorted(p.name for p in (run / "report").iterdir()) == ["report.html"]
+    # Once made by the report (or the pipeline's report stage), it is rewritten freely.
+    (run / "report" / "report.html").unlink()
+    first = build_report(run).read_text()
+    assert build_report(run).read_text() == first

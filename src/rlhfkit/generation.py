@@ -1,8 +1,10 @@
 """Sampling N completions per prompt from a causal LM, batched with left padding.
 
-Prompts are sorted by length so each batch pads little, and restored to their order at
-the end. Every completion keeps its token count and whether it ended with EOS, which the
-RL stages need (a response without EOS can be penalised).
+`sample` is the one sampler: it turns a batch of prompt texts into responses cut after their
+first stop token, on prepacked weights. `generate` (completions for labelers) sorts prompts
+by length so each batch pads little and restores their order at the end; the RL stages
+(rl/rollout.py) add what PPO needs on top. Every completion keeps its token count and
+whether it ended with EOS (a response without EOS can be penalised).
 """
 
 from __future__ import annotations
@@ -72,6 +74,99 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return sorted(set(ids))
 
 
+def adds_special_tokens(mode: str) -> bool:
+    """Raw text gets the tokenizer's special tokens; chat templates already hold them."""
+    return mode == "raw"
+
+
+def prompt_lengths(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], mode: str
+) -> list[int]:
+    add_special = adds_special_tokens(mode)
+    return [len(tokenizer(t, add_special_tokens=add_special).input_ids) for t in texts]
+
+
+def truncate_after_eos(tokens: torch.Tensor, stops: Sequence[int], pad_id: int):
+    """Keep each row up to and including its first stop token; pad the rest. Returns the
+    tokens, the response mask and whether each row finished."""
+    is_stop = torch.isin(tokens, torch.tensor(list(stops), device=tokens.device))
+    seen = is_stop.long().cumsum(dim=1)
+    # real = before the first stop, or the first stop itself
+    mask = (seen == 0) | ((seen == 1) & is_stop)
+    return tokens.masked_fill(~mask, pad_id), mask.float(), is_stop.any(dim=1)
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """Left-padded prompts and `n` responses to each (consecutive rows), every response cut
+    after its first stop token and padded after it."""
+
+    prompt_ids: torch.Tensor  # [prompts, P]
+    prompt_mask: torch.Tensor  # [prompts, P]
+    response_ids: torch.Tensor  # [prompts · n, R]
+    response_mask: torch.Tensor  # [prompts · n, R] float: 1 up to and including the stop token
+    finished: torch.Tensor  # [prompts · n] bool: ended with a stop token, not at the limit
+
+    def samples(self, tokenizer: PreTrainedTokenizerBase) -> list[Sample]:
+        """The responses as text, in row order."""
+        out = []
+        for tokens, mask, finished in zip(
+            self.response_ids, self.response_mask, self.finished, strict=True
+        ):
+            length = int(mask.sum())
+            text = tokenizer.decode(tokens[:length], skip_special_tokens=True)
+            out.append(Sample(text, length, bool(finished)))
+        return out
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    params: SamplingParams,
+    n: int = 1,
+    max_prompt_tokens: int = 256,
+    min_new_tokens: int = 0,
+    synced: bool = False,
+) -> Sampled:
+    """`n` responses to each of `texts` (prompts already formatted for `params.mode`), in one
+    batch. A prompt longer than `max_prompt_tokens` loses its start. `synced`: the processes
+    of a sharded model gather each layer's weights together, so each must keep stepping
+    until every process's responses have ended."""
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"  # keep a prompt's end
+    batch = tokenizer(
+        list(texts),
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_prompt_tokens,
+        add_special_tokens=adds_special_tokens(params.mode),
+    ).to(next(model.parameters()).device)
+    stops = stop_token_ids(model, tokenizer)
+    sampling = (
+        dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        if params.temperature > 0
+        else dict(do_sample=False)
+    )
+    with prepacked_linears(model, len(texts) * n):
+        out = model.generate(
+            **batch,
+            max_new_tokens=params.max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            num_return_sequences=n,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+            synced_gpus=synced,
+            **sampling,
+        )
+    prompt_ids = batch["input_ids"]
+    response, mask, finished = truncate_after_eos(
+        out[:, prompt_ids.shape[1] :], stops, tokenizer.pad_token_id
+    )
+    return Sampled(prompt_ids, batch["attention_mask"], response, mask, finished)
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -88,53 +183,18 @@ def generate(
     if n < 1:
         raise RlhfkitError("n must be >= 1")
     torch.manual_seed(seed)
-    stops = stop_token_ids(model, tokenizer)
     texts = [format_prompt(tokenizer, p, params.mode) for p in prompts]
-    # Chat templates already hold the special tokens the model expects.
-    add_special = params.mode == "raw"
     context = getattr(model.config, "max_position_embeddings", None) or 2048
     max_prompt = context - params.max_new_tokens
-    lengths = [len(tokenizer(t, add_special_tokens=add_special).input_ids) for t in texts]
+    lengths = prompt_lengths(tokenizer, texts, params.mode)
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     per_batch = max(1, batch_size // n)
     results: list[list[Sample]] = [[] for _ in texts]
-    sampling = (
-        dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
-        if params.temperature > 0
-        else dict(do_sample=False)
-    )
-    device = next(model.parameters()).device
     for start in range(0, len(order), per_batch):
         chunk = order[start : start + per_batch]
-        tokenizer.truncation_side = "left"  # keep the end of an over-long prompt
-        batch = tokenizer(
-            [texts[i] for i in chunk],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=max_prompt,
-            add_special_tokens=add_special,
-        ).to(device)
-        with prepacked_linears(model, len(chunk) * n):
-            out = model.generate(
-                **batch,
-                max_new_tokens=params.max_new_tokens,
-                num_return_sequences=n,
-                eos_token_id=stops,
-                pad_token_id=tokenizer.pad_token_id,
-                **sampling,
-            )
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        for row, tokens in enumerate(new_tokens):
-            is_stop = torch.isin(tokens, torch.tensor(stops, device=tokens.device))
-            finished = bool(is_stop.any())
-            length = (
-                int(is_stop.nonzero()[0, 0]) + 1
-                if finished
-                else int((tokens != tokenizer.pad_token_id).sum())
-            )
-            text = tokenizer.decode(tokens[:length], skip_special_tokens=True)
-            results[chunk[row // n]].append(Sample(text, length, finished))
+        sampled = sample(model, tokenizer, [texts[i] for i in chunk], params, n, max_prompt)
+        for row, completion in enumerate(sampled.samples(tokenizer)):
+            results[chunk[row // n]].append(completion)
         if on_batch:
             on_batch(chunk, [results[i] for i in chunk])
     return results

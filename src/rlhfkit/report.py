@@ -17,8 +17,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rlhfkit.data.jsonl import atomic_write, read_jsonl
+from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.files import atomic_write, claim_directory
 
 CURVES = [  # (metrics key, title)
     ("reward_mean", "mean reward"),
@@ -327,7 +328,7 @@ def build_report(run_dir: str | Path) -> Path:
     result = load_eval(found["eval"]) if found["eval"] else None
     records = load_metrics(found["metrics"]) if found["metrics"] else []
     out = run / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    claim_directory(out, "report")  # a report/ folder of the user's is left alone
     page = render(
         run_name=run.name,
         run_path=str(run),

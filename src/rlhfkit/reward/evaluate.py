@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhfkit.reward.data import PromptPairs
+from rlhfkit.reward.losses import pairwise_loss
 
 
 @dataclass
@@ -62,8 +63,6 @@ def expected_calibration_error(margins: np.ndarray, bins: int = 10) -> float:
 
 
 def pair_metrics(scores: PairScores) -> dict[str, float]:
-    from rlhfkit.rl.losses import pairwise_loss
-
     margins = (scores.chosen - scores.rejected).double()
     return {
         "pairs": len(margins),

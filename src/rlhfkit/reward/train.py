@@ -31,8 +31,8 @@ from rlhfkit.reward.data import (
     split_by_prompt,
 )
 from rlhfkit.reward.evaluate import flatten, pair_metrics, score_pairs
+from rlhfkit.reward.losses import pairwise_loss
 from rlhfkit.reward.model import RewardModel
-from rlhfkit.rl.losses import pairwise_loss
 from rlhfkit.training import MetricsLog, adamw
 
 

@@ -1,39 +1,14 @@
-"""The math of RLHF as pure tensor functions: tensors in, tensors out, no models.
+"""The math of PPO as pure tensor functions: tensors in, tensors out, no models.
 
 Each function is short and reads like its formula; trainers call these and never re-derive
-them. Tested on hand-computed numbers in tests/test_losses.py.
+them (the reward model's loss is in reward/losses.py). Tested on hand-computed numbers in
+tests/test_losses.py.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-
-def pairwise_loss(
-    chosen: torch.Tensor, rejected: torch.Tensor, group: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Reward-model loss −log σ(r_chosen − r_rejected), the negative log-likelihood of the
-    human preference (the seed prints it without the minus: we minimise the NLL).
-
-    With `group` (a prompt index per pair), the loss is averaged over each prompt's pairs
-    first and then over prompts, so a prompt with C(9,2) = 36 pairs weighs as much as one
-    with C(4,2) = 6 (InstructGPT's 1/C(K,2) normalisation).
-    """
-    per_pair = -F.logsigmoid(chosen - rejected)
-    if group is None:
-        return per_pair.mean()
-    _, index = torch.unique(group, return_inverse=True)
-    groups = int(index.max()) + 1
-    sums = torch.zeros(groups, dtype=per_pair.dtype, device=per_pair.device).index_add(
-        0, index, per_pair
-    )
-    counts = torch.bincount(index, minlength=groups).to(per_pair.dtype)
-    return (sums / counts).mean()
-
-
-# --- PPO ------------------------------------------------------------------------------------
-#
 # Shapes: [batch, T] over response tokens (or an agent's moves), `mask` 1 on real steps and 0
 # on padding after the end. Every mean below is a masked mean over real steps only.
 

@@ -9,7 +9,9 @@ is in losses.py; this module orchestrates.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import Literal
 
@@ -212,70 +214,125 @@ def ppo_update(
 ) -> dict[str, float]:
     """Phase 2 on one rollout batch (this process's share of it, under data parallelism);
     returns the step's statistics. A batch without log π_old (`rollout(old_logp=False)`,
-    only with `config.one_pass`) gets it, and V_old, from the first forward pass here."""
-    mask = batch.response_mask
-    if batch.logp is not None:
-        kl, advantages, returns = advantages_and_returns(batch, scores, beta, config)
-    elif not config.one_pass:
+    only with `config.one_pass`) gets it, and V_old, from the first forward pass here; the
+    caller's batch is left as it was."""
+    if batch.logp is None and not config.one_pass:
         raise ValueError("a rollout without log π_old needs one minibatch of one micro-batch")
-
+    targets = (
+        advantages_and_returns(batch, scores, beta, config) if batch.logp is not None else None
+    )
     policy.train(False)  # dropout stays off: PPO's ratio must compare like with like
-    n = len(batch.prompts)
-    minibatch = n // config.minibatches
-    micro = minibatch // config.grad_accumulation
     totals: dict[str, float] = {}
     updates = 0
-    for _ in range(config.ppo_epochs):
-        order = torch.randperm(n, generator=generator).to(mask.device)
-        for start in range(0, n, minibatch):
-            optimizer.zero_grad()
-            for m in range(start, start + minibatch, micro):
-                rows = order[m : m + micro]
-                length = mask.shape[1]
-                logits, values = policy(
-                    batch.input_ids[rows], batch.attention_mask[rows], length + 1
-                )
-                logits = response_logits(logits, length, config.temperature)
-                values = values[:, -length - 1 : -1]
-                response = batch.response_ids[rows]
-                logp = token_logp(logits, response)
-                if batch.logp is None:  # rows is every rollout, under the sampling weights
-                    unshuffle = torch.argsort(rows)
-                    batch.logp = logp.detach()[unshuffle] * mask
-                    batch.values = values.detach()[unshuffle] * mask
-                    kl, advantages, returns = advantages_and_returns(batch, scores, beta, config)
-                m_mask = mask[rows]
-                pg, stats = policy_loss(
-                    logp, batch.logp[rows], advantages[rows], m_mask, config.clip_eps
-                )
-                vf = value_loss(
-                    values, batch.values[rows], returns[rows], m_mask, config.value_clip
-                )
-                # Without a coefficient the entropy is only watched: no graph for it.
-                with nullcontext() if config.ent_coef else torch.no_grad():
-                    entropy = masked_mean(entropy_from_logits(logits.float()), m_mask)
-                loss = ppo_loss(pg, vf, entropy, config.vf_coef, config.ent_coef)
-                (loss / config.grad_accumulation).backward()
-                for key, value in (
-                    ("policy_loss", pg),
-                    ("value_loss", vf),
-                    ("entropy", entropy),
-                    *stats.items(),
-                ):
-                    totals[key] = totals.get(key, 0.0) + float(value.detach())
-                updates += 1
-            if processes:
-                processes.average_gradients(policy.trainable_parameters())
-            clip_grad_norm(policy.trainable_parameters(), config.max_grad_norm)
-            optimizer.step()
+    device = batch.response_mask.device
+    for micro_batches in shuffled_minibatches(len(batch.prompts), config, generator, device):
+        optimizer.zero_grad()
+        for rows in micro_batches:
+            logits, logp, values = response_forward(policy, batch, rows, config.temperature)
+            if batch.logp is None:  # rows is every rollout, under the sampling weights
+                batch = with_old_logp(batch, rows, logp, values)
+                targets = advantages_and_returns(batch, scores, beta, config)
+            _, advantages, returns = targets
+            loss, stats = minibatch_loss(
+                logits, logp, values, batch, rows, advantages, returns, config
+            )
+            (loss / config.grad_accumulation).backward()
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach())
+            updates += 1
+        apply_gradients(policy, optimizer, config, processes)
+    kl, _, returns = targets
+    means = {k: v / updates for k, v in totals.items()}
+    return {**means, **rollout_statistics(batch, scores, beta, kl, returns)}
 
+
+def shuffled_minibatches(
+    n: int, config: PPOConfig, generator: torch.Generator | None, device: torch.device
+) -> Iterator[list[torch.Tensor]]:
+    """For each of `ppo_epochs` passes over the `n` rollouts in a fresh random order, each
+    minibatch as its micro-batches' row indices."""
+    minibatch = n // config.minibatches
+    micro = minibatch // config.grad_accumulation
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, minibatch):
+            yield [order[m : m + micro] for m in range(start, start + minibatch, micro)]
+
+
+def response_forward(
+    policy: Policy, batch: Rollout, rows: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The policy's temperature-scaled logits, log π and values on the response tokens of
+    rollouts `rows`, with gradients."""
+    length = batch.response_mask.shape[1]
+    logits, values = policy(batch.input_ids[rows], batch.attention_mask[rows], length + 1)
+    logits = response_logits(logits, length, temperature)
+    values = values[:, -length - 1 : -1]
+    return logits, token_logp(logits, batch.response_ids[rows]), values
+
+
+def with_old_logp(
+    batch: Rollout, rows: torch.Tensor, logp: torch.Tensor, values: torch.Tensor
+) -> Rollout:
+    """A copy of `batch` with log π_old and V_old from a forward pass over all of its rollouts
+    in the order `rows`."""
+    unshuffle = torch.argsort(rows)
+    mask = batch.response_mask
+    return dataclasses.replace(
+        batch, logp=logp.detach()[unshuffle] * mask, values=values.detach()[unshuffle] * mask
+    )
+
+
+def minibatch_loss(
+    logits: torch.Tensor,
+    logp: torch.Tensor,
+    values: torch.Tensor,
+    batch: Rollout,
+    rows: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    config: PPOConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = L_policy + c1·L_value − c2·H on rollouts `rows`, and its parts to watch."""
+    mask = batch.response_mask[rows]
+    pg, stats = policy_loss(logp, batch.logp[rows], advantages[rows], mask, config.clip_eps)
+    vf = value_loss(values, batch.values[rows], returns[rows], mask, config.value_clip)
+    # Without a coefficient the entropy is only watched: no graph for it.
+    with nullcontext() if config.ent_coef else torch.no_grad():
+        entropy = masked_mean(entropy_from_logits(logits.float()), mask)
+    loss = ppo_loss(pg, vf, entropy, config.vf_coef, config.ent_coef)
+    return loss, {"policy_loss": pg, "value_loss": vf, "entropy": entropy, **stats}
+
+
+def apply_gradients(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    config: PPOConfig,
+    processes: Processes | None,
+) -> None:
+    """One optimiser step on the minibatch's gradients, averaged over processes and clipped."""
+    if processes:
+        processes.average_gradients(policy.trainable_parameters())
+    clip_grad_norm(policy.trainable_parameters(), config.max_grad_norm)
+    optimizer.step()
+
+
+def rollout_statistics(
+    batch: Rollout,
+    scores: torch.Tensor,
+    beta: float,
+    kl: torch.Tensor,
+    returns: torch.Tensor,
+) -> dict[str, float]:
+    """What the rollout batch looked like: scores, KL to the reference, how well the values
+    it was scored with predicted its returns, response lengths."""
+    mask = batch.response_mask
     with torch.no_grad():
         explained = 1 - torch.var((returns - batch.values)[mask.bool()]) / torch.var(
             returns[mask.bool()]
         ).clamp(min=1e-8)
     kl_per_sequence = (kl * mask).sum(dim=1)
     return {
-        **{k: v / updates for k, v in totals.items()},
         "score_mean": float(scores.mean()),
         "score_std": float(scores.std()),
         "kl": float(kl_per_sequence.mean()),

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.generation import format_prompt, stop_token_ids
-from rlhfkit.models.packed import prepacked_linears
+from rlhfkit.generation import SamplingParams, format_prompt, prompt_lengths, sample
 from rlhfkit.rl.policy import Policy
 
 
@@ -50,16 +49,6 @@ def token_logp(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[..., None])[..., 0]
 
 
-def truncate_after_eos(tokens: torch.Tensor, stops: Sequence[int], pad_id: int):
-    """Keep each row up to and including its first stop token; pad the rest. Returns the
-    tokens, the response mask and whether each row finished."""
-    is_stop = torch.isin(tokens, torch.tensor(list(stops), device=tokens.device))
-    seen = is_stop.long().cumsum(dim=1)
-    # real = before the first stop, or the first stop itself
-    mask = (seen == 0) | ((seen == 1) & is_stop)
-    return tokens.masked_fill(~mask, pad_id), mask.float(), is_stop.any(dim=1)
-
-
 @dataclass
 class Responses:
     """Sampled responses after their left-padded prompts, cut after the first EOS."""
@@ -88,51 +77,20 @@ def sample_responses(
     min_new_tokens: int = 0,
     synced: bool = False,
 ) -> Responses:
-    """`synced`: the processes of a sharded model gather each layer's weights together, so
-    each must keep stepping until every process's responses have ended."""
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    """Responses after their prompts, as the policy reads them back. `synced`: the policy is
+    sharded across processes (generation.sample)."""
     texts = [format_prompt(tokenizer, p, mode) for p in prompts]
-    add_special = mode == "raw"  # chat templates carry their own special tokens
-    too_long = sum(
-        len(tokenizer(t, add_special_tokens=add_special).input_ids) > max_prompt_tokens
-        for t in texts
-    )
-    batch = tokenizer(
-        texts,
-        return_tensors="pt",
-        padding=True,
-        truncation=True,
-        max_length=max_prompt_tokens,
-        add_special_tokens=add_special,
-    )
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    stops = stop_token_ids(model, tokenizer)
+    too_long = sum(n > max_prompt_tokens for n in prompt_lengths(tokenizer, texts, mode))
     # Pure sampling (no top-k/top-p) so the sampled tokens follow π exactly: PPO's ratios
     # and the KL estimate assume it.
-    with prepacked_linears(model, len(texts)):
-        out = model.generate(
-            **batch,
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            eos_token_id=stops,
-            pad_token_id=tokenizer.pad_token_id,
-            synced_gpus=synced,
-        )
-    prompt_length = batch["input_ids"].shape[1]
-    response, response_mask, finished = truncate_after_eos(
-        out[:, prompt_length:], stops, tokenizer.pad_token_id
-    )
+    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, mode=mode)
+    sampled = sample(model, tokenizer, texts, params, 1, max_prompt_tokens, min_new_tokens, synced)
     return Responses(
-        input_ids=torch.cat([batch["input_ids"], response], dim=1),
-        attention_mask=torch.cat([batch["attention_mask"], response_mask.long()], dim=1),
-        response_mask=response_mask,
-        finished=finished,
-        prompt_length=prompt_length,
+        input_ids=torch.cat([sampled.prompt_ids, sampled.response_ids], dim=1),
+        attention_mask=torch.cat([sampled.prompt_mask, sampled.response_mask.long()], dim=1),
+        response_mask=sampled.response_mask,
+        finished=sampled.finished,
+        prompt_length=sampled.prompt_ids.shape[1],
         truncated_prompts=too_long,
     )
 
