@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.rl.distributed import Processes, full_state, is_shard
 from rlhfkit.rl.policy import Policy
+from rlhfkit.rl.trainer import CHECKPOINT, read_checkpoint
 from test_ppo import TINY, _rlhfkit
 
 
@@ -114,7 +115,7 @@ def test_accelerate_launch_trains_on_two_processes_with_one_log_and_checkpoint(
     assert run.stderr.count("2 steps (steps)") == 1  # one process reports
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2]  # logged once, not per process
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = read_checkpoint(out / CHECKPOINT)
     assert len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # own samples
     assert (out / "policy" / "adapter_model.safetensors").exists()
@@ -148,13 +149,13 @@ def test_fsdp_shards_the_weights_and_trains_as_data_parallel_does(data_parallel_
         # ~1e-6 rounding of the weights after step 1 shows in it at about that size.
         for key in ("policy_loss", "value_loss", "kl", "approx_kl"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
-    a = torch.load(dp / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "fsdp" / "checkpoint.pt", weights_only=False)
+    a = read_checkpoint(dp / CHECKPOINT)
+    b = read_checkpoint(tmp_path / "fsdp" / CHECKPOINT)
     assert a["trainable"].keys() == b["trainable"].keys()  # whole weights, not shards
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for name, weight in a["trainable"].items():
         torch.testing.assert_close(b["trainable"][name], weight, rtol=0, atol=1e-5)
-    for name in ("policy/adapter_model.safetensors", "policy/value_head.pt"):
+    for name in ("policy/adapter_model.safetensors", "policy/value_head.safetensors"):
         assert (tmp_path / "fsdp" / name).exists()
 
     # The checkpoints are interchangeable: the sharded run goes on replicated.

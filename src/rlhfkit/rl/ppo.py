@@ -19,6 +19,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from rlhfkit.config import StageConfig
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.rl.distributed import Processes, clip_grad_norm, resolve_device
 from rlhfkit.rl.kl import AdaptiveKL, FixedKL
 from rlhfkit.rl.losses import (
@@ -109,24 +110,32 @@ class PPOConfig(StageConfig):
     @field_validator("device")
     @classmethod
     def _known_device(cls, device: str) -> str:
-        try:
-            kind = resolve_device(device).type
-        except RuntimeError:
-            raise ValueError(f"{device!r} is not a torch device") from None
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"{device!r}: this machine has no CUDA device")
+        """A name torch knows; whether this machine has it is checked when PPO starts, so a
+        run's config loads anywhere (to evaluate its policy on another machine, say)."""
+        if device != "auto":
+            try:
+                torch.device(device)
+            except RuntimeError:
+                raise ValueError(f"{device!r} is not a torch device") from None
         return device
 
-    @model_validator(mode="after")
-    def _bf16_where_it_pays(self) -> PPOConfig:
-        on_cpu = resolve_device(self.device).type == "cpu"
-        if self.precision == "bf16" and on_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            # Measured on an AVX2-only CPU: 85 s a PPO step against 7 s in fp32.
-            raise ValueError(
-                "precision bf16 on a CPU needs AVX-512 (this one emulates bf16, about 12× "
-                "slower than fp32): use fp32"
+    def check_hardware(self) -> None:
+        """This machine can train as asked: the device exists, and bf16 is not emulated."""
+        device = resolve_device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RlhfkitError(
+                f"PPO setting 'device': {self.device!r}: this machine has no CUDA device"
             )
-        return self
+        if (
+            self.precision == "bf16"
+            and device.type == "cpu"
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        ):
+            # Measured on an AVX2-only CPU: 85 s a PPO step against 7 s in fp32.
+            raise RlhfkitError(
+                "PPO setting 'precision': bf16 on a CPU needs AVX-512 (this one emulates bf16, "
+                "about 12× slower than fp32): use fp32"
+            )
 
     @property
     def one_pass(self) -> bool:

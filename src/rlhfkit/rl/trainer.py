@@ -4,8 +4,9 @@ non-finite loss, Ctrl-C).
 
 A checkpoint holds the trainable weights (adapter and value head), the optimiser, the KL
 controller, the step (which fixes the data position) and every random state of every
-process, written atomically after each step; `resume=True` continues from it as if never
-stopped. Under `accelerate launch` each process trains on its share of every step's prompts
+process, written atomically after each step as safetensors and JSON (checkpoint.py: nothing
+is unpickled on resume); `resume=True` continues from it as if never stopped. Under
+`accelerate launch` each process trains on its share of every step's prompts
 (distributed.py); the main process alone logs, checkpoints and saves the policy.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +22,17 @@ import numpy as np
 import torch
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.files import atomic_directory, atomic_write, claim_directory
+from rlhfkit.rl.checkpoint import (
+    CHECKPOINT,
+    read_state,
+    read_tensors,
+    refuse_old_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_state,
+    write_tensors,
+)
 from rlhfkit.rl.distributed import (
     Processes,
     full_state,
@@ -34,7 +45,7 @@ from rlhfkit.rl.policy import Policy
 from rlhfkit.rl.ppo import PPOConfig, RewardScale, train_step
 from rlhfkit.training import MetricsLog, adamw
 
-CHECKPOINT = "checkpoint.pt"
+VALUE_HEAD = "value_head.safetensors"
 
 
 def batch_prompts(
@@ -52,29 +63,6 @@ def batch_prompts(
     if len(rows) < batch_size:  # fewer prompts than a batch: cycle them
         rows = (rows * (batch_size // max(1, len(rows)) + 1))[:batch_size]
     return [prompts[i] for i in rows]
-
-
-def rng_state(generator: torch.Generator) -> dict:
-    """This process's random states: sampling (on the CPU, and on its GPU if it uses one),
-    minibatch order, Python and NumPy."""
-    state = {
-        "torch": torch.get_rng_state(),
-        "generator": generator.get_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
-    if torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"])
-    generator.set_state(state["generator"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
 
 
 def save_checkpoint(
@@ -100,28 +88,21 @@ def save_checkpoint(
         "reward_scale": reward_scale.state_dict(),
         "rng": processes.gather_objects(rng_state(generator)),  # in rank order
     }
-    if not processes.is_main:
-        return
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    if processes.is_main:
+        write_state(path, state)
 
 
-def load_checkpoint(
-    path: Path,
-    policy: Policy,
-    optimizer,
-    kl_controller,
-    reward_scale,
-    generator: torch.Generator,
-    config: PPOConfig,
-    processes: Processes,
-) -> int:
-    state = torch.load(path, weights_only=False, map_location="cpu")
-    if len(state["rng"]) != processes.world_size:
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint as the nested dict `save_checkpoint` was given (tensors and values)."""
+    return read_state(path)
+
+
+def check_resumable(state: dict, path: Path, config: PPOConfig, world_size: int) -> None:
+    """The checkpoint continues this run: as many processes, the same settings."""
+    if len(state["rng"]) != world_size:
         raise RlhfkitError(
             f"{path} was written by {len(state['rng'])} processes, not "
-            f"{processes.world_size}: resume with as many"
+            f"{world_size}: resume with as many"
         )
     # How long to train may change on resume; anything else would make it another run.
     extendable = {"steps", "target_reward"}
@@ -135,6 +116,18 @@ def load_checkpoint(
             f"{path} was written with other settings ({', '.join(changed)}); "
             "resume with the same settings or start a new run directory"
         )
+
+
+def load_checkpoint(
+    state: dict,
+    policy: Policy,
+    optimizer,
+    kl_controller,
+    reward_scale,
+    generator: torch.Generator,
+    processes: Processes,
+) -> int:
+    """Put a checkpoint's weights and states into the run's objects; returns its step."""
     load_full_state(policy, state["trainable"])
     load_optimizer_state(policy, optimizer, state["optimizer"])
     kl_controller.load_state_dict(state["kl"])
@@ -150,20 +143,29 @@ def run_ppo(
     reward=None,
     on_step: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train; write metrics.jsonl, TensorBoard logs, checkpoint.pt and the final adapter and
-    value head to `out`. `reward` overrides `config.reward` with any callable reward.
-    `on_step` is called on the main process only."""
+    """Train; write metrics.jsonl, TensorBoard logs, the checkpoint and the final adapter and
+    value head to `out` (new, empty, or a PPO run's: see files.claim_directory). `reward`
+    overrides `config.reward` with any callable reward. `on_step` is called on the main
+    process only."""
     from rlhfkit.data.prompts import default_mode, load_prompts
     from rlhfkit.reward import load_reward
 
     out = Path(out)
+    config.check_hardware()
+    processes = Processes(config.device)
+    if processes.is_main:
+        claim_directory(out, "ppo")
+    refuse_old_checkpoint(out)
     checkpoint = out / CHECKPOINT
     if checkpoint.exists() and not resume:
         raise RlhfkitError(
             f"{out} holds a run already: pass --resume to continue it, or "
             "choose another output directory"
         )
-    processes = Processes(config.device)
+    state = None
+    if resume and checkpoint.exists():  # checked before any model loads
+        state = read_checkpoint(checkpoint)
+        check_resumable(state, checkpoint, config, processes.world_size)
     _check_split(config, processes.world_size)
     reward = reward or load_reward(config.reward)  # a bad spec fails before the model loads
     prompts = [p.prompt for p in load_prompts(config.prompts, config.split, config.eval_fraction)]
@@ -181,17 +183,17 @@ def run_ppo(
     reward_scale = RewardScale(config.normalise_reward)
     generator = torch.Generator().manual_seed(config.seed)
     step = 0
-    if resume and checkpoint.exists():
+    if state is not None:
         step = load_checkpoint(
-            checkpoint, policy, optimizer, kl_controller, reward_scale, generator, config, processes
+            state, policy, optimizer, kl_controller, reward_scale, generator, processes
         )
     log = None
     if processes.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
+        atomic_write(out / "config.json", json.dumps(config.model_dump(), indent=2))
         log = MetricsLog(out)
         if step and _last_logged_step(out) < step:  # killed after the checkpoint, before its line
-            log.write(torch.load(checkpoint, weights_only=False, map_location="cpu")["record"])
+            log.write(state["record"])
+    del state  # the checkpoint's copy of the weights is no longer needed
     reason = "steps"
     last: dict = {}
     saved = logged = step  # the checkpoint on disk, and the last step in metrics.jsonl
@@ -292,16 +294,28 @@ def _last_logged_step(out: Path) -> int:
 def save_policy(policy: Policy, path: Path, config: PPOConfig, write: bool = True) -> None:
     """The trained policy: the adapter (or full weights) with peft's layout, the value head,
     the tokenizer, which base model it sits on and what it was trained on. Every process
-    of a sharded run calls it (to gather the weights); those with `write` write."""
+    of a sharded run calls it (to gather the weights); those with `write` write. The
+    directory appears whole or not at all: a crash mid-save leaves the previous one."""
     weights = full_state(policy.model, False, keep=write) if policy.sharded else None
     value_head = full_state(policy.value_head, keep=write)
     if not write:
         return
-    path.mkdir(parents=True, exist_ok=True)
-    policy.model.save_pretrained(path, state_dict=weights)
-    policy.tokenizer.save_pretrained(path)
-    torch.save(value_head, path / "value_head.pt")
-    # What evaluation needs: the base model, and the prompts trained on, to keep them out.
-    keys = ("lora", "mode", "prompts", "split", "eval_fraction", "reward")
-    info = {"base": config.model, **{k: getattr(config, k) for k in keys}}
-    (path / "rlhfkit_policy.json").write_text(json.dumps(info, indent=2))
+    with atomic_directory(path) as tmp:
+        policy.model.save_pretrained(tmp, state_dict=weights)
+        policy.tokenizer.save_pretrained(tmp)
+        write_tensors(tmp / VALUE_HEAD, value_head)
+        # What evaluation needs: the base model, and the prompts trained on, to keep them out.
+        keys = ("lora", "mode", "prompts", "split", "eval_fraction", "reward")
+        info = {"base": config.model, **{k: getattr(config, k) for k in keys}}
+        (tmp / "rlhfkit_policy.json").write_text(json.dumps(info, indent=2))
+
+
+def read_value_head(policy_dir: Path) -> dict[str, torch.Tensor]:
+    """The value head `save_policy` wrote (weight and bias), read without unpickling."""
+    policy_dir = Path(policy_dir)
+    if not (policy_dir / VALUE_HEAD).exists() and (policy_dir / "value_head.pt").exists():
+        raise RlhfkitError(
+            f"{policy_dir / 'value_head.pt'} was written by an older rlhfkit in a format that "
+            "is no longer loaded (pickle can run code): train the policy again"
+        )
+    return read_tensors(policy_dir / VALUE_HEAD)
