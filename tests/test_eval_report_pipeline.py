@@ -19,7 +19,7 @@ from rlhfkit.eval.metrics import (
     toxicity_summary,
 )
 from rlhfkit.eval.run import changes, check_held_out, summarise
-from rlhfkit.pipeline import load_pipeline
+from rlhfkit.pipeline import load_pipeline, start_run_dir
 from rlhfkit.report import build_report
 
 TINY = Path(__file__).parent / "data" / "tiny_pipeline.yaml"
@@ -177,6 +177,8 @@ def test_pipeline_configs_are_checked_before_any_work(tmp_path, cli):
     missing = _tiny(tmp_path, **{"run_dir:": "stages: [train-rm]\nrun_dir:"})
     result = cli("run", missing, ok=False)
     assert "stage train-rm needs the output of pairs" in result.output
+    assert not (tmp_path / "run").exists()  # a run refused by preflight writes nothing either
+    start_run_dir(load_pipeline(_tiny(tmp_path)))  # the run directory of the tiny config
     other = _tiny(tmp_path, **{"run_dir:": "stages: [report]\nseed: 5\nrun_dir:"})
     result = cli("run", other, ok=False)
     assert "holds a run of a different config (differs in seed)" in result.output

@@ -179,37 +179,26 @@ def project_create(
     store: str | None = StoreOpt,
 ):
     """Create a project (or update its criterion and instructions)."""
-    from rlhfkit.feedback.store import get_project
+    from rlhfkit.feedback.store import create_project
 
-    text = instructions.read_text(encoding="utf-8") if instructions else None
-    with _store(store).session() as session:
-        row = get_project(session, name, create=True)
-        row.criterion = criterion
-        row.instructions = text if text is not None else row.instructions
+    try:
+        text = instructions.read_text(encoding="utf-8") if instructions else None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e.strerror or e
+        raise RlhfkitError(f"{instructions}: cannot read ({reason})") from None
+    create_project(_store(store), name, criterion, text)
     console.print(f"project '{name}': criterion {criterion}")
 
 
 @project_app.command("list")
 def project_list(store: str | None = StoreOpt):
     """Projects with their prompt, completion and ranking counts."""
-    from sqlalchemy import func, select
+    from rlhfkit.feedback.store import project_summaries
 
-    from rlhfkit.feedback.store import Completion, Project, Prompt, Ranking
-
-    table = Table("project", "criterion", "prompts", "completions", "rankings")
-    with _store(store).session() as session:
-        for project in session.scalars(select(Project).order_by(Project.name)):
-
-            def count(q, project=project):
-                return session.scalar(q.join(Prompt).where(Prompt.project_id == project.id))
-
-            table.add_row(
-                project.name,
-                project.criterion,
-                str(count(select(func.count(Prompt.id)).select_from(Project))),
-                str(count(select(func.count(Completion.id)))),
-                str(count(select(func.count(Ranking.id)))),
-            )
+    columns = ("name", "criterion", "prompts", "completions", "rankings")
+    table = Table("project", *columns[1:])
+    for project in project_summaries(_store(store)):
+        table.add_row(*(str(project[c]) for c in columns))
     out.print(table)
 
 
@@ -218,16 +207,35 @@ def feedback_import(
     file: Path,
     project: str = ProjectOpt,
     labeler: str | None = typer.Option(
-        None, help="Labeler for pairs that name none [default: the file's name]"
+        None, help="Labeler of the records that name none (without it, each must name one)."
     ),
     store: str | None = StoreOpt,
 ):
-    """Import rankings, thumbs, pairs or HH-RLHF pairs (JSONL, formats may be mixed)."""
-    from rlhfkit.feedback.transfer import import_records, read_records
+    """Import rankings, thumbs, pairs or HH-RLHF pairs (JSONL, formats may be mixed).
 
-    default_labeler = labeler or file.stem
-    records = read_records(file, default_labeler)  # all validated before the store is touched
-    counts = import_records(_store(store), project, records, default_labeler)
+    All or nothing: the whole file is checked before anything is written."""
+    from rich.progress import TaskProgressColumn
+
+    from rlhfkit.feedback.transfer import import_records, read_feedback
+
+    # Transient: when the import fails, its one-line error is all that is left on stderr.
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def show(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        records = read_feedback(file, labeler, show)  # all checked before the store is opened
+        counts = import_records(_store(store), project, records, labeler, show)
     console.print(f"imported {file} into '{project}': {_counts(counts)}")
 
 
@@ -242,7 +250,12 @@ def feedback_export(
     from rlhfkit.data.jsonl import write_jsonl
     from rlhfkit.feedback.transfer import export_records
 
-    count = write_jsonl(out_file, export_records(_store(store), project, kind))
+    if out_file.is_dir():
+        raise RlhfkitError(f"{out_file}: is a folder; give --out a file name")
+    try:
+        count = write_jsonl(out_file, export_records(_store(store), project, kind))
+    except OSError as e:
+        raise RlhfkitError(f"{out_file}: cannot write ({e.strerror or e})") from None
     console.print(f"wrote {count} {kind} to {out_file}")
 
 
@@ -493,19 +506,11 @@ def ppo(
     seed: int | None = typer.Option(None),
 ):
     """PPO with a KL penalty against the frozen reference (LoRA: the same weights, adapter off)."""
-    import yaml
-
+    from rlhfkit.config import read_yaml_settings
     from rlhfkit.rl.ppo import PPOConfig
     from rlhfkit.rl.trainer import run_ppo
 
-    values = {}
-    if config_file:
-        try:
-            values = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise RlhfkitError(f"{config_file}: cannot read YAML ({e})") from None
-        if not isinstance(values, dict):
-            raise RlhfkitError(f"{config_file}: expected a mapping of PPO settings")
+    values = read_yaml_settings(config_file, "PPO settings") if config_file else {}
     flags = dict(
         model=model,
         reward=reward,

@@ -3,8 +3,10 @@ line naming the setting, before any model is loaded."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
+from pathlib import Path
+from typing import Any, ClassVar, Self
 
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rlhfkit.errors import RlhfkitError
@@ -24,3 +26,54 @@ class StageConfig(BaseModel):
             where = ".".join(str(x) for x in first["loc"]) or "config"
             message = first["msg"].removeprefix("Value error, ")
             raise RlhfkitError(f"{cls.setting} '{where}': {message}") from None
+
+
+def read_yaml_settings(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file of settings as a dict; an unreadable file, a syntax error or a key that is
+    not a name is one line naming the file (and the line). `what` names the settings in the
+    message, e.g. "pipeline settings"."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = yaml.safe_load(text)
+    except OSError as e:
+        raise RlhfkitError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise RlhfkitError(f"{path}: not UTF-8 text") from None
+    except yaml.MarkedYAMLError as e:
+        raise RlhfkitError(_yaml_error(path, e)) from None
+    except yaml.YAMLError as e:
+        raise RlhfkitError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise RlhfkitError(f"{path}: expected a mapping of {what}")
+    _check_keys(path, yaml.compose(text, Loader=yaml.SafeLoader))
+    return values
+
+
+def _yaml_error(path: Path, e: yaml.MarkedYAMLError) -> str:
+    mark = e.problem_mark or e.context_mark
+    where = f"{path}:{mark.line + 1}" if mark else str(path)
+    problem = e.problem or "cannot parse"
+    if e.context and e.context_mark and e.context_mark is not mark:
+        problem += f", {e.context} that started on line {e.context_mark.line + 1}"
+    return f"{where}: invalid YAML ({problem})"
+
+
+def _check_keys(path: Path, node: yaml.Node | None) -> None:
+    """Every mapping key is a name: `1: x` would reach the settings as the integer 1."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.tag not in (_YAML_STR, _YAML_MERGE):
+                raise RlhfkitError(
+                    f"{path}:{key.start_mark.line + 1}: a setting's name must be text, "
+                    f"not {key.value}"
+                )
+            _check_keys(path, value)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_keys(path, item)
+
+
+_YAML_STR = "tag:yaml.org,2002:str"
+_YAML_MERGE = "tag:yaml.org,2002:merge"

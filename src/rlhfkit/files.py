@@ -95,8 +95,7 @@ def check_ours(path: str | Path, made_by: str) -> None:
         return
     if made is not None:
         raise RlhfkitError(
-            f"{path} holds the output of rlhfkit {made}, not of {made_by}: choose another "
-            "directory"
+            f"{path} holds the output of rlhfkit {made}, not of {made_by}: choose another directory"
         )
     if not any(path.iterdir()):
         return
@@ -131,3 +130,11 @@ def remove_ours(path: str | Path, made_by: str) -> None:
         shutil.rmtree(path)
     elif path.is_dir():  # empty: nothing of anyone's to lose
         path.rmdir()
+
+
+def remove_if_unused(path: str | Path) -> None:
+    """Delete a directory of ours that holds nothing but its marker: made for output that
+    never came (a stage that failed at once)."""
+    path = Path(path)
+    if path.is_dir() and [p.name for p in path.iterdir()] == [MARKER]:
+        shutil.rmtree(path)

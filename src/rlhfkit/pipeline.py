@@ -15,12 +15,15 @@ and redoes (or, for PPO, resumes) an unfinished one, so an interrupted run — o
 disk — costs at most the stage it stopped in. Once a stage has run, the stages after it
 run again too: their outputs were made from what it replaced. The whole config is kept in the run
 directory, and a different config is refused there before any work starts.
+
+The run directory must be new, empty, or made by rlhfkit (its `.rlhfkit` marker file says
+so; each stage's folder has its own), and nothing is written in it until every check has
+passed: a folder of the user's is never overwritten or deleted.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +32,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from rlhfkit.config import StageConfig
-from rlhfkit.data.jsonl import atomic_write
+from rlhfkit.config import StageConfig, read_yaml_settings
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.files import (
+    atomic_write,
+    check_ours,
+    claim_directory,
+    remove_if_unused,
+    remove_ours,
+)
 
 STAGES = ["generate", "label", "agreement", "pairs", "train-rm", "ppo", "eval", "report"]
 Stage = Literal["generate", "label", "agreement", "pairs", "train-rm", "ppo", "eval", "report"]
@@ -147,12 +156,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     """Read and check a pipeline YAML; every stage's settings are checked now, so a typo in
     the last stage fails before the first one starts."""
     path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise RlhfkitError(f"{path}: cannot read YAML ({e})") from None
-    if not isinstance(values, dict):
-        raise RlhfkitError(f"{path}: expected a mapping of pipeline settings")
+    values = read_yaml_settings(path, "pipeline settings")
     try:
         config = PipelineConfig.make(**values)
         config.rm_config(), config.ppo_config(), config.eval_config()
@@ -183,21 +187,41 @@ def is_done(run: Path, stage: str) -> bool:
     return _done_file(run, stage).is_file()
 
 
-def check_run_dir(config: PipelineConfig, config_path: str | None = None) -> None:
-    """The run directory belongs to this config (the stage list may grow between runs)."""
+def _folders(config: PipelineConfig) -> dict[Path, str]:
+    """Every folder the run writes in or may delete, with the stage that owns it."""
+    folders = {config.run / stage: stage for stage in STAGES}
+    folders[config.run / "rm"] = "train-rm"  # the reward model, beside train-rm's done.json
+    return folders
+
+
+def check_run_dir(config: PipelineConfig) -> None:
+    """The run directory is new, empty, or one of ours holding a run of this config (the
+    stage list may grow between runs), and so is each stage's folder in it. Reads only."""
+    check_ours(config.run, "run")
+    for folder, stage in _folders(config).items():
+        check_ours(folder, stage)
     saved = config.run / "pipeline.json"
-    mine = config.model_dump(mode="json", by_alias=True, exclude={"stages"})
     if saved.is_file():
         theirs = json.loads(saved.read_text())
+        mine = _settings(config)
         if theirs != mine:
             changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise RlhfkitError(
                 f"{config.run} holds a run of a different config (differs in "
                 f"{', '.join(changed)}): use another run_dir, or delete {config.run}"
             )
-    else:
-        config.run.mkdir(parents=True, exist_ok=True)
-        atomic_write(saved, json.dumps(mine, indent=2))
+
+
+def _settings(config: PipelineConfig) -> dict:
+    return config.model_dump(mode="json", by_alias=True, exclude={"stages"})
+
+
+def start_run_dir(config: PipelineConfig, config_path: str | None = None) -> None:
+    """Mark the run directory as ours and keep the config in it: once the checks passed."""
+    claim_directory(config.run, "run")
+    saved = config.run / "pipeline.json"
+    if not saved.is_file():
+        atomic_write(saved, json.dumps(_settings(config), indent=2))
     text = (
         Path(config_path).read_text(encoding="utf-8")
         if config_path
@@ -223,6 +247,7 @@ def preflight(config: PipelineConfig) -> None:
     rm_dir = config.run / "rm"
     if "ppo" in todo:
         ppo = config.ppo_config()
+        ppo.check_hardware()  # here, not when the config loads: eval may run elsewhere
         ours = ppo.reward == f"rm:{rm_dir}"
         if ours and "train-rm" not in config.stages and not is_done(config.run, "train-rm"):
             raise RlhfkitError(
@@ -248,21 +273,27 @@ def run_pipeline(
     """Run the config's stages in order, skipping those done; returns one row per stage:
     (stage, "ran" | "skipped", seconds, summary)."""
     progress = progress or Reporter()
-    check_run_dir(config, config_path)
+    check_run_dir(config)
     preflight(config)
+    start_run_dir(config, config_path)  # nothing is written before the checks pass
     rows = []
     upstream_ran = False
     for stage in config.stages:
         if upstream_ran and is_done(config.run, stage):  # made from outputs now replaced
-            shutil.rmtree(config.run / stage)
+            remove_ours(config.run / stage, stage)
         if is_done(config.run, stage):
             summary = json.loads(_done_file(config.run, stage).read_text())["summary"]
             progress.stage(stage, "done before, skipped")
             rows.append((stage, "skipped", 0.0, summary))
             continue
         progress.stage(stage, "")
+        claim_directory(config.run / stage, stage)
         started = time.perf_counter()
-        summary = RUNNERS[stage](config, progress)
+        try:
+            summary = RUNNERS[stage](config, progress)
+        except BaseException:
+            remove_if_unused(config.run / stage)  # a stage that failed at once leaves no folder
+            raise
         seconds = time.perf_counter() - started
         atomic_write(
             _done_file(config.run, stage),
@@ -371,7 +402,7 @@ def run_train_rm(config: PipelineConfig, progress: Reporter) -> str:
     from rlhfkit.reward.train import train_reward_model
 
     out = config.run / "rm"
-    shutil.rmtree(out, ignore_errors=True)  # a half-trained model from an interrupted run
+    remove_ours(out, "train-rm")  # a half-trained model from an interrupted run
 
     def on_event(kind: str, data: dict) -> None:
         if kind == "start":
@@ -395,7 +426,7 @@ def run_ppo_stage(config: PipelineConfig, progress: Reporter) -> str:
     out = config.run / "ppo"
     resume = (out / CHECKPOINT).exists()
     if not resume:
-        shutil.rmtree(out, ignore_errors=True)
+        remove_ours(out, "ppo")  # a run killed before its first checkpoint: start afresh
     progress.start("PPO" + (" (resumed)" if resume else ""), ppo.steps)
 
     def show(record: dict) -> None:

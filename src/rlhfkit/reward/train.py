@@ -22,6 +22,7 @@ from pydantic import Field
 from rlhfkit.config import StageConfig
 from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.files import check_ours, claim_directory
 from rlhfkit.reward.data import (
     PromptPairs,
     file_sha256,
@@ -99,6 +100,7 @@ def train_reward_model(
     `on_event(kind, data)` reports "start", "step", "eval" and "warning" for progress displays."""
     config = config or RMConfig()
     out = Path(out)
+    check_ours(out, "train-rm")  # a folder of the user's is refused before any work
     emit = on_event or (lambda kind, data: None)
     pairs = read_pairs(pairs_path)
     groups = group_pairs(pairs)
@@ -153,7 +155,7 @@ def train_reward_model(
         num_warmup_steps=int(config.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    out.mkdir(parents=True, exist_ok=True)
+    claim_directory(out, "train-rm")
     log = MetricsLog(out)
     emit(
         "start", {"steps": total_steps, "train_prompts": len(train), "eval_prompts": len(held_out)}
