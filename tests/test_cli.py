@@ -70,7 +70,7 @@ def test_export_and_reimport_through_the_cli(cli, tmp_path, sqlite_url):
     "lines, message",
     [
         (
-            ['{"prompt": "a", "chosen": "x", "rejected": "y"}', '{"prompt": oops}'],
+            ['{"prompt": "a", "chosen": "x", "rejected": "y", "labeler": "h"}', '{"prompt": oops}'],
             "bad.jsonl:2: invalid JSON",
         ),
         (

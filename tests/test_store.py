@@ -89,7 +89,8 @@ def test_a_failure_midway_through_writing_rolls_everything_back(store, tmp_path,
                     "completion": SEED_COMPLETIONS[0],
                     "label": "up",
                     "labeler": "T",
-                }
+                },
+                {"prompt": SEED_PROMPT, "chosen": "a", "rejected": "b", "labeler": "P"},
             ],
         )
     )
@@ -97,7 +98,8 @@ def test_a_failure_midway_through_writing_rolls_everything_back(store, tmp_path,
     def disk_full(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(transfer, "_put_thumb", disk_full)  # after three rankings were written
+    # The pairs are written last: after the project, texts, rankings and thumbs.
+    monkeypatch.setattr(transfer._Writer, "preferences", disk_full)
     with pytest.raises(OSError):
         import_records(store, "hot", records)
     assert set(row_counts(store).values()) == {0}
@@ -121,10 +123,10 @@ def test_thumbs_pairs_and_hh_rlhf_import_and_round_trip(store, tmp_path):
             "labeler_kind": "ai",
         },
         {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away.", "labeler": "P1"},
-        {"prompt": "Say hi", "chosen": "Hello.", "rejected": "Go away."},  # labeler: file name
+        {"prompt": "Say hi", "chosen": "Hello.", "rejected": "Go away."},  # labeler: "mix"
         {"chosen": hh_prompt + " Yes, usually.", "rejected": hh_prompt + " No."},
     ]
-    counts = import_file(store, "mix", write_jsonl(tmp_path / "mix.jsonl", records))
+    counts = import_file(store, "mix", write_jsonl(tmp_path / "mix.jsonl", records), "mix")
     assert counts["thumbs created"] == 2 and counts["pairs created"] == 3
     assert row_counts(store)["labelers"] == 3 + 1 + 2  # H1-3, T1, P1 and "mix"
     exported = {kind: list(export_records(store, "mix", kind)) for kind in transfer.EXPORT_KINDS}

@@ -218,7 +218,8 @@ def feedback_import(
 
     from rlhfkit.feedback.transfer import import_records, read_feedback
 
-    # Transient: when the import fails, its one-line error is all that is left on stderr.
+    # A bar on a terminal only, and transient: when the import fails, its one-line error is
+    # all that is left on stderr (rich ends even a hidden bar with a blank line elsewhere).
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -226,6 +227,7 @@ def feedback_import(
         TimeRemainingColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,
     ) as bar:
         tasks: dict[str, int] = {}
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 HH_ASSISTANT = "\n\nAssistant:"
+MISSING_LABELER = "'labeler' is missing (name one in the record, or give --labeler NAME)"
 
 
 class RecordError(ValueError):
@@ -26,13 +27,14 @@ class PromptRecord:
 
 @dataclass(frozen=True)
 class RankingRecord:
-    """`ranks[i]` is the rank of `completions[i]`; 1 is best, equal ranks are ties."""
+    """`ranks[i]` is the rank of `completions[i]`; 1 is best, equal ranks are ties. A ranking
+    of a single completion is valid but ranks nothing: an import skips and counts it."""
 
     prompt: str
     completions: tuple[str, ...]
     ranks: tuple[int, ...]
     labeler: str
-    labeler_kind: str = "human"
+    labeler_kind: str | None = None  # None: not given (a new labeler is then "human")
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class ThumbsRecord:
     completion: str
     label: str  # "up" | "down"
     labeler: str
-    labeler_kind: str = "human"
+    labeler_kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Pair:
     chosen: str
     rejected: str
     labeler: str | None = None
-    labeler_kind: str = "human"
+    labeler_kind: str | None = None
 
 
 Record = PromptRecord | RankingRecord | ThumbsRecord | Pair
@@ -65,12 +67,12 @@ def _text(obj: dict[str, Any], key: str) -> str:
     return value
 
 
-def _labeler(obj: dict[str, Any], default: str | None) -> tuple[str | None, str]:
+def _labeler(obj: dict[str, Any], default: str | None) -> tuple[str | None, str | None]:
     name = obj.get("labeler", default)
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise RecordError("'labeler' must be a non-empty string")
-    kind = obj.get("labeler_kind", "human")
-    if kind not in ("human", "ai"):
+    kind = obj.get("labeler_kind")
+    if kind not in (None, "human", "ai"):
         raise RecordError("'labeler_kind' must be 'human' or 'ai'")
     return (name.strip() if name else None), kind
 
@@ -93,16 +95,24 @@ def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
 
     The prompt is the shared dialogue up to and including the last "Assistant:" turn marker.
     """
-    common = 0
-    for a, b in zip(chosen, rejected, strict=False):
-        if a != b:
-            break
-        common += 1
-    cut = chosen[:common].rfind(HH_ASSISTANT)
+    cut = chosen[: _common_prefix_length(chosen, rejected)].rfind(HH_ASSISTANT)
     if cut < 0:
         raise RecordError("'chosen' and 'rejected' share no '\\n\\nAssistant:' turn (not HH-RLHF?)")
     end = cut + len(HH_ASSISTANT)
     return chosen[:end], chosen[end:].strip(), rejected[end:].strip()
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    """By bisection over slices compared in C: a character loop in Python was the slowest
+    step of importing HH-RLHF transcripts."""
+    low, high = 0, min(len(a), len(b))  # a[:low] == b[:low] holds throughout
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def parse_record(obj: dict[str, Any], default_labeler: str | None = None) -> Record:
@@ -110,8 +120,8 @@ def parse_record(obj: dict[str, Any], default_labeler: str | None = None) -> Rec
     if "ranks" in obj or "completions" in obj:
         prompt = _text(obj, "prompt")
         completions = obj.get("completions")
-        if not isinstance(completions, list) or len(completions) < 2:
-            raise RecordError("'completions' must be a list of at least 2 strings")
+        if not isinstance(completions, list) or not completions:
+            raise RecordError("'completions' must be a non-empty list of strings")
         for i, c in enumerate(completions):
             if not isinstance(c, str) or not c.strip():
                 raise RecordError(f"completion {i + 1} is empty or not a string")
@@ -120,7 +130,7 @@ def parse_record(obj: dict[str, Any], default_labeler: str | None = None) -> Rec
         ranks = check_ranks(obj.get("ranks"), len(completions))
         labeler, kind = _labeler(obj, default_labeler)
         if labeler is None:
-            raise RecordError("'labeler' is missing")
+            raise RecordError(MISSING_LABELER)
         return RankingRecord(prompt, tuple(completions), ranks, labeler, kind)
     if "label" in obj:
         prompt, completion = _text(obj, "prompt"), _text(obj, "completion")
@@ -128,7 +138,7 @@ def parse_record(obj: dict[str, Any], default_labeler: str | None = None) -> Rec
             raise RecordError("'label' must be 'up' or 'down'")
         labeler, kind = _labeler(obj, default_labeler)
         if labeler is None:
-            raise RecordError("'labeler' is missing")
+            raise RecordError(MISSING_LABELER)
         return ThumbsRecord(prompt, completion, obj["label"], labeler, kind)
     if "chosen" in obj or "rejected" in obj:
         chosen, rejected = _text(obj, "chosen"), _text(obj, "rejected")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,13 +22,17 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     create_engine,
     event,
+    func,
+    inspect,
     select,
+    text,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -163,53 +168,166 @@ class Preference(Base):
     labeler: Mapped[Labeler] = relationship()
 
 
+SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another writer's transaction
+READ_ONLY = "rlhfkit_read_only"  # execution option: an SQLite transaction that only reads
+MIGRATIONS = Path(__file__).parent / "migrations"
+# The tables of the first migration. A database with tables is a store only when it holds
+# these and is marked by one of our migrations; any other is someone else's, left untouched.
+STORE_TABLES = frozenset(
+    {
+        "projects",
+        "labelers",
+        "prompts",
+        "completions",
+        "rankings",
+        "ranking_items",
+        "thumbs",
+        "preferences",
+    }
+)
+_MIGRATION_LOCK = 0x726C68666B6974  # a PostgreSQL advisory lock key ("rlhfkit")
+
+
 def _safe(url: str) -> str:
+    """The URL for a message, its password hidden (even in a URL that does not parse)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
-def _sqlite_foreign_keys(dbapi_connection, _record) -> None:
+def _reason(error: SQLAlchemyError) -> str:
+    """The database's own message, its first line: never the SQL or the row's values."""
+    message = str(getattr(error, "orig", None) or error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
+def _on_sqlite_connect(dbapi_connection, _record) -> None:
+    # SQLAlchemy emits BEGIN itself (`_on_sqlite_begin`), not pysqlite: pysqlite begins
+    # deferred, and a deferred transaction that reads and then writes fails at once with
+    # "database is locked" when another writer got in between, whatever the busy timeout.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision."""
-    from alembic import command
+def _on_sqlite_begin(connection) -> None:
+    # A writing transaction takes the write lock when it starts, waiting its turn.
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _create_engine(url: str) -> Engine:
+    try:
+        sqlite = make_url(url).get_backend_name() == "sqlite"
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S} if sqlite else {}
+        )
+    except (ArgumentError, NoSuchModuleError, ImportError) as e:
+        raise RlhfkitError(f"cannot open store '{_safe(url)}': {e}") from None
+    except ValueError:  # raised by the URL parser only for a port that is not a number
+        raise RlhfkitError(f"cannot open store '{_safe(url)}': its port is not a number") from None
+    if sqlite:
+        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "begin", _on_sqlite_begin)
+    return engine
+
+
+def _alembic_config():
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+
+
+def check_store(connection: Connection, url: str) -> None:
+    """Refuse, before anything is written, a database that is not a feedback store or that a
+    newer rlhfkit has migrated. An empty database becomes a new store."""
+    tables = set(inspect(connection).get_table_names())
+    if not tables:
+        return
+    if "alembic_version" in tables:
+        marks = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+        unknown = sorted(set(marks) - known_revisions())
+        if unknown:
+            raise RlhfkitError(
+                f"store '{_safe(url)}' is marked with migration '{unknown[0]}', which this "
+                "rlhfkit does not know (a newer rlhfkit made it, or it is not an rlhfkit "
+                "store); nothing was changed"
+            )
+    if "alembic_version" not in tables or not STORE_TABLES.issubset(tables):
+        shown = sorted(tables)
+        listing = ", ".join(shown[:5]) + (", …" if len(shown) > 5 else "")
+        raise RlhfkitError(
+            f"'{_safe(url)}' is not an rlhfkit feedback store (it holds other tables: "
+            f"{listing}); nothing was changed"
+        )
+
+
+def _use_wal(engine: Engine) -> None:
+    """Write-ahead logging: readers never wait for the writer, nor the writer for them."""
+    connection = engine.raw_connection()
+    try:
+        connection.cursor().execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+
+    config = _alembic_config()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Two processes opening a new store at once: the second waits, then finds it made.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
 
 class Store:
-    """A feedback store at an SQLAlchemy URL; opening it creates or upgrades the schema."""
+    """A feedback store at an SQLAlchemy URL; opening it creates or upgrades the schema.
+
+    Many processes may write to one store at once: SQLite runs in WAL mode with a busy
+    timeout and writing transactions that take the write lock when they begin; PostgreSQL
+    needs neither."""
 
     def __init__(self, url: str | None = None):
         self.url = url or default_store_url()
+        self.engine = _create_engine(self.url)
+        self._reader = self.engine.execution_options(**{READ_ONLY: True})
         try:
-            self.engine = create_engine(self.url)
-        except (ArgumentError, NoSuchModuleError, ImportError) as e:
-            raise RlhfkitError(f"cannot open store '{_safe(self.url)}': {e}") from None
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_foreign_keys)
-        try:
+            with self._reader.connect() as connection:
+                check_store(connection, self.url)
+            if self.engine.dialect.name == "sqlite":
+                _use_wal(self.engine)  # only now that the file is known to be ours
             migrate(self.engine)
         except SQLAlchemyError as e:
-            reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
-            raise RlhfkitError(f"cannot open store '{_safe(self.url)}': {reason}") from None
+            self.engine.dispose()
+            raise RlhfkitError(f"cannot open store '{_safe(self.url)}': {_reason(e)}") from None
+        except RlhfkitError:
+            self.engine.dispose()
+            raise
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A transaction: committed when the block ends, rolled back on any error."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
+    def session(self, read_only: bool = False) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back on any error, which the
+        database reports in one line. `read_only` lets SQLite readers skip the write lock."""
+        bind = self._reader if read_only else self.engine
+        try:
+            with Session(bind, expire_on_commit=False) as session, session.begin():
+                yield session
+        except SQLAlchemyError as e:
+            raise RlhfkitError(f"store '{_safe(self.url)}': {_reason(e)}") from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -287,14 +405,88 @@ class Registry:
         self._completions[key] = completion
         return completion
 
-    def labeler(self, name: str, kind: str = "human") -> Labeler:
+    def labeler(self, name: str, kind: str | None = None) -> Labeler:
+        """The labeler `name`, made of `kind` (default human) if new; a `kind` given for an
+        existing labeler must be theirs."""
         labeler = self._labelers.get(name) or self.session.scalar(
             select(Labeler).where(Labeler.name == name)
         )
         if labeler is None:
-            labeler = Labeler(name=name, kind=kind)
+            labeler = Labeler(name=name, kind=kind or "human")
             self.session.add(labeler)
             self.session.flush()
             self.created["labelers"] += 1
+        check_labeler_kind(name, labeler.kind, kind)
         self._labelers[name] = labeler
         return labeler
+
+
+def check_labeler_kind(name: str, kind: str, given: str | None) -> None:
+    if given is not None and given != kind:
+        raise RlhfkitError(
+            f"labeler '{name}' is in the store as {kind}, not {given}; "
+            "give another name or leave 'labeler_kind' out"
+        )
+
+
+def insert_statement(session: Session, table: Table) -> Any:
+    """An INSERT that takes ON CONFLICT clauses, for SQLite or PostgreSQL."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise RlhfkitError(f"the feedback store needs SQLite or PostgreSQL, not {dialect}")
+    return insert(table)
+
+
+def ensure_project(session: Session, name: str, **fields: Any) -> int:
+    """The project's id, creating it with `fields` if new; safe when another process creates
+    it at the same moment."""
+    values = {k: v for k, v in fields.items() if v is not None}
+    row = {"criterion": "helpfulness", "instructions": "", **values, "created_at": _now()}
+    table = Project.__table__
+    session.execute(
+        insert_statement(session, table).on_conflict_do_nothing(), {"name": name, **row}
+    )
+    return session.scalar(select(Project.id).where(Project.name == name))
+
+
+def create_project(
+    store: Store, name: str, criterion: str, instructions: str | None = None
+) -> None:
+    """Create a project, or set the criterion (and instructions, if given) of an existing one."""
+    with store.session() as session:
+        project = get_project(session, name, create=True)
+        project.criterion = criterion
+        if instructions is not None:
+            project.instructions = instructions
+
+
+def project_summaries(store: Store) -> list[dict[str, Any]]:
+    """Each project, by name, with its number of prompts, completions and rankings."""
+
+    def per_project(session: Session, table: Any = None) -> dict[int, int]:
+        query = select(Prompt.project_id, func.count(table.id if table else Prompt.id))
+        if table is not None:
+            query = query.join(table, table.prompt_id == Prompt.id)
+        return {project: n for project, n in session.execute(query.group_by(Prompt.project_id))}
+
+    with store.session(read_only=True) as session:
+        prompts = per_project(session)
+        completions = per_project(session, Completion)
+        rankings = per_project(session, Ranking)
+        projects = session.execute(
+            select(Project.id, Project.name, Project.criterion).order_by(Project.name)
+        ).all()
+    return [
+        {
+            "name": name,
+            "criterion": criterion,
+            "prompts": prompts.get(id_, 0),
+            "completions": completions.get(id_, 0),
+            "rankings": rankings.get(id_, 0),
+        }
+        for id_, name, criterion in projects
+    ]
