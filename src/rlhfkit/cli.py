@@ -375,6 +375,7 @@ def train_rm(
     seed: int = typer.Option(0),
 ):
     """Train a reward model with the pairwise loss −log σ(r_chosen − r_rejected)."""
+    from rlhfkit.files import check_ours
     from rlhfkit.reward.train import RMConfig, train_reward_model
 
     config = RMConfig.make(
@@ -395,6 +396,7 @@ def train_rm(
         reference=str(reference) if reference else None,
         seed=seed,
     )
+    check_ours(out_dir, "train-rm")  # refused before the progress bar shows
     with _progress() as bar:
         task = bar.add_task("training", total=None)
 
@@ -509,6 +511,7 @@ def ppo(
 ):
     """PPO with a KL penalty against the frozen reference (LoRA: the same weights, adapter off)."""
     from rlhfkit.config import read_yaml_settings
+    from rlhfkit.files import check_ours
     from rlhfkit.rl.ppo import PPOConfig
     from rlhfkit.rl.trainer import run_ppo
 
@@ -533,6 +536,8 @@ def ppo(
         seed=seed,
     )
     config = PPOConfig.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
+    config.check_hardware()  # refused before the progress bar shows
+    check_ours(out_dir, "ppo")
     with _progress() as bar:
         task = bar.add_task("PPO", total=config.steps)
 
