@@ -35,7 +35,7 @@ TABLES = (Prompt, Completion, Labeler, Ranking, RankingItem, Thumb, Preference)
 
 
 def row_counts(store):
-    with store.session(read_only=True) as session:
+    with store.session() as session:
         return {
             t.__tablename__: session.scalar(select(func.count()).select_from(t)) for t in TABLES
         }

@@ -1,5 +1,7 @@
 """Record validation, JSONL io and the built-in prompt sets."""
 
+import sys
+
 import pytest
 
 from rlhfkit.data.jsonl import read_jsonl, write_jsonl
@@ -92,6 +94,46 @@ def test_read_jsonl_reports_file_and_line(tmp_path):
     path.write_text('{"prompt": "a"}\n[1, 2]\n')
     with pytest.raises(RlhfkitError, match=r"x\.jsonl:2: expected a JSON object"):
         list(read_jsonl(path))
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ('{"prompt": "\\ud800"}', "a \\u escape names a lone surrogate"),
+        ('{"prompt": ["\\udc00 alone"]}', "a \\u escape names a lone surrogate"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"prompt": "p", "n": ' + "7" * 5000 + "}", "an integer of more than {limit} digits"),
+    ],
+    ids=["surrogate", "surrogate-in-list", "nested", "long-integer"],
+)
+def test_hostile_json_is_one_line_naming_file_and_line(tmp_path, line, why):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"prompt": "fine"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(RlhfkitError) as error:
+        list(read_jsonl(path))
+    limit = sys.get_int_max_str_digits()
+    assert str(error.value) == f"{path}:2: invalid JSON ({why.format(limit=limit)})"
+
+
+def test_escapes_that_make_real_characters_are_fine(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"prompt": "\\ud83d\\ude00 \\u00e9", "note": "\\\\ud800"}\n')
+    assert list(read_jsonl(path)) == [(1, {"prompt": "\U0001f600 \u00e9", "note": "\\ud800"})]
+
+
+def test_bytes_that_are_not_utf8_are_reported_with_their_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes('{"prompt": "café"}\n\n'.encode() + b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(RlhfkitError) as error:
+        list(read_jsonl(path))
+    assert str(error.value) == f"{path}:3: not UTF-8 text (byte 16 of the line)"
+
+
+def test_a_ranking_of_one_completion_is_a_valid_record_and_of_none_an_error():
+    one = parse_record({"prompt": "p", "completions": ["a"], "ranks": [1], "labeler": "x"})
+    assert one == RankingRecord("p", ("a",), (1,), "x")
+    with pytest.raises(RecordError, match="'completions' must be a non-empty list"):
+        parse_record({"prompt": "p", "completions": [], "ranks": [], "labeler": "x"})
 
 
 def test_write_jsonl_leaves_the_old_file_when_writing_fails(tmp_path):

@@ -242,21 +242,23 @@ def _alembic_config():
     return config
 
 
-def known_revisions() -> set[str]:
+def _migrations():
     from alembic.script import ScriptDirectory
 
-    return {s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+    return ScriptDirectory.from_config(_alembic_config())
 
 
-def check_store(connection: Connection, url: str) -> None:
+def check_store(connection: Connection, url: str) -> set[str]:
     """Refuse, before anything is written, a database that is not a feedback store or that a
-    newer rlhfkit has migrated. An empty database becomes a new store."""
+    newer rlhfkit has migrated; return the store's migration revisions (none: a new store,
+    from an empty database)."""
     tables = set(inspect(connection).get_table_names())
     if not tables:
-        return
+        return set()
+    marks: set[str] = set()
     if "alembic_version" in tables:
-        marks = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
-        unknown = sorted(set(marks) - known_revisions())
+        marks = set(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+        unknown = sorted(marks - {s.revision for s in _migrations().walk_revisions()})
         if unknown:
             raise RlhfkitError(
                 f"store '{_safe(url)}' is marked with migration '{unknown[0]}', which this "
@@ -270,6 +272,7 @@ def check_store(connection: Connection, url: str) -> None:
             f"'{_safe(url)}' is not an rlhfkit feedback store (it holds other tables: "
             f"{listing}); nothing was changed"
         )
+    return marks
 
 
 def _use_wal(engine: Engine) -> None:
@@ -307,10 +310,11 @@ class Store:
         self._reader = self.engine.execution_options(**{READ_ONLY: True})
         try:
             with self._reader.connect() as connection:
-                check_store(connection, self.url)
+                marks = check_store(connection, self.url)
             if self.engine.dialect.name == "sqlite":
                 _use_wal(self.engine)  # only now that the file is known to be ours
-            migrate(self.engine)
+            if marks != set(_migrations().get_heads()):
+                migrate(self.engine)  # takes the write lock: only when there is work
         except SQLAlchemyError as e:
             self.engine.dispose()
             raise RlhfkitError(f"cannot open store '{_safe(self.url)}': {_reason(e)}") from None
