@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
@@ -32,6 +33,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
@@ -443,6 +445,45 @@ def insert_statement(session: Session, table: Table) -> Any:
     else:
         raise RlhfkitError(f"the feedback store needs SQLite or PostgreSQL, not {dialect}")
     return insert(table)
+
+
+def insert_rows(
+    session: Session,
+    table: Table,
+    rows: list[dict[str, Any]],
+    conflict: Sequence[str] = (),
+    update: Sequence[str] = (),
+    returning: Sequence[str] = (),
+) -> list[Any]:
+    """INSERT a chunk of rows (all with the same keys) in one statement. A row that would
+    break a unique constraint is skipped; with `update`, a row whose `conflict` columns match
+    one already there sets its `update` columns instead. Returns the `returning` columns of
+    the rows inserted or updated."""
+    if not rows:
+        return []
+    statement = insert_statement(session, table)
+    if session.get_bind().dialect.name == "postgresql":
+        # The rows travel as one array per column, unnested by the server: psycopg takes
+        # ~30 ms to parse a 1,000-row VALUES list, and ~25 µs a row to pipeline executemany.
+        columns = list(rows[0])
+        arrays = [
+            func.unnest(bindparam(f"rows_{c}", type_=ARRAY(table.c[c].type))) for c in columns
+        ]
+        statement = statement.from_select(columns, select(*arrays))
+        parameters: Any = {f"rows_{c}": [row[c] for row in rows] for c in columns}
+    else:
+        parameters = rows
+    if update:
+        excluded = statement.excluded
+        statement = statement.on_conflict_do_update(
+            index_elements=list(conflict), set_={c: excluded[c] for c in update}
+        )
+    else:
+        statement = statement.on_conflict_do_nothing()
+    if not returning:
+        session.execute(statement, parameters)
+        return []
+    return session.execute(statement.returning(*(table.c[c] for c in returning)), parameters).all()
 
 
 def ensure_project(session: Session, name: str, **fields: Any) -> int:

@@ -46,7 +46,7 @@ from rlhfkit.feedback.store import (
     check_labeler_kind,
     ensure_project,
     get_project,
-    insert_statement,
+    insert_rows,
     text_key,
 )
 
@@ -396,11 +396,9 @@ class _Writer:
         """Insert rows, sorted by their unique `key`, skipping any that another import made
         meanwhile; returns the ids of those inserted, by key (one column: its value)."""
         rows.sort(key=lambda row: tuple(row[k] for k in key))
-        statement = insert_statement(self.session, table).on_conflict_do_nothing()
-        statement = statement.returning(table.c.id, *(table.c[k] for k in key))
         ids = {}
         for part in chunks(rows):
-            for id_, *values in self.session.execute(statement, part):
+            for id_, *values in insert_rows(self.session, table, part, returning=("id", *key)):
                 ids[values[0] if len(values) == 1 else tuple(values)] = id_
             self.advance(len(part))
         return ids
@@ -494,16 +492,14 @@ class _Writer:
             (prompts[prompt], labelers[name]): {completions[c]: rank for c, rank in ranks.items()}
             for (prompt, name), ranks in self.batch.rankings.items()
         }
-        table = Ranking.__table__
-        statement = insert_statement(self.session, table)
-        statement = statement.on_conflict_do_update(
-            index_elements=["prompt_id", "labeler_id"],
-            set_={"created_at": statement.excluded.created_at},
-        ).returning(table.c.id, table.c.prompt_id, table.c.labeler_id)
+        key = ("prompt_id", "labeler_id")
         ids = {}
         for part in chunks(sorted(wanted)):
             rows = [{"prompt_id": p, "labeler_id": w, "created_at": self.now} for p, w in part]
-            for id_, prompt, labeler in self.session.execute(statement, rows):
+            upserted = insert_rows(
+                self.session, Ranking.__table__, rows, key, ("created_at",), ("id", *key)
+            )
+            for id_, prompt, labeler in upserted:
                 ids[prompt, labeler] = id_
             self.advance(len(part))
         # Old items go: a changed ranking's, and any a concurrent import gave a "new" one.
@@ -516,8 +512,9 @@ class _Writer:
             for completion, rank in ranks.items()
         )
         for part in chunks(items):
-            self.session.execute(
-                RankingItem.__table__.insert(),
+            insert_rows(
+                self.session,
+                RankingItem.__table__,
                 [{"ranking_id": r, "completion_id": c, "rank": k} for r, c, k in part],
             )
             self.advance(len(part))
@@ -528,18 +525,16 @@ class _Writer:
             (completions[completion], labelers[name], label)
             for (completion, name), label in self.batch.thumbs.items()
         )
-        statement = insert_statement(self.session, Thumb.__table__)
-        statement = statement.on_conflict_do_update(
-            index_elements=["completion_id", "labeler_id"],
-            set_={"label": statement.excluded.label, "created_at": statement.excluded.created_at},
-        )
         for part in chunks(rows):
-            self.session.execute(
-                statement,
+            insert_rows(
+                self.session,
+                Thumb.__table__,
                 [
                     {"completion_id": c, "labeler_id": w, "label": label, "created_at": self.now}
                     for c, w, label in part
                 ],
+                ("completion_id", "labeler_id"),
+                update=("label", "created_at"),
             )
             self.advance(len(part))
 
