@@ -1,5 +1,6 @@
-"""Phase 1 of PPO (the seed's "Create Completions"): sample responses, score them, and
-record what the update needs: old log-probabilities, reference log-probabilities, values.
+"""Phase 1 of PPO (the seed's "Create Completions"): sample responses (with
+generation.sample, the sampler `rlhfkit generate` uses), score them, and record what the
+update needs: old log-probabilities, reference log-probabilities, values.
 
 Details that decide whether it works (docs/architecture.md, "PPO: the details that decide
 whether it works"): left-padded prompts with position ids from the attention mask; logits
@@ -83,7 +84,9 @@ def sample_responses(
     too_long = sum(n > max_prompt_tokens for n in prompt_lengths(tokenizer, texts, mode))
     # Pure sampling (no top-k/top-p) so the sampled tokens follow π exactly: PPO's ratios
     # and the KL estimate assume it.
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, mode=mode)
+    params = SamplingParams(
+        temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, mode=mode
+    )
     sampled = sample(model, tokenizer, texts, params, 1, max_prompt_tokens, min_new_tokens, synced)
     return Responses(
         input_ids=torch.cat([sampled.prompt_ids, sampled.response_ids], dim=1),
