@@ -84,7 +84,7 @@ def test_a_run_folder_of_an_older_rlhfkit_gets_one_line_of_advice(tmp_path, cli)
     (old / "config.yaml").write_text(path.read_text())
     before = _snapshot(old)
     line = _one_line(cli("run", path, "--stages", "train-rm", ok=False))
-    assert f"{old} was made by an older rlhfkit" in line and "new directory" in line
+    assert f"{old} looks like the output of an older rlhfkit" in line and "new directory" in line
     assert _snapshot(old) == before
 
 

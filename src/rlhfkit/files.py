@@ -24,7 +24,7 @@ from rlhfkit.errors import RlhfkitError
 MARKER = ".rlhfkit"
 # What an rlhfkit from before the marker left in its folders: such a folder is refused with
 # its own advice rather than as a stranger's.
-_UNMARKED_OUTPUTS = ("pipeline.json", "done.json", "checkpoint.pt", "metrics.jsonl", "model")
+_UNMARKED_OUTPUTS = ("pipeline.json", "done.json", "checkpoint.pt", "model/reward.json")
 
 
 @contextmanager
@@ -101,8 +101,8 @@ def check_ours(path: str | Path, made_by: str) -> None:
         return
     if any((path / name).exists() for name in _UNMARKED_OUTPUTS):
         raise RlhfkitError(
-            f"{path} was made by an older rlhfkit, which did not mark its folders (no "
-            f"{MARKER} file): start afresh in a new directory, or delete this one"
+            f"{path} looks like the output of an older rlhfkit, which did not mark its folders "
+            f"(no {MARKER} file): start afresh in a new directory, or delete this one"
         )
     raise RlhfkitError(
         f"{path} is not empty and was not made by rlhfkit: it is left alone; choose a new or "

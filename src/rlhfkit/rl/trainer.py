@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.files import atomic_directory, atomic_write, claim_directory
+from rlhfkit.files import atomic_directory, atomic_write, check_ours, claim_directory
 from rlhfkit.rl.checkpoint import (
     CHECKPOINT,
     read_state,
@@ -153,8 +153,7 @@ def run_ppo(
     out = Path(out)
     config.check_hardware()
     processes = Processes(config.device)
-    if processes.is_main:
-        claim_directory(out, "ppo")
+    check_ours(out, "ppo")  # claimed (marked) below, once everything has loaded
     refuse_old_checkpoint(out)
     checkpoint = out / CHECKPOINT
     if checkpoint.exists() and not resume:
@@ -189,6 +188,7 @@ def run_ppo(
         )
     log = None
     if processes.is_main:
+        claim_directory(out, "ppo")
         atomic_write(out / "config.json", json.dumps(config.model_dump(), indent=2))
         log = MetricsLog(out)
         if step and _last_logged_step(out) < step:  # killed after the checkpoint, before its line
