@@ -7,7 +7,9 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.metrics import (
@@ -40,15 +42,76 @@ def test_perplexity_kl_and_relative_change_by_hand():
     assert math.isnan(relative_change(0.0, 0.1))
 
 
+def _logps_alone(model, input_ids, attention_mask, response_mask) -> list[list[float]]:
+    """log p of each response token, every row run alone without its padding, by a plain
+    float64 log-softmax of the previous position's logits."""
+    out = []
+    for ids, real, n in zip(
+        input_ids, attention_mask, response_mask.sum(dim=1).long(), strict=True
+    ):
+        ids = ids[real.bool()]
+        with torch.no_grad():
+            logits = model(ids[None]).logits[0].double()
+        log_softmax = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+        out.append([float(log_softmax[j - 1, ids[j]]) for j in range(len(ids) - n, len(ids))])
+    return out
+
+
+def test_response_logps_are_the_log_softmax_of_the_previous_position_at_each_token():
+    """On a tiny random Llama: a left-padded prompt and a response that ends early (padding
+    after it) against each row run alone, unpadded, with log p(token_j) = z_{j−1}[token_j] −
+    logsumexp(z_{j−1}) written out in float64."""
+    from types import SimpleNamespace
+
+    from rlhfkit.eval.run import response_logps
+    from test_distributed import tiny_causal_lm
+
+    torch.manual_seed(0)
+    model, _ = tiny_causal_lm()
+    pad = 0
+    prompts = torch.tensor([[pad, pad, 5, 6], [3, 4, 5, 6]])
+    response = torch.tensor([[7, 8, 9], [10, 11, pad]])
+    response_mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    input_ids = torch.cat([prompts, response], dim=1)
+    attention_mask = torch.cat([(prompts != pad).long(), response_mask.long()], dim=1)
+    responses = SimpleNamespace(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        prompt_length=4,
+        response_ids=response,
+    )
+
+    expected = _logps_alone(model, input_ids, attention_mask, response_mask)
+    got = response_logps(model, responses)
+    assert [len(row) for row in got] == [3, 2]  # padding after a response is not a token
+    for row, want in zip(got, expected, strict=True):
+        assert row == pytest.approx(want, abs=1e-5)
+
+
 def test_toxicity_summary_and_bootstrap_interval():
     summary = toxicity_summary([0.1, 0.2, 0.6, 0.9])
     assert summary["mean"] == pytest.approx(0.45)
     assert summary["toxic_share"] == 0.5  # 0.6 and 0.9 are above 0.5
-    assert summary["ci_low"] < 0.45 < summary["ci_high"]
-    assert summary["ci_low"] >= 0.1 and summary["ci_high"] <= 0.9
+    assert (summary["ci_low"], summary["ci_high"]) == bootstrap_ci([0.1, 0.2, 0.6, 0.9])
     assert bootstrap_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3))
+    # Resampling [0, 0, 0, 1] with replacement gives a mean of k/4 with k ~ Binomial(4, 1/4):
+    # P(k ≤ 2) = 0.949, P(k ≤ 3) = 0.996. The 97.5% quantile of the means is therefore 3/4
+    # and the 2.5% one is 0 (P(k = 0) = 0.316); 1,000 resamples estimate the cumulative
+    # probabilities to ±0.007, far from either boundary.
+    assert bootstrap_ci([0, 0, 0, 1]) == (0.0, 0.75)
     wide, narrow = bootstrap_ci([0, 1] * 5), bootstrap_ci([0, 1] * 500)
     assert wide[1] - wide[0] > narrow[1] - narrow[0]  # more samples, tighter interval
+
+
+def test_bootstrap_interval_covers_the_true_mean_95_percent_of_the_time():
+    """1,000 synthetic samples of 50 uniform draws (true mean 0.5): a 95% interval should
+    hold 0.5 in 950 of them, give or take the binomial std √(1000·0.95·0.05) = 6.9; 3 std
+    either side allows 929 to 971. (A 90% interval covers about 900, a 99% one 990.)"""
+    rng = np.random.default_rng(7)
+    intervals = [bootstrap_ci(rng.random(50), seed=seed) for seed in range(1000)]
+    covered = sum(low <= 0.5 <= high for low, high in intervals)
+    assert 929 <= covered <= 971
 
 
 def _row(text, tox, logp, ref_logp, reward):
@@ -191,6 +254,45 @@ def test_a_config_that_names_a_model_that_does_not_load(tmp_path, cli):
     assert not (tmp_path / "run" / "generate").exists()
 
 
+def _check_the_after_side(run: Path, result: dict) -> None:
+    """The after side is the trained policy and its KL is what it says: sample again as the
+    evaluation did (its seed, the policy it loads), then take each sample's Σ log π − log π_ref
+    apart from the evaluation's code: π as the base model with the trained adapter on top
+    (not merged), π_ref as the base model, each row run alone."""
+    from peft import PeftModel
+
+    from rlhfkit.eval.run import load_model
+    from rlhfkit.models import load_causal_lm
+    from rlhfkit.rl.rollout import sample_responses
+
+    config, samples = result["config"], result["samples"]
+    assert len(samples) <= config["batch_size"]  # the evaluation sampled them in one batch
+    policy_dir = run / "ppo" / "policy"
+    merged, tokenizer = load_model(str(policy_dir))
+    torch.manual_seed(config["seed"])
+    responses = sample_responses(
+        merged,
+        tokenizer,
+        [s["prompt"] for s in samples],
+        result["mode"],
+        config["max_new_tokens"],
+        config["temperature"],
+    )
+    texts = tokenizer.batch_decode(responses.response_ids, skip_special_tokens=True)
+    assert texts == [s["after"]["completion"] for s in samples]  # the same samples again
+
+    base = json.loads((policy_dir / "rlhfkit_policy.json").read_text())["base"]
+    reference, _ = load_causal_lm(base)
+    policy = PeftModel.from_pretrained(load_causal_lm(base)[0], str(policy_dir)).eval()
+    rows = (responses.input_ids, responses.attention_mask, responses.response_mask)
+    own, ref = _logps_alone(policy, *rows), _logps_alone(reference, *rows)
+    kls = [sum(o) - sum(r) for o, r in zip(own, ref, strict=True)]
+    assert max(abs(kl) for kl in kls) > 1e-3  # training moved the policy off the reference
+    assert [s["after"]["kl"] for s in samples] == pytest.approx(kls, abs=2e-4)
+    assert result["models"]["after"]["kl"] == pytest.approx(sum(kls) / len(kls), abs=2e-4)
+    assert all(s["before"]["kl"] == 0.0 for s in samples)
+
+
 @pytest.mark.slow
 def test_a_miniature_pipeline_runs_end_to_end_and_reruns_only_what_is_not_done(tmp_path, cli):
     path = _tiny(tmp_path)
@@ -216,6 +318,7 @@ def test_a_miniature_pipeline_runs_end_to_end_and_reruns_only_what_is_not_done(t
     result = json.loads((run / "eval" / "eval.json").read_text())
     assert result["held_out"]["prompts"] == 4 and len(result["samples"]) == 8
     assert result["models"]["before"]["kl"] == 0.0
+    _check_the_after_side(run, result)
     page = (run / "report" / "report.html").read_text()
     assert "Before vs after alignment" in page and "Labeler agreement" in page
 
