@@ -87,12 +87,25 @@ def test_kl_is_zero_with_a_fresh_adapter_and_positive_after_updates(policy):
     assert torch.equal(batch.logp, batch.ref_logp)
     config = PPOConfig(batch_size=4, minibatches=1, ppo_epochs=4, lr=3e-3)
     optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=config.lr)
-    ppo_update(policy, optimizer, batch, torch.tensor([3.0, -3.0, 3.0, -3.0]), 0.0, config)
+    scores = torch.tensor([3.0, -3.0, 3.0, -3.0])
+    ppo_update(policy, optimizer, batch, scores, 0.0, config)
+    # Each response became likelier if it scored +3 and less likely if −3.
+    keep = batch.response_ids.shape[1] + 1
+    with torch.no_grad():
+        logits, _ = policy(batch.input_ids, batch.attention_mask, keep)
+    now = token_logp(response_logits(logits, keep - 1, 1.0), batch.response_ids)
+    change = ((now - batch.logp) * batch.response_mask).sum(dim=1)
+    assert change.sign().tolist() == scores.sign().tolist()
+    # On fresh samples the policy is off the reference: k3 = (ρ − 1) − log ρ, ρ = π_ref / π,
+    # by hand in float64, is positive on every token whose log-probabilities differ.
     torch.manual_seed(2)
     after = rollout(policy, prompts, "chat", max_new_tokens=8)
-    k3 = kl_penalty(after.logp, after.ref_logp, "k3") * after.response_mask
-    assert k3.sum() > 0
-    assert (after.logp != after.ref_logp).any()
+    real = after.response_mask.bool()
+    log_rho = (after.ref_logp - after.logp)[real].double()
+    k3 = kl_penalty(after.logp, after.ref_logp, "k3")[real]
+    torch.testing.assert_close(k3.double(), log_rho.exp() - 1 - log_rho, rtol=1e-4, atol=1e-7)
+    moved = log_rho.abs() > 1e-4
+    assert moved.sum() >= real.sum() // 2 and (k3[moved] > 0).all()
 
 
 @pytest.mark.slow
