@@ -2,8 +2,8 @@
 
 import json
 import multiprocessing
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,19 +13,33 @@ from rlhfkit.models import loading
 from rlhfkit.models.loading import load_causal_lm, load_encoder, resolve_model
 
 
-def _convert_in_child(cache: str, log: str, results) -> None:
-    """Run in a forked process: convert with a slow stand-in converter that logs each call."""
+def _convert_in_child(me: int, cache: str, log: str, arrived, results) -> None:
+    """Run in a forked process: convert with a stand-in converter that logs each call and
+    finishes only once the other process has arrived: found the lock taken (and is about to
+    wait on it) or started converting too. No sleeps: the order is forced, not hoped for."""
+    import fcntl
     import os
 
     os.environ["RLHFKIT_CACHE"] = cache
 
+    def flock(file, operation):
+        if operation == fcntl.LOCK_EX:
+            try:  # free: take it
+                return fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # held by the converter: say so, then wait for it
+                arrived[me].set()
+        return fcntl.flock(file, operation)
+
     def fake_convert(target: Path) -> None:
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\n")
-        time.sleep(1.0)  # long enough for the other process to arrive mid-conversion
+        arrived[me].set()
+        if not arrived[1 - me].wait(60):
+            raise RuntimeError("the other process never arrived")
         target.mkdir(parents=True, exist_ok=True)
         (target / "config.json").write_text("{}")
 
+    loading.fcntl = SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_UN=fcntl.LOCK_UN)
     loading._convert_smollm2 = fake_convert
     results.put(str(loading._packaged_smollm2()))
 
@@ -33,15 +47,17 @@ def _convert_in_child(cache: str, log: str, results) -> None:
 def test_two_processes_converting_at_once_convert_once(tmp_path):
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
+    arrived = [ctx.Event(), ctx.Event()]
     log = tmp_path / "calls.log"
     workers = [
-        ctx.Process(target=_convert_in_child, args=(str(tmp_path), str(log), results))
-        for _ in range(2)
+        ctx.Process(target=_convert_in_child, args=(me, str(tmp_path), str(log), arrived, results))
+        for me in range(2)
     ]
     for w in workers:
         w.start()
     for w in workers:
-        w.join(30)
+        w.join(90)
+    assert [w.exitcode for w in workers] == [0, 0]
     paths = {results.get(timeout=5) for _ in workers}
     assert paths == {str(tmp_path / "models" / "smollm2-135m-instruct")}
     assert len(log.read_text().splitlines()) == 1

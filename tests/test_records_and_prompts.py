@@ -1,11 +1,13 @@
 """Record validation, JSONL io and the built-in prompt sets."""
 
+import hashlib
+import json
 import sys
 
 import pytest
 
 from rlhfkit.data.jsonl import read_jsonl, write_jsonl
-from rlhfkit.data.prompts import load_prompts, split_of
+from rlhfkit.data.prompts import load_prompts
 from rlhfkit.data.records import (
     Pair,
     PromptRecord,
@@ -161,15 +163,28 @@ def test_builtin_sets_load_and_mix_their_categories():
     assert len(dialogues) > 300 and len({p.prompt for p in dialogues}) == len(dialogues)
 
 
-def test_split_is_stable_disjoint_and_near_the_fraction():
+def held_out_by_hash(text: str, fraction: float) -> bool:
+    """The documented rule, written out here: the first 8 bytes of the text's SHA-256 as a
+    number in [0, 1) below the fraction. Runs made earlier rely on it not moving."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], 16) < fraction * 2**64
+
+
+def test_split_is_stable_disjoint_and_near_the_fraction(tmp_path):
+    everything = [p.prompt for p in load_prompts("builtin:rtp")]
     train = load_prompts("builtin:rtp", split="train", eval_fraction=0.2)
     held_out = load_prompts("builtin:rtp", split="eval", eval_fraction=0.2)
-    assert not {p.prompt for p in train} & {p.prompt for p in held_out}
-    assert len(train) + len(held_out) == 700
+    assert len(everything) == 700
+    assert [p.prompt for p in held_out] == [t for t in everything if held_out_by_hash(t, 0.2)]
+    assert [p.prompt for p in train] == [t for t in everything if not held_out_by_hash(t, 0.2)]
     assert 0.15 < len(held_out) / 700 < 0.25
-    # The split depends on the text alone, not on the file it came from or its position.
-    assert all(split_of(p.prompt, 0.2) == "eval" for p in held_out)
     assert load_prompts("builtin:rtp", split="eval", limit=5) == held_out[:5]
+    # The split depends on the text alone, not on the file it came from or its position.
+    mixed = [*everything[:50], "A prompt of my own.", "Another one of mine."][::-1]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in mixed))
+    mine = [p.prompt for p in load_prompts(str(path), split="eval", eval_fraction=0.2)]
+    assert mine == [t for t in mixed if held_out_by_hash(t, 0.2)]
+    assert 0 < len(mine) < len(mixed)
 
 
 def test_prompt_file_errors(tmp_path):

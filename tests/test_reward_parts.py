@@ -16,6 +16,7 @@ from rlhfkit.reward.data import group_pairs, pack_batches, split_by_prompt
 from rlhfkit.reward.evaluate import expected_calibration_error, flatten
 from rlhfkit.reward.labelers import noisy_ranks
 from rlhfkit.reward.scorers import HateSonarScorer, ProfanityScorer
+from test_records_and_prompts import held_out_by_hash
 
 
 def test_pairs_are_grouped_by_prompt_and_each_text_scored_once():
@@ -46,8 +47,16 @@ def test_batches_hold_whole_prompts_up_to_the_pair_budget():
 
 
 def test_split_is_by_prompt_never_by_pair():
-    train, held_out = split_by_prompt(group_pairs(relevance_pairs(k=4)), 0.2)
-    assert not {g.prompt for g in train} & {g.prompt for g in held_out}
+    groups = group_pairs(relevance_pairs(k=4))
+    train, held_out = split_by_prompt(groups, 0.2)
+    # Whole prompts, by a hash of "reward-model" + the prompt: salted, so the reward model's
+    # held-out prompts are not the generate stage's.
+    salted = {g.prompt for g in groups if held_out_by_hash("reward-model" + g.prompt, 0.2)}
+    assert {g.prompt for g in held_out} == salted
+    assert {g.prompt for g in train} == {g.prompt for g in groups} - salted
+    assert sum(len(g.pairs) for g in train + held_out) == sum(len(g.pairs) for g in groups)
+    unsalted = {g.prompt for g in groups if held_out_by_hash(g.prompt, 0.2)}
+    assert salted != unsalted
     assert 0.1 < len(held_out) / (len(train) + len(held_out)) < 0.3
 
 
