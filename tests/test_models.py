@@ -115,3 +115,13 @@ def test_packaged_encoder_loads_as_encoder_and_as_scalar_classifier():
     scorer, _ = load_encoder("minilm-l6", num_labels=1)
     with torch.no_grad():
         assert scorer(**batch).logits.shape == (2, 1)
+
+
+@pytest.mark.slow
+def test_converting_the_packaged_policy_leaves_the_callers_random_state_alone(tmp_path):
+    """A seeded run that converts the cache first must sample as one that finds it done."""
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    loading._convert_smollm2(tmp_path / "converted")
+    assert torch.equal(torch.rand(4), expected)

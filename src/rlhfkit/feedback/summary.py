@@ -27,7 +27,7 @@ def agreement_summary(
     min_tau: float = 0.2,
     heatmap: Path | None = None,
 ) -> dict[str, Any]:
-    with store.session() as session:
+    with store.session(read_only=True) as session:
         rankings = load_rankings(session, get_project(session, project_name))
     matrix = pairwise_matrix(rankings)
     agree = sum(a for a, _ in matrix.values())

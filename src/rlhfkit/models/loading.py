@@ -52,7 +52,10 @@ def _convert_smollm2(target: Path) -> None:
     # A GGUF-loaded model refuses save_pretrained and carries a quantization_config that
     # other trainers reject; rebuild a plain model from its config and weights instead.
     del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # from_config initialises weights with the global RNG: leave the caller's seed untouched,
+    # or a seeded run that converts the cache first would sample differently from later ones.
+    with torch.random.fork_rng():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     model.save_pretrained(target)

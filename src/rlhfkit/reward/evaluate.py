@@ -91,7 +91,7 @@ def evaluate_reward(spec: str, pairs_path, store=None, project: str | None = Non
         from rlhfkit.feedback.pairs import build_pairs
         from rlhfkit.feedback.store import get_project
 
-        with store.session() as session:
+        with store.session(read_only=True) as session:
             own = build_pairs(
                 session, get_project(session, project), per_labeler=True, min_tau=None
             ).pairs

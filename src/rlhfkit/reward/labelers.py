@@ -41,7 +41,7 @@ def auto_label(
     all the completions, so σ = 1 blurs differences as large as the typical spread."""
     if noise < 0:
         raise RlhfkitError("noise must be >= 0")
-    with store.session() as session:
+    with store.session(read_only=True) as session:
         query = select(Prompt).where(Prompt.project_id == get_project(session, project).id)
         if split:
             query = query.where(Prompt.split == split)

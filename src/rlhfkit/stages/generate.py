@@ -50,7 +50,7 @@ def run_key(model: str, params: SamplingParams, seed: int) -> str:
 
 def _done(store: Store, project: str, key: str) -> set[str]:
     """Text keys of the project's prompts that already have samples made under `key`."""
-    with store.session() as session:
+    with store.session(read_only=True) as session:
         rows = session.execute(
             select(Prompt.text_key, Completion.params)
             .join(Completion, Completion.prompt_id == Prompt.id)
@@ -105,7 +105,7 @@ def _export(
     included), in the order the prompts were asked for."""
     keys = {text_key(p.prompt) for p in prompts}
     found: dict[str, list[str]] = {}
-    with store.session() as session:
+    with store.session(read_only=True) as session:
         rows = session.execute(
             select(Prompt.text_key, Completion.text, Completion.params)
             .join(Completion, Completion.prompt_id == Prompt.id)
