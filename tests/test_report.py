@@ -166,7 +166,7 @@ MALFORMED_EVAL = {
     ),
     "no reward difference": (
         _without(["change", "reward"], _eval_json()),
-        ": 'change.reward': Input should be a valid number",
+        ": 'change.reward': Input should be a number or null",
     ),
 }
 
@@ -215,3 +215,11 @@ def test_a_report_folder_of_the_users_is_left_alone(tmp_path):
     (run / "report" / "report.html").unlink()
     first = build_report(run).read_text()
     assert build_report(run).read_text() == first
+
+
+def test_a_reward_change_written_as_null_shows_as_a_dash(tmp_path):
+    result = _eval_json()
+    result["change"]["reward"] = None  # a non-finite reward, written as null
+    page = " ".join(build_report(_run_dir(tmp_path, result)).read_text().split())
+    row = page[page.index("<th>mean reward</th>") :].split("</tr>")[0]
+    assert row == "<th>mean reward</th><td>-0.500</td><td>1.500</td><td>–</td>", row

@@ -160,8 +160,8 @@ def load_eval(path: Path) -> dict:
     if "reward" in models["before"]:  # then the after side and its difference are shown too
         if "reward" not in models["after"]:
             raise RlhfkitError(f"{path}: 'models.after.reward': Field required")
-        if not isinstance(change.get("reward"), int | float):
-            raise RlhfkitError(f"{path}: 'change.reward': Input should be a valid number")
+        if "reward" not in change or not isinstance(change["reward"], int | float | None):
+            raise RlhfkitError(f"{path}: 'change.reward': Input should be a number or null")
     for i, sample in enumerate(result["samples"]):
         for side in ("before", "after"):
             missing = [n for n in scorers if n not in sample[side]["toxicity"]]
