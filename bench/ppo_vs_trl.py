@@ -16,8 +16,9 @@ a value head on the policy). Each run is a fresh process of one virtual environm
 
 A step is one rollout, scoring and PPO update. The first is a warm-up and left out of the
 means. TRL: the time between its on_step_end callbacks (the whole loop, logging included).
-rlhfkit: `seconds` of metrics.jsonl (rollout, reward, update), and the time between its
-on_step callbacks (adds the per-step checkpoint write). "generate" is sampling alone.
+rlhfkit: `seconds` of metrics.jsonl (rollout, reward, update), and the time between the
+steps it reports to its progress (adds the per-step checkpoint write). "generate" is
+sampling alone.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def run_ours(args) -> dict:
     import torch
 
     import rlhfkit.rl.rollout
+    from rlhfkit.progress import Progress
     from rlhfkit.rl.ppo import PPOConfig
     from rlhfkit.rl.trainer import run_ppo
 
@@ -102,9 +104,14 @@ def run_ours(args) -> dict:
         precision="bf16" if args.bf16 else "fp32",
     )
     generate, ends = [], []
+
+    class StepEnds(Progress):
+        def advance(self, n=1, description=None):
+            ends.append(time.perf_counter())
+
     timed(rlhfkit.rl.rollout, "sample_responses", generate)
     with tempfile.TemporaryDirectory() as out:
-        run_ppo(config, out, reward=reward, on_step=lambda _: ends.append(time.perf_counter()))
+        run_ppo(config, out, reward=reward, progress=StepEnds())
         lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
     return {
         "steps": [json.loads(line)["seconds"] for line in lines],

@@ -10,6 +10,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.store import Completion, Prompt, Store
 from rlhfkit.generation import SamplingParams, format_prompt, generate
 from rlhfkit.models import load_causal_lm
+from rlhfkit.progress import Progress
 
 pytestmark = pytest.mark.slow
 
@@ -123,15 +124,17 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, sqlite_url):
     store = Store(sqlite_url)
     params = SamplingParams(temperature=1.0, max_new_tokens=6)
     kwargs = dict(prompts="builtin:dialogues", n=2, params=params, limit=4, batch_size=2)
-    batches = []
 
-    def interrupt_after_two_batches(count):
-        batches.append(count)
-        if len(batches) == 2:
-            raise KeyboardInterrupt
+    class InterruptAfterTwoBatches(Progress):
+        batches = 0
+
+        def advance(self, n=1, description=None):
+            self.batches += 1
+            if self.batches == 2:
+                raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_generate(store, "chat", on_progress=interrupt_after_two_batches, **kwargs)
+        run_generate(store, "chat", progress=InterruptAfterTwoBatches(), **kwargs)
     with store.session() as session:
         assert len(session.scalars(select(Prompt)).all()) == 2  # two finished batches were kept
 

@@ -6,17 +6,27 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 from typer.core import TyperGroup
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.progress import PlainProgress, Progress
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay one line, however long
 out = Console(soft_wrap=True)
@@ -96,16 +106,70 @@ def _store(url: str | None):
     return Store(url)
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-        disable=int(os.environ.get("RANK", "0")) > 0,  # one bar under `accelerate launch`
-    )
+class BarProgress(Progress):
+    """Progress on a terminal: a rich bar for the current task, notes and warnings above it."""
+
+    def __init__(self, bar: RichProgress):
+        self.bar, self.task = bar, None
+
+    def start(self, task: str, total: int | None = None, completed: int = 0) -> None:
+        self._remove()
+        self.task = self.bar.add_task(escape(task), total=total, completed=completed)
+
+    def advance(self, n: int = 1, description: str | None = None) -> None:
+        if self.task is not None:
+            shown = {"description": escape(description)} if description else {}
+            self.bar.update(self.task, advance=n, **shown)
+
+    def note(self, message: str) -> None:
+        console.print(escape(message))
+
+    def warn(self, message: str) -> None:
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+    def done(self, summary: str | None = None) -> None:
+        self._remove()
+        if summary:
+            self.note(summary)
+
+    def _remove(self) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+
+
+def _plain_line(line: str) -> None:
+    console.print(line, markup=False, highlight=False)
+
+
+def _interval() -> float:
+    """Seconds between progress lines off a terminal: RLHFKIT_PROGRESS_SECONDS, or 30."""
+    value = os.environ.get("RLHFKIT_PROGRESS_SECONDS", "30")
+    try:
+        return float(value)
+    except ValueError:
+        raise RlhfkitError(
+            f"RLHFKIT_PROGRESS_SECONDS is not a number of seconds: '{value}'"
+        ) from None
+
+
+@contextmanager
+def _progress(transient: bool = False, percent: bool = False) -> Iterator[Progress]:
+    """A bar on a terminal; elsewhere (a pipe, a log, CI) a plain line now and then, so a long
+    command is never silent and a short one prints only its result. `transient`: the bar
+    goes when the command ends (so an error is the only line left); `percent`: for counts
+    no one reads (bytes)."""
+    if int(os.environ.get("RANK", "0")) > 0:  # one display under `accelerate launch`
+        yield Progress()
+    elif not console.is_terminal:
+        progress = PlainProgress(_plain_line, _interval())
+        yield progress
+        progress.done()  # the last task's end, if it ran long enough to be shown
+    else:
+        count = TaskProgressColumn() if percent else MofNCompleteColumn()
+        columns = (TextColumn("{task.description}"), BarColumn(), count, TimeRemainingColumn())
+        with RichProgress(*columns, console=console, transient=transient) as bar:
+            yield BarProgress(bar)
 
 
 def _counts(counts) -> str:
@@ -141,8 +205,7 @@ def generate(
 
     params = SamplingParams(temperature, top_p, top_k, max_new_tokens, mode)
     feedback_store = _store(store)  # a bad URL fails before a model is loaded
-    with _progress() as bar:
-        task = bar.add_task(f"generating ×{n}", total=None)
+    with _progress() as progress:
         result = run_generate(
             feedback_store,
             project,
@@ -156,8 +219,7 @@ def generate(
             batch_size,
             seed,
             out_file,
-            on_start=lambda todo: bar.update(task, total=todo),
-            on_progress=lambda k: bar.advance(task, k),
+            progress,
         )
     done_before = result.prompts - result.generated
     rate = f" ({result.tokens / result.seconds:.0f} tokens/s)" if result.tokens else ""
@@ -214,30 +276,12 @@ def feedback_import(
     """Import rankings, thumbs, pairs or HH-RLHF pairs (JSONL, formats may be mixed).
 
     All or nothing: the whole file is checked before anything is written."""
-    from rich.progress import TaskProgressColumn
-
     from rlhfkit.feedback.transfer import import_records, read_feedback
 
-    # A bar on a terminal only, and transient: when the import fails, its one-line error is
-    # all that is left on stderr (rich ends even a hidden bar with a blank line elsewhere).
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        tasks: dict[str, int] = {}
-
-        def show(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total)
-            bar.update(tasks[phase], completed=done, total=total)
-
-        records = read_feedback(file, labeler, show)  # all checked before the store is opened
-        counts = import_records(_store(store), project, records, labeler, show)
+    # Transient: when the import fails, its one-line error is all that is left on stderr.
+    with _progress(transient=True, percent=True) as progress:
+        records = read_feedback(file, labeler, progress)  # all checked before the store opens
+        counts = import_records(_store(store), project, records, labeler, progress)
     console.print(f"imported {file} into '{project}': {_counts(counts)}")
 
 
@@ -249,15 +293,9 @@ def feedback_export(
     store: str | None = StoreOpt,
 ):
     """Export a project's feedback as JSONL (the formats `feedback import` reads)."""
-    from rlhfkit.data.jsonl import write_jsonl
-    from rlhfkit.feedback.transfer import export_records
+    from rlhfkit.feedback.transfer import export_file
 
-    if out_file.is_dir():
-        raise RlhfkitError(f"{out_file}: is a folder; give --out a file name")
-    try:
-        count = write_jsonl(out_file, export_records(_store(store), project, kind))
-    except OSError as e:
-        raise RlhfkitError(f"{out_file}: cannot write ({e.strerror or e})") from None
+    count = export_file(_store(store), project, kind, out_file)
     console.print(f"wrote {count} {kind} to {out_file}")
 
 
@@ -325,20 +363,10 @@ def feedback_pairs(
 ):
     """Rankings → consensus → all C(n,2) (chosen, rejected) pairs; thumbs and imported pairs too."""
     from rlhfkit.data.jsonl import write_jsonl
-    from rlhfkit.feedback.consensus import METHODS
-    from rlhfkit.feedback.pairs import build_pairs
-    from rlhfkit.feedback.store import get_project
+    from rlhfkit.feedback.pairs import project_pairs
 
-    if method not in METHODS:
-        raise RlhfkitError(f"unknown consensus method '{method}'; choose borda or tideman")
-    with _store(store).session() as session:
-        result = build_pairs(
-            session,
-            get_project(session, project),
-            method,
-            per_labeler,
-            None if keep_flagged else min_tau,
-        )
+    minimum = None if keep_flagged else min_tau
+    result = project_pairs(_store(store), project, method, per_labeler, minimum)
     if not result.pairs:
         raise RlhfkitError(f"project '{project}' has no feedback that gives pairs")
     write_jsonl(out_file, result.pairs)
@@ -397,32 +425,8 @@ def train_rm(
         seed=seed,
     )
     check_ours(out_dir, "train-rm")  # refused before the progress bar shows
-    with _progress() as bar:
-        task = bar.add_task("training", total=None)
-
-        def show(kind: str, data: dict) -> None:
-            if kind == "start":
-                bar.update(task, total=data["steps"])
-                console.print(
-                    f"{data['train_prompts']} training prompts, {data['eval_prompts']} held out"
-                )
-            elif kind == "step":
-                bar.update(
-                    task,
-                    completed=data["step"],
-                    description=(
-                        f"training: loss {data['loss']:.3f}, {data['pairs_per_s']:.0f} pairs/s"
-                    ),
-                )
-            elif kind == "eval":
-                console.print(
-                    f"step {data['step']}: held-out accuracy "
-                    f"{data['eval_accuracy']:.3f}, loss {data['eval_loss']:.3f}"
-                )
-            elif kind == "warning":
-                console.print(f"[yellow]warning:[/yellow] {escape(data['message'])}")
-
-        info = train_reward_model(pairs, out_dir, config, on_event=show)
+    with _progress() as progress:
+        info = train_reward_model(pairs, out_dir, config, progress)
     metrics = info.get("metrics", {})
     accuracy = metrics.get("eval_accuracy")
     console.print(
@@ -478,7 +482,8 @@ def label_auto(
 
     feedback_store = _store(store)
     scorer = load_reward(reward)
-    counts = auto_label(feedback_store, project, scorer, labeler, noise, seed, split)
+    with _progress() as progress:
+        counts = auto_label(feedback_store, project, scorer, labeler, noise, seed, split, progress)
     console.print(f"{labeler} ({reward}, noise {noise}) in '{project}': {_counts(counts)}")
 
 
@@ -538,26 +543,8 @@ def ppo(
     config = PPOConfig.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
     config.check_hardware()  # refused before the progress bar shows
     check_ours(out_dir, "ppo")
-    with _progress() as bar:
-        task = bar.add_task("PPO", total=config.steps)
-
-        def show(record: dict) -> None:
-            if record["truncated_prompts"]:
-                console.print(
-                    f"[yellow]warning:[/yellow] step {record['step']}: "
-                    f"{record['truncated_prompts']} prompts longer than "
-                    f"{config.max_prompt_tokens} tokens lost their start"
-                )
-            bar.update(
-                task,
-                completed=record["step"],
-                description=(
-                    f"PPO: reward {record['reward_mean']:+.3f}, KL {record['kl']:.2f}, "
-                    f"{record['tokens_per_s']:.0f} tok/s"
-                ),
-            )
-
-        result = run_ppo(config, out_dir, resume=resume, on_step=show)
+    with _progress() as progress:
+        result = run_ppo(config, out_dir, resume=resume, progress=progress)
     if result["main"]:  # under `accelerate launch`, one process reports
         console.print(
             f"{result['steps']} steps ({result['stopped']}); policy in {out_dir}/policy, "
@@ -607,19 +594,12 @@ def evaluate(
 
 def evaluate_to(config, out_file: Path | None) -> dict:
     """Run an evaluation with a progress bar and warnings; write its JSON if asked."""
-    from rlhfkit.data.jsonl import atomic_write
-    from rlhfkit.eval.run import finite, run_eval
+    from rlhfkit.eval.run import run_eval, write_result
 
-    with _progress() as bar:
-        task = bar.add_task("evaluating", total=None)
-        result = run_eval(
-            config,
-            on_start=lambda n: bar.update(task, total=n),
-            on_progress=lambda n: bar.advance(task, n),
-            on_warning=lambda m: console.print(f"[yellow]warning:[/yellow] {escape(m)}"),
-        )
+    with _progress() as progress:
+        result = run_eval(config, progress)
     if out_file:
-        atomic_write(out_file, json.dumps(finite(result), indent=1))
+        write_result(result, out_file)
     return result
 
 
@@ -653,43 +633,14 @@ def run_pipeline_command(
 ):
     """The stages as one run: generate → label → agreement → pairs → train-rm → ppo → eval →
     report. Rerunning skips finished stages and resumes an interrupted one."""
-    from rlhfkit.pipeline import Reporter, load_pipeline, run_pipeline
+    from rlhfkit.pipeline import load_pipeline, run_pipeline, with_stages
 
     config = load_pipeline(config_file)
     if stages:
-        config = config.model_copy(update={"stages": [s.strip() for s in stages.split(",")]})
-        config = type(config).make(**config.model_dump(by_alias=True))
-
-    class Bar(Reporter):
-        def __init__(self, bar):
-            self.bar, self.task = bar, None
-
-        def stage(self, name, note):
-            console.print(f"[bold]== {name}[/bold]" + (f": {note}" if note else ""))
-
-        def start(self, description, total):
-            if self.task is not None:
-                self.bar.remove_task(self.task)
-            self.task = self.bar.add_task(description, total=total)
-
-        def advance(self, n=1, description=None):
-            if self.task is not None:
-                self.bar.update(
-                    self.task, advance=n, **({"description": description} if description else {})
-                )
-
-        def done(self, name, seconds, summary):
-            if self.task is not None:
-                self.bar.remove_task(self.task)
-                self.task = None
-            console.print(f"   {escape(summary)} [dim]({seconds:.0f} s)[/dim]")
-
-        def warn(self, message):
-            console.print(f"[yellow]warning:[/yellow] {escape(message)}")
-
+        config = with_stages(config, [s.strip() for s in stages.split(",")])
     started = time.perf_counter()
-    with _progress() as bar:
-        rows = run_pipeline(config, str(config_file), Bar(bar))
+    with _progress() as progress:
+        rows = run_pipeline(config, str(config_file), progress)
     table = Table("stage", "", "time", "result", title=f"run {escape(config.run_dir)}")
     for stage, status, seconds, summary in rows:
         table.add_row(stage, status, f"{seconds:.0f} s" if status == "ran" else "", escape(summary))
@@ -711,17 +662,8 @@ def tictactoe(
 
     if iterations < 1:
         raise RlhfkitError("iterations must be >= 1")
-    with _progress() as bar:
-        task = bar.add_task("training", total=iterations)
-
-        def show(iteration: int, record: dict) -> None:
-            bar.update(
-                task,
-                completed=iteration,
-                description=(f"training: win {record['win']:.2f}, loss {record['loss']:.2f}"),
-            )
-
-        agent, history = train(TicTacToeConfig(iterations=iterations, seed=seed), show)
+    with _progress() as progress:
+        agent, history = train(TicTacToeConfig(iterations=iterations, seed=seed), progress)
     rates = evaluate(agent)
     out.print(
         f"greedy play over 1,000 games against the random player: win {rates['win']:.3f}, "

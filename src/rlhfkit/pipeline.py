@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,10 +40,15 @@ from rlhfkit.files import (
     remove_if_unused,
     remove_ours,
 )
+from rlhfkit.progress import Progress
+from rlhfkit.stages.evaluate import eval_stage, report_stage
+from rlhfkit.stages.generate import GenerateStage, generate_stage
+from rlhfkit.stages.label import LabelStage, label_stage
+from rlhfkit.stages.pairs import PairsStage, agreement_stage, pairs_stage
+from rlhfkit.stages.train import ppo_stage, train_rm_stage
 
 STAGES = ["generate", "label", "agreement", "pairs", "train-rm", "ppo", "eval", "report"]
 Stage = Literal["generate", "label", "agreement", "pairs", "train-rm", "ppo", "eval", "report"]
-PROJECT = "run"  # the feedback project inside the run's own store
 NEEDS = {  # stage → stages whose outputs it reads
     "label": ["generate"],
     "agreement": ["label"],
@@ -52,38 +56,6 @@ NEEDS = {  # stage → stages whose outputs it reads
     "train-rm": ["pairs"],
     "eval": ["ppo"],
 }
-
-
-class GenerateStage(StageConfig):
-    setting = "generate setting"
-    limit: int | None = Field(200, ge=1, description="training prompts to sample for")
-    n: int = Field(4, ge=2, description="completions per prompt, to be ranked")
-    max_new_tokens: int = Field(24, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    batch_size: int = Field(64, ge=1)
-
-
-class Labeler(StageConfig):
-    setting = "labeler setting"
-    name: str
-    reward: str = "scorer:profanity"
-    noise: float = Field(0.5, ge=0, description="in standard deviations of the reward")
-    seed: int = 0
-
-
-def _three_labelers() -> list[Labeler]:
-    return [Labeler(name=f"ai-{k}", seed=k) for k in (1, 2, 3)]
-
-
-class LabelStage(StageConfig):
-    setting = "label setting"
-    labelers: list[Labeler] = Field(default_factory=_three_labelers, min_length=1)
-
-
-class PairsStage(StageConfig):
-    setting = "pairs setting"
-    method: Literal["borda", "tideman"] = "borda"
-    min_tau: float | None = Field(0.2, description="exclude labelers below it; null: nobody")
 
 
 class PipelineConfig(StageConfig):
@@ -165,18 +137,9 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     return config
 
 
-class Reporter:
-    """What a pipeline reports as it goes; the CLI draws it, the default says nothing."""
-
-    def stage(self, name: str, note: str) -> None: ...
-
-    def start(self, description: str, total: int | None) -> None: ...
-
-    def advance(self, n: int = 1, description: str | None = None) -> None: ...
-
-    def done(self, name: str, seconds: float, summary: str) -> None: ...
-
-    def warn(self, message: str) -> None: ...
+def with_stages(config: PipelineConfig, stages: list[str]) -> PipelineConfig:
+    """The config with another list of stages (checked, and put in order)."""
+    return PipelineConfig.make(**{**config.model_dump(by_alias=True), "stages": stages})
 
 
 def _done_file(run: Path, stage: str) -> Path:
@@ -268,11 +231,12 @@ def preflight(config: PipelineConfig) -> None:
 
 
 def run_pipeline(
-    config: PipelineConfig, config_path: str | None = None, progress: Reporter | None = None
+    config: PipelineConfig, config_path: str | None = None, progress: Progress | None = None
 ):
     """Run the config's stages in order, skipping those done; returns one row per stage:
-    (stage, "ran" | "skipped", seconds, summary)."""
-    progress = progress or Reporter()
+    (stage, "ran" | "skipped", seconds, summary). Each stage's start and end is a note and
+    a `done` of `progress`, which the stages report their own work to."""
+    progress = progress or Progress()
     check_run_dir(config)
     preflight(config)
     start_run_dir(config, config_path)  # nothing is written before the checks pass
@@ -283,14 +247,14 @@ def run_pipeline(
             remove_ours(config.run / stage, stage)
         if is_done(config.run, stage):
             summary = json.loads(_done_file(config.run, stage).read_text())["summary"]
-            progress.stage(stage, "done before, skipped")
+            progress.note(f"== {stage}: done before, skipped")
             rows.append((stage, "skipped", 0.0, summary))
             continue
-        progress.stage(stage, "")
+        progress.note(f"== {stage}")
         claim_directory(config.run / stage, stage)
         started = time.perf_counter()
         try:
-            summary = RUNNERS[stage](config, progress)
+            summary = run_stage(config, stage, progress)
         except BaseException:
             remove_if_unused(config.run / stage)  # a stage that failed at once leaves no folder
             raise
@@ -299,182 +263,38 @@ def run_pipeline(
             _done_file(config.run, stage),
             json.dumps({"summary": summary, "seconds": round(seconds, 1)}),
         )
-        progress.done(stage, seconds, summary)
+        progress.done(f"   {summary} ({seconds:.0f} s)")
         rows.append((stage, "ran", seconds, summary))
         upstream_ran = True
     return rows
 
 
-# --- the stages: each reads its inputs from the run directory and writes its folder -------
-
-
-def _store(config: PipelineConfig):
-    from rlhfkit.feedback.store import Store
-
-    return Store(f"sqlite:///{config.run / 'feedback.db'}")
-
-
-def run_generate(config: PipelineConfig, progress: Reporter) -> str:
-    from rlhfkit.generation import SamplingParams
-    from rlhfkit.stages.generate import run_generate as generate
-
-    g = config.generate
-    result = generate(
-        _store(config),
-        PROJECT,
-        prompts=config.prompts,
-        n=g.n,
-        model=config.model,
-        params=SamplingParams(
-            temperature=g.temperature, max_new_tokens=g.max_new_tokens, mode="auto"
-        ),
-        split="train",
-        eval_fraction=config.eval_fraction,
-        limit=g.limit,
-        batch_size=g.batch_size,
-        seed=config.seed,
-        out=config.run / "generate" / "completions.jsonl",
-        on_start=lambda n: progress.start("sampling completions", n),
-        on_progress=progress.advance,
-    )
-    return f"{result.prompts} prompts × {g.n} completions ({result.completions_stored} stored)"
-
-
-def run_label(config: PipelineConfig, progress: Reporter) -> str:
-    from rlhfkit.reward import load_reward
-    from rlhfkit.reward.labelers import auto_label
-
-    store = _store(config)
-    counts = {}
-    for labeler in config.label.labelers:
-        progress.start(f"labeler {labeler.name}", None)
-        ranked = auto_label(
-            store,
-            PROJECT,
-            load_reward(labeler.reward),
-            labeler.name,
-            labeler.noise,
-            labeler.seed,
-            on_progress=progress.advance,
-        )
-        counts[labeler.name] = sum(ranked.values())
-    atomic_write(config.run / "label" / "labels.json", json.dumps(counts, indent=2))
-    return ", ".join(f"{name}: {n} rankings" for name, n in counts.items())
-
-
-def run_agreement(config: PipelineConfig, progress: Reporter) -> str:
-    from rlhfkit.feedback.summary import agreement_summary
-
-    folder = config.run / "agreement"
-    folder.mkdir(parents=True, exist_ok=True)
-    summary = agreement_summary(
-        _store(config),
-        PROJECT,
-        config.pairs.method,
-        config.pairs.min_tau if config.pairs.min_tau is not None else 0.2,
-        heatmap=folder / "heatmap.png",
-    )
-    atomic_write(folder / "agreement.json", json.dumps(summary, indent=2))
-    flagged = [a["labeler"] for a in summary["labelers"] if a.get("flagged")]
-    alpha = summary["krippendorff_alpha"]
-    return (
-        f"Krippendorff's α {'–' if alpha is None else f'{alpha:.2f}'}, pairwise agreement "
-        f"{summary['pairwise_agreement']:.2f}, flagged: {', '.join(flagged) or 'none'}"
-    )
-
-
-def run_pairs(config: PipelineConfig, progress: Reporter) -> str:
-    from rlhfkit.data.jsonl import write_jsonl
-    from rlhfkit.feedback.pairs import build_pairs
-    from rlhfkit.feedback.store import get_project
-
-    with _store(config).session() as session:
-        result = build_pairs(
-            session, get_project(session, PROJECT), config.pairs.method, False, config.pairs.min_tau
-        )
-    if not result.pairs:
-        raise RlhfkitError("the rankings gave no pairs (every ranking a tie?)")
-    write_jsonl(config.run / "pairs" / "pairs.jsonl", result.pairs)
-    return f"{len(result.pairs)} pairs from {result.prompts} prompts, {result.ties} ties skipped"
-
-
-def run_train_rm(config: PipelineConfig, progress: Reporter) -> str:
-    from rlhfkit.reward.train import train_reward_model
-
-    out = config.run / "rm"
-    remove_ours(out, "train-rm")  # a half-trained model from an interrupted run
-
-    def on_event(kind: str, data: dict) -> None:
-        if kind == "start":
-            progress.start("training the reward model", data.get("steps"))
-        elif kind == "step":
-            progress.advance(1)
-        elif kind == "warning":
-            progress.warn(data.get("message", str(data)))
-
-    summary = train_reward_model(
-        config.run / "pairs" / "pairs.jsonl", out, config.rm_config(), on_event
-    )
-    accuracy = summary.get("metrics", {}).get("eval_accuracy")
-    return "held-out pair accuracy " + ("–" if accuracy is None else f"{accuracy:.3f}")
-
-
-def run_ppo_stage(config: PipelineConfig, progress: Reporter) -> str:
-    from rlhfkit.rl.trainer import CHECKPOINT, run_ppo
-
-    ppo = config.ppo_config()
-    out = config.run / "ppo"
-    resume = (out / CHECKPOINT).exists()
-    if not resume:
-        remove_ours(out, "ppo")  # a run killed before its first checkpoint: start afresh
-    progress.start("PPO" + (" (resumed)" if resume else ""), ppo.steps)
-
-    def show(record: dict) -> None:
-        progress.advance(
-            1,
-            f"PPO: reward {record['reward_mean']:+.3f}, KL {record['kl']:.2f}, "
-            f"{record['tokens_per_s']:.0f} tok/s",
-        )
-
-    result = run_ppo(ppo, out, resume=resume, on_step=show)
-    return (
-        f"{result['steps']} steps ({result['stopped']}), last mean reward "
-        f"{result.get('reward_mean', float('nan')):+.3f}, KL {result.get('kl', float('nan')):.2f}"
-    )
-
-
-def run_eval_stage(config: PipelineConfig, progress: Reporter) -> str:
-    from rlhfkit.eval.run import finite, run_eval
-
-    settings = config.eval_config()
-    result = run_eval(
-        settings,
-        on_start=lambda n: progress.start("evaluating before vs after", n),
-        on_progress=progress.advance,
-        on_warning=progress.warn,
-    )
-    atomic_write(config.run / "eval" / "eval.json", json.dumps(finite(result), indent=1))
-    headline = settings.scorers[0]
-    before, after = (result["models"][k][headline] for k in ("before", "after"))
-    return (
-        f"{headline}: toxic share {before['toxic_share']:.1%} → {after['toxic_share']:.1%}, "
-        f"mean {before['mean']:.3f} → {after['mean']:.3f}"
-    )
-
-
-def run_report(config: PipelineConfig, progress: Reporter) -> str:
-    from rlhfkit.report import build_report
-
-    return str(build_report(config.run))
-
-
-RUNNERS: dict[str, Callable[[PipelineConfig, Reporter], str]] = {
-    "generate": run_generate,
-    "label": run_label,
-    "agreement": run_agreement,
-    "pairs": run_pairs,
-    "train-rm": run_train_rm,
-    "ppo": run_ppo_stage,
-    "eval": run_eval_stage,
-    "report": run_report,
-}
+def run_stage(config: PipelineConfig, stage: str, progress: Progress) -> str:
+    """Run one stage's runner with its settings from the config; returns its summary."""
+    run = config.run
+    match stage:
+        case "generate":
+            return generate_stage(
+                run,
+                config.generate,
+                config.model,
+                config.prompts,
+                config.eval_fraction,
+                config.seed,
+                progress,
+            )
+        case "label":
+            return label_stage(run, config.label, progress)
+        case "agreement":
+            return agreement_stage(run, config.pairs, progress)
+        case "pairs":
+            return pairs_stage(run, config.pairs, progress)
+        case "train-rm":
+            return train_rm_stage(run, config.rm_config(), progress)
+        case "ppo":
+            return ppo_stage(run, config.ppo_config(), progress)
+        case "eval":
+            return eval_stage(run, config.eval_config(), progress)
+        case "report":
+            return report_stage(run, progress)
+    raise ValueError(f"unknown stage {stage}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +24,7 @@ from rlhfkit.eval.metrics import (
     sequence_kl,
     toxicity_summary,
 )
+from rlhfkit.progress import Progress
 
 POLICY_INFO = "rlhfkit_policy.json"  # written by the PPO trainer next to the adapter
 
@@ -194,6 +194,9 @@ def summary_rows(result: dict) -> list[tuple[str, str, str, str]]:
     def pct(x) -> str:
         return "–" if x is None or not math.isfinite(x) else f"{x:+.0%}"
 
+    def diff(x) -> str:  # a non-finite reward was written to eval.json as null
+        return "–" if x is None or not math.isfinite(x) else f"{x:+.3f}"
+
     before, after, change = result["models"]["before"], result["models"]["after"], result["change"]
     rows = []
     for name in result["config"]["scorers"]:
@@ -214,7 +217,7 @@ def summary_rows(result: dict) -> list[tuple[str, str, str, str]]:
         ]
     if "reward" in before:
         rows.append(
-            ("mean reward", num(before["reward"]), num(after["reward"]), f"{change['reward']:+.3f}")
+            ("mean reward", num(before["reward"]), num(after["reward"]), diff(change["reward"]))
         )
     for label, key, digits in (
         ("perplexity under the reference", "perplexity", 2),
@@ -226,18 +229,14 @@ def summary_rows(result: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def run_eval(
-    config: EvalConfig,
-    on_start: Callable[[int], None] | None = None,
-    on_progress: Callable[[int], None] | None = None,
-    on_warning: Callable[[str], None] | None = None,
-) -> dict:
+def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
     """Sample, score and compare; returns {config, split, models: {before, after}, change,
-    samples} (samples: one row per prompt and sample index with both models' completions)."""
+    samples} (samples: one row per prompt and sample index with both models' completions).
+    `progress` counts the samples of both models."""
     from rlhfkit.data.prompts import default_mode, load_prompts
     from rlhfkit.reward import load_reward
 
-    warn = on_warning or (lambda message: None)
+    progress = progress or Progress()
     info = read_policy_info(config.policy)
     if (
         Path(config.policy).exists()
@@ -255,7 +254,7 @@ def run_eval(
     reward = load_reward(config.reward) if config.reward else None
     trained_on = info.get("reward") if info else None
     if trained_on and trained_on in config.scorers:
-        warn(
+        progress.warn(
             f"{trained_on} made the training reward and scores the evaluation too: reward "
             "hacking hides from its own scorer, so judge by an independent one"
         )
@@ -266,13 +265,10 @@ def run_eval(
 
     reference, tokenizer = load_model(reference_name)
     policy, _ = load_model(config.policy) if config.policy != reference_name else (reference, None)
-    if on_start:
-        on_start(2 * len(prompts) * config.samples)
+    progress.start("evaluating before vs after", 2 * len(prompts) * config.samples)
     results = {}
     for side, model in (("before", reference), ("after", policy)):
-        rows = sample_model(
-            model, tokenizer, reference, prompts, config, mode, on_progress or (lambda n: None)
-        )
+        rows = sample_model(model, tokenizer, reference, prompts, config, mode, progress.advance)
         texts = [r["completion"] for r in rows]
         for name, scorer in scorers.items():
             for row, p in zip(rows, scorer.toxicity(texts), strict=True):
@@ -326,3 +322,10 @@ def finite(obj):
     if isinstance(obj, list):
         return [finite(v) for v in obj]
     return obj
+
+
+def write_result(result: dict, path: str | Path) -> None:
+    """`run_eval`'s result as JSON (eval.json), written atomically."""
+    from rlhfkit.files import atomic_write
+
+    atomic_write(Path(path), json.dumps(finite(result), indent=1))

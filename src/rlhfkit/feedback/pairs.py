@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.agreement import Rankings, flagged_labelers
 from rlhfkit.feedback.consensus import METHODS, Ranking
 from rlhfkit.feedback.store import (
@@ -25,7 +26,9 @@ from rlhfkit.feedback.store import (
     Project,
     Prompt,
     RankingItem,
+    Store,
     Thumb,
+    get_project,
 )
 from rlhfkit.feedback.store import (
     Ranking as RankingRow,
@@ -67,6 +70,20 @@ class PairsResult:
     prompts: int = 0
     ties: int = 0
     excluded: list[str] = field(default_factory=list)
+
+
+def project_pairs(
+    store: Store,
+    project: str,
+    method: str = "borda",
+    per_labeler: bool = False,
+    min_tau: float | None = 0.2,
+) -> PairsResult:
+    """`build_pairs` for the project of that name in `store`."""
+    if method not in METHODS:
+        raise RlhfkitError(f"unknown consensus method '{method}'; choose borda or tideman")
+    with store.session(read_only=True) as session:
+        return build_pairs(session, get_project(session, project), method, per_labeler, min_tau)
 
 
 def build_pairs(

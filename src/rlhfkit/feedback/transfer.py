@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from rlhfkit.data.jsonl import read_jsonl
+from rlhfkit.data.jsonl import read_jsonl, write_jsonl
 from rlhfkit.data.records import (
     MISSING_LABELER,
     Pair,
@@ -49,13 +49,11 @@ from rlhfkit.feedback.store import (
     insert_rows,
     text_key,
 )
+from rlhfkit.progress import Progress
 
 EXPORT_KINDS = ("rankings", "thumbs", "pairs", "completions")
 CHUNK = 1000  # rows one statement writes, or keys one statement looks up
 SKIPPED_SINGLE = "rankings of a single completion skipped"
-
-# on_progress(phase, done, total): "reading" counts bytes of the file, "writing" rows.
-Progress = Callable[[str, int, int], None]
 
 
 def read_records(path: str | Path, default_labeler: str | None = None) -> list[Record]:
@@ -67,11 +65,12 @@ def read_records(path: str | Path, default_labeler: str | None = None) -> list[R
 
 
 def read_feedback(
-    path: str | Path, labeler: str | None = None, on_progress: Progress | None = None
+    path: str | Path, labeler: str | None = None, progress: Progress | None = None
 ) -> list[Record]:
-    """A file's records for import: each names its labeler, or is given `labeler`."""
+    """A file's records for import: each names its labeler, or is given `labeler`.
+    `progress` counts the bytes read."""
     records = []
-    for number, record in _parse_file(path, labeler, on_progress):
+    for number, record in _parse_file(path, labeler, progress):
         if isinstance(record, Pair) and record.labeler is None:
             raise RlhfkitError(f"{path}:{number}: {MISSING_LABELER}")
         records.append(record)
@@ -81,30 +80,31 @@ def read_feedback(
 
 
 def _parse_file(
-    path: str | Path, default_labeler: str | None, on_progress: Progress | None = None
+    path: str | Path, default_labeler: str | None, progress: Progress | None = None
 ) -> Iterator[tuple[int, Record]]:
-    for number, obj in read_jsonl(path, _byte_counter(path, on_progress)):
+    for number, obj in read_jsonl(path, _byte_counter(path, progress)):
         try:
             yield number, parse_record(obj, default_labeler)
         except RecordError as e:
             raise RlhfkitError(f"{path}:{number}: {e}") from None
 
 
-def _byte_counter(path: str | Path, on_progress: Progress | None) -> Callable[[int], None] | None:
+def _byte_counter(path: str | Path, progress: Progress | None) -> Callable[[int], None] | None:
     """Reports the bytes read every 256 KiB and at the end of the file."""
-    if on_progress is None:
+    if progress is None:
         return None
     try:
         total = Path(path).stat().st_size
     except OSError:
         return None  # read_jsonl says why it cannot read the file
+    progress.start(f"reading {Path(path).name}", total)
     done = reported = 0
 
     def count(n: int) -> None:
         nonlocal done, reported
         done += n
         if done - reported >= 1 << 18 or done >= total:
-            on_progress("reading", done, total)
+            progress.advance(done - reported)
             reported = done
 
     return count
@@ -115,13 +115,13 @@ def import_file(
     project_name: str,
     path: str | Path,
     labeler: str | None = None,
-    on_progress: Progress | None = None,
+    progress: Progress | None = None,
     **project_fields: Any,
 ) -> Counter:
     """Import a JSONL file of rankings, thumbs, pairs, HH-RLHF pairs or prompts (mixed is
     fine); `labeler` names the labeler of the records that name none."""
-    records = read_feedback(path, labeler, on_progress)
-    return import_records(store, project_name, records, labeler, on_progress, **project_fields)
+    records = read_feedback(path, labeler, progress)
+    return import_records(store, project_name, records, labeler, progress, **project_fields)
 
 
 def import_records(
@@ -129,7 +129,7 @@ def import_records(
     project_name: str,
     records: Iterable[Record],
     labeler: str | None = None,
-    on_progress: Progress | None = None,
+    progress: Progress | None = None,
     criterion: str | None = None,
     instructions: str | None = None,
 ) -> Counter:
@@ -144,7 +144,7 @@ def import_records(
     if nothing_to_write(batch, found):
         return +counts  # a repeated import takes no write lock at all
     with store.session() as session:
-        writer = _Writer(session, batch, found, on_progress)
+        writer = _Writer(session, batch, found, progress or Progress())
         counts += writer.write(project_name, criterion, instructions)
     return +counts  # drop zero counts
 
@@ -359,10 +359,10 @@ class _Writer:
     imports on PostgreSQL take their row locks in one order and cannot deadlock; every
     insert tolerates a row another import made meanwhile (ON CONFLICT)."""
 
-    def __init__(self, session: Session, batch: Batch, found: Found, on_progress: Progress | None):
+    def __init__(self, session: Session, batch: Batch, found: Found, progress: Progress):
         self.session, self.batch, self.found = session, batch, found
         self.now = datetime.now(UTC)
-        self.on_progress = on_progress
+        self.progress = progress
         self.done = 0
         self.total = (  # rows to write: the new texts and labelers, and every change
             len(batch.labelers.keys() - found.labelers.keys())
@@ -374,11 +374,12 @@ class _Writer:
             + len(batch.preferences)
         )
         self.counts: Counter = Counter()
+        progress.start("writing", self.total)
 
     def advance(self, rows: int) -> None:
+        shown = min(self.done + rows, self.total) - min(self.done, self.total)
         self.done += rows
-        if self.on_progress:
-            self.on_progress("writing", min(self.done, self.total), self.total)
+        self.progress.advance(shown)
 
     def write(self, project_name: str, criterion: str | None, instructions: str | None) -> Counter:
         project = ensure_project(
@@ -577,6 +578,17 @@ def put_ranking(session, prompt: Prompt, labeler: Labeler, ranks: dict[int, int]
 
 
 # --- export -----------------------------------------------------------------------------
+
+
+def export_file(store: Store, project_name: str, kind: str, path: str | Path) -> int:
+    """Write the project's records of one kind to a JSONL file; returns how many."""
+    path = Path(path)
+    if path.is_dir():
+        raise RlhfkitError(f"{path}: is a folder; give --out a file name")
+    try:
+        return write_jsonl(path, export_records(store, project_name, kind))
+    except OSError as e:
+        raise RlhfkitError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def export_records(store: Store, project_name: str, kind: str) -> Iterator[dict[str, Any]]:

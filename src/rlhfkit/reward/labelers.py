@@ -8,7 +8,6 @@ the reward it is the first step of RL from AI feedback.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 
 import numpy as np
 from sqlalchemy import select
@@ -17,6 +16,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.consensus import ranks_from_scores
 from rlhfkit.feedback.store import Prompt, Registry, Store, get_project
 from rlhfkit.feedback.transfer import put_ranking
+from rlhfkit.progress import Progress
 from rlhfkit.reward.specs import Reward
 
 
@@ -34,7 +34,7 @@ def auto_label(
     noise: float = 0.0,
     seed: int = 0,
     split: str | None = None,
-    on_progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> Counter:
     """Rank every prompt of `project` (of one split, if given) with ≥ 2 completions, as the
     AI labeler `labeler`. `noise` is in units of the standard deviation of the rewards over
@@ -60,6 +60,8 @@ def auto_label(
     rng = np.random.default_rng(seed)
     counts: Counter = Counter()
     offset = 0
+    progress = progress or Progress()
+    progress.start(f"labeler {labeler}", len(prompts))
     with store.session() as session:
         registry = Registry(session, get_project(session, project))
         who = registry.labeler(labeler, "ai")
@@ -74,6 +76,5 @@ def auto_label(
                 {cid: rank for (cid, _), rank in zip(completions, ranks, strict=True)},
             )
             counts[f"rankings {result}"] += 1
-            if on_progress:
-                on_progress(1)
+            progress.advance(1)
     return counts

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +22,7 @@ from rlhfkit.config import StageConfig
 from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import check_ours, claim_directory
+from rlhfkit.progress import Progress
 from rlhfkit.reward.data import (
     PromptPairs,
     file_sha256,
@@ -94,21 +94,21 @@ def train_reward_model(
     pairs_path: str | Path,
     out: str | Path,
     config: RMConfig | None = None,
-    on_event: Callable[[str, dict], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
-    """Train, save the best model to `out`, return its summary (also in out/reward.json).
-    `on_event(kind, data)` reports "start", "step", "eval" and "warning" for progress displays."""
+    """Train, save the best model to `out`, return its summary (also in out/reward.json),
+    reporting the steps, each evaluation and any warning to `progress`."""
     config = config or RMConfig()
     out = Path(out)
     check_ours(out, "train-rm")  # a folder of the user's is refused before any work
-    emit = on_event or (lambda kind, data: None)
+    progress = progress or Progress()
     pairs = read_pairs(pairs_path)
     groups = group_pairs(pairs)
     train, held_out = split_by_prompt(groups, config.eval_fraction)
     if not train:
         raise RlhfkitError("no training prompts left after the eval split; lower --eval-fraction")
     if config.eval_fraction > 0 and not held_out:
-        emit("warning", {"message": "no prompt fell in the eval split: early stopping is off"})
+        progress.warn("no prompt fell in the eval split: early stopping is off")
 
     torch.manual_seed(config.seed)
     lora = (
@@ -124,12 +124,9 @@ def train_reward_model(
     reward = RewardModel.from_base(config.base, config.max_length, lora)
     truncated, total = _count_truncated(reward, groups)
     if truncated:
-        emit(
-            "warning",
-            {
-                "message": f"{truncated} of {total} texts are longer than "
-                f"{config.max_length} tokens and were truncated"
-            },
+        progress.warn(
+            f"{truncated} of {total} texts are longer than "
+            f"{config.max_length} tokens and were truncated"
         )
     reward.info.update(
         data={
@@ -157,9 +154,8 @@ def train_reward_model(
     )
     claim_directory(out, "train-rm")
     log = MetricsLog(out)
-    emit(
-        "start", {"steps": total_steps, "train_prompts": len(train), "eval_prompts": len(held_out)}
-    )
+    progress.start("training", total_steps)
+    progress.note(f"{len(train)} training prompts, {len(held_out)} held out")
     best = {"eval_accuracy": -1.0, "step": None}
     stale, step, pairs_seen, train_seconds = 0, 0, 0, 0.0
 
@@ -171,7 +167,9 @@ def train_reward_model(
         metrics = pair_metrics(score_pairs(reward, held_out))
         record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
         log.write(record)
-        emit("eval", record)
+        progress.note(
+            f"step {step}: held-out accuracy {metrics['accuracy']:.3f}, loss {metrics['loss']:.3f}"
+        )
         if metrics["accuracy"] > best["eval_accuracy"]:
             best.update(eval_accuracy=metrics["accuracy"], step=step, metrics=metrics)
             reward.info["metrics"] = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
@@ -220,7 +218,9 @@ def train_reward_model(
                     "pairs_per_s": pairs_seen / train_seconds,
                 }
                 log.write(record)
-                emit("step", record)
+                progress.advance(
+                    1, f"training: loss {record['loss']:.3f}, {record['pairs_per_s']:.0f} pairs/s"
+                )
                 if config.eval_every and step % config.eval_every == 0 and evaluate():
                     stop = True
                     break

@@ -10,12 +10,12 @@ reward on its last move, as a reward model's score is on a response's last token
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from rlhfkit.progress import Progress
 from rlhfkit.rl.losses import (
     entropy_from_logits,
     gae,
@@ -144,9 +144,11 @@ def evaluate(agent: Agent, games: int = 1000, seed: int = 1234) -> dict[str, flo
 
 def train(
     config: TicTacToeConfig = TicTacToeConfig(),
-    on_iteration: Callable[[int, dict], None] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Agent, list[dict]]:
     """PPO against the random opponent; returns the agent and per-iteration statistics."""
+    progress = progress or Progress()
+    progress.start("training", config.iterations)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     agent = Agent()
@@ -196,8 +198,7 @@ def train(
             "clipfrac": stats["clipfrac"].item(),
         }
         history.append(record)
-        if on_iteration:
-            on_iteration(iteration, record)
+        progress.advance(1, f"training: win {record['win']:.2f}, loss {record['loss']:.2f}")
     return agent, history
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_directory, atomic_write, check_ours, claim_directory
+from rlhfkit.progress import Progress
 from rlhfkit.rl.checkpoint import (
     CHECKPOINT,
     read_state,
@@ -141,16 +141,17 @@ def run_ppo(
     out: str | Path,
     resume: bool = False,
     reward=None,
-    on_step: Callable[[dict], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Train; write metrics.jsonl, TensorBoard logs, the checkpoint and the final adapter and
     value head to `out` (new, empty, or a PPO run's: see files.claim_directory). `reward`
-    overrides `config.reward` with any callable reward. `on_step` is called on the main
-    process only."""
+    overrides `config.reward` with any callable reward. The main process alone reports
+    each step to `progress`."""
     from rlhfkit.data.prompts import default_mode, load_prompts
     from rlhfkit.reward import load_reward
 
     out = Path(out)
+    progress = progress or Progress()
     config.check_hardware()
     processes = Processes(config.device)
     check_ours(out, "ppo")  # claimed (marked) below, once everything has loaded
@@ -193,6 +194,7 @@ def run_ppo(
         log = MetricsLog(out)
         if step and _last_logged_step(out) < step:  # killed after the checkpoint, before its line
             log.write(state["record"])
+        progress.start("PPO" + (" (resumed)" if step else ""), config.steps, step)
     del state  # the checkpoint's copy of the weights is no longer needed
     reason = "steps"
     last: dict = {}
@@ -204,7 +206,7 @@ def run_ppo(
                     prompts, step, config.batch_size, config.seed, config.samples_per_prompt
                 )
             )
-            stats, rollout = train_step(
+            stats, _ = train_step(
                 policy,
                 optimizer,
                 reward,
@@ -245,8 +247,7 @@ def run_ppo(
             if log:
                 log.write(last)
                 logged = step
-                if on_step:
-                    on_step({**last, "sample": (rollout.prompts[0], rollout.responses[0])})
+                report_step(progress, config, step, stats)
             if config.target_reward is not None and stats["reward_mean"] >= config.target_reward:
                 reason = f"mean reward {stats['reward_mean']:.3f} reached the target"
                 break
@@ -267,6 +268,19 @@ def run_ppo(
     save_policy(policy, out / "policy", config, processes.is_main)
     processes.barrier()  # the policy is on disk before any process reports success
     return {"steps": step, "stopped": reason, "main": processes.is_main, **last}
+
+
+def report_step(progress: Progress, config: PPOConfig, step: int, stats: dict) -> None:
+    if stats["truncated_prompts"]:
+        progress.warn(
+            f"step {step}: {stats['truncated_prompts']} prompts longer than "
+            f"{config.max_prompt_tokens} tokens lost their start"
+        )
+    progress.advance(
+        1,
+        f"PPO: reward {stats['reward_mean']:+.3f}, KL {stats['kl']:.2f}, "
+        f"{stats['tokens_per_s']:.0f} tok/s",
+    )
 
 
 def _check_split(config: PPOConfig, world_size: int) -> None:

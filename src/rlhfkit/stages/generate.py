@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import Field
 from sqlalchemy import select
 
+from rlhfkit.config import StageConfig
 from rlhfkit.data.jsonl import write_jsonl
 from rlhfkit.data.prompts import default_mode, load_prompts, split_of
 from rlhfkit.data.records import PromptRecord
@@ -29,6 +30,8 @@ from rlhfkit.feedback.store import (
     text_key,
 )
 from rlhfkit.generation import Sample, SamplingParams, generate
+from rlhfkit.progress import Progress
+from rlhfkit.stages import PROJECT, run_store
 
 
 @dataclass
@@ -143,12 +146,11 @@ def run_generate(
     batch_size: int = 32,
     seed: int = 0,
     out: Path | None = None,
-    on_start: Callable[[int], None] | None = None,
-    on_progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> GenerateResult:
     """Sample `n` completions for each prompt of `prompts` (a JSONL file or builtin:NAME) into
-    `project`. `on_start` gets the number of prompts left to sample, `on_progress` each
-    batch's count; `params.mode` "auto" picks the prompt set's natural mode."""
+    `project`; `progress` counts the prompts left to sample. `params.mode` "auto" picks the
+    prompt set's natural mode."""
     from rlhfkit.models import load_causal_lm
 
     params = params or SamplingParams(mode="auto")
@@ -159,8 +161,8 @@ def run_generate(
     key = run_key(model, params, seed)
     done = _done(store, project, key)
     todo = [i for i, r in enumerate(records) if text_key(r.prompt) not in done]
-    if on_start:
-        on_start(len(todo))
+    progress = progress or Progress()
+    progress.start(f"generating ×{n}", len(todo))
     tokens = stored = empty = 0
     started = time.perf_counter()
     if todo:
@@ -182,8 +184,7 @@ def run_generate(
             )
             tokens += sum(s.tokens for group in samples for s in group)
             stored, empty = stored + made, empty + skipped
-            if on_progress:
-                on_progress(len(indices))
+            progress.advance(len(indices))
 
         generate(
             lm,
@@ -199,4 +200,45 @@ def run_generate(
         _export(store, project, records, splits, key, out)
     return GenerateResult(
         len(records), len(todo), tokens, time.perf_counter() - started, stored, empty, params.mode
+    )
+
+
+class GenerateStage(StageConfig):
+    setting = "generate setting"
+    limit: int | None = Field(200, ge=1, description="training prompts to sample for")
+    n: int = Field(4, ge=2, description="completions per prompt, to be ranked")
+    max_new_tokens: int = Field(24, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+
+def generate_stage(
+    run: Path,
+    settings: GenerateStage,
+    model: str,
+    prompts: str,
+    eval_fraction: float,
+    seed: int,
+    progress: Progress,
+) -> str:
+    """The pipeline's generate stage: training prompts' completions into the run's store."""
+    result = run_generate(
+        run_store(run),
+        PROJECT,
+        prompts=prompts,
+        n=settings.n,
+        model=model,
+        params=SamplingParams(
+            temperature=settings.temperature, max_new_tokens=settings.max_new_tokens, mode="auto"
+        ),
+        split="train",
+        eval_fraction=eval_fraction,
+        limit=settings.limit,
+        batch_size=settings.batch_size,
+        seed=seed,
+        out=run / "generate" / "completions.jsonl",
+        progress=progress,
+    )
+    return (
+        f"{result.prompts} prompts × {settings.n} completions ({result.completions_stored} stored)"
     )

@@ -1,0 +1,31 @@
+"""The eval and report stages: before vs after on held-out prompts, then one HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rlhfkit.progress import Progress
+
+if TYPE_CHECKING:
+    from rlhfkit.eval.run import EvalConfig
+
+
+def eval_stage(run: Path, config: EvalConfig, progress: Progress) -> str:
+    """Before vs after into RUN/eval/eval.json."""
+    from rlhfkit.eval.run import run_eval, write_result
+
+    result = run_eval(config, progress)
+    write_result(result, run / "eval" / "eval.json")
+    headline = config.scorers[0]
+    before, after = (result["models"][k][headline] for k in ("before", "after"))
+    return (
+        f"{headline}: toxic share {before['toxic_share']:.1%} → {after['toxic_share']:.1%}, "
+        f"mean {before['mean']:.3f} → {after['mean']:.3f}"
+    )
+
+
+def report_stage(run: Path, progress: Progress) -> str:
+    from rlhfkit.report import build_report
+
+    return str(build_report(run))

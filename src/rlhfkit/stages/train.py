@@ -1,0 +1,39 @@
+"""The train-rm and ppo stages: a reward model on the run's pairs, then PPO against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rlhfkit.files import remove_ours
+from rlhfkit.progress import Progress
+
+if TYPE_CHECKING:
+    from rlhfkit.reward.train import RMConfig
+    from rlhfkit.rl.ppo import PPOConfig
+
+
+def train_rm_stage(run: Path, config: RMConfig, progress: Progress) -> str:
+    """Trains a reward model on RUN/pairs/pairs.jsonl into RUN/rm."""
+    from rlhfkit.reward.train import train_reward_model
+
+    out = run / "rm"
+    remove_ours(out, "train-rm")  # a half-trained model from an interrupted run
+    summary = train_reward_model(run / "pairs" / "pairs.jsonl", out, config, progress)
+    accuracy = summary.get("metrics", {}).get("eval_accuracy")
+    return "held-out pair accuracy " + ("–" if accuracy is None else f"{accuracy:.3f}")
+
+
+def ppo_stage(run: Path, config: PPOConfig, progress: Progress) -> str:
+    """PPO in RUN/ppo, resuming from its checkpoint if it has one."""
+    from rlhfkit.rl.trainer import CHECKPOINT, run_ppo
+
+    out = run / "ppo"
+    resume = (out / CHECKPOINT).exists()
+    if not resume:
+        remove_ours(out, "ppo")  # a run killed before its first checkpoint: start afresh
+    result = run_ppo(config, out, resume=resume, progress=progress)
+    return (
+        f"{result['steps']} steps ({result['stopped']}), last mean reward "
+        f"{result.get('reward_mean', float('nan')):+.3f}, KL {result.get('kl', float('nan')):.2f}"
+    )
