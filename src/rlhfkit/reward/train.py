@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -90,6 +91,18 @@ def _count_truncated(reward: RewardModel, groups: list[PromptPairs]) -> tuple[in
     return sum(n > reward.max_length for n in lengths), len(prompts)
 
 
+@dataclass
+class _TrainState:
+    """What the training loop carries from one step and evaluation to the next."""
+
+    step: int = 0
+    pairs_seen: int = 0
+    train_seconds: float = 0.0  # forward, backward and update; evaluation excluded
+    best_accuracy: float = -1.0
+    best_step: int | None = None
+    stale: int = 0  # evaluations since the best one
+
+
 def train_reward_model(
     pairs_path: str | Path,
     out: str | Path,
@@ -102,14 +115,64 @@ def train_reward_model(
     out = Path(out)
     check_ours(out, "train-rm")  # a folder of the user's is refused before any work
     progress = progress or Progress()
-    pairs = read_pairs(pairs_path)
-    groups = group_pairs(pairs)
+    groups, train, held_out = _split_pairs(pairs_path, config, progress)
+    reward = _new_model(config, groups, progress)
+    reward.info.update(
+        data=_data_summary(pairs_path, groups, train, held_out), config=config.model_dump()
+    )
+    rng = random.Random(config.seed)
+    total_steps = len(pack_batches(train, config.batch_size)) * config.epochs
+    trainable = [p for p in reward.model.parameters() if p.requires_grad]
+    optimizer, scheduler = _optimiser(trainable, config, total_steps)
+    claim_directory(out, "train-rm")
+    log = MetricsLog(out)
+    progress.start("training", total_steps)
+    progress.note(f"{len(train)} training prompts, {len(held_out)} held out")
+    state = _TrainState()
+    try:
+        # The untrained head's accuracy first: the baseline to beat.
+        stop = _evaluate(reward, held_out, state, config, out, log, progress)
+        for epoch in range(config.epochs):
+            if stop:
+                break
+            for batch in pack_batches(train, config.batch_size, rng):
+                record = _train_step(
+                    reward, batch, epoch, state, trainable, optimizer, scheduler, config, out
+                )
+                log.write(record)
+                progress.advance(
+                    1, f"training: loss {record['loss']:.3f}, {record['pairs_per_s']:.0f} pairs/s"
+                )
+                if config.eval_every and state.step % config.eval_every == 0:
+                    stop = _evaluate(reward, held_out, state, config, out, log, progress)
+                    if stop:
+                        break
+            if not stop and not config.eval_every:
+                stop = _evaluate(reward, held_out, state, config, out, log, progress)
+        if not held_out:  # nothing chose a best model: the last one is it
+            reward.info["metrics"] = {"step": state.step}
+            reward.save(out)
+    finally:
+        log.close()
+    return _finish(out, config, train, state, stopped_early=stop and state.step < total_steps)
+
+
+def _split_pairs(
+    pairs_path: str | Path, config: RMConfig, progress: Progress
+) -> tuple[list[PromptPairs], list[PromptPairs], list[PromptPairs]]:
+    """All the pairs grouped by prompt, and those groups split into (train, held out)."""
+    groups = group_pairs(read_pairs(pairs_path))
     train, held_out = split_by_prompt(groups, config.eval_fraction)
     if not train:
         raise RlhfkitError("no training prompts left after the eval split; lower --eval-fraction")
     if config.eval_fraction > 0 and not held_out:
         progress.warn("no prompt fell in the eval split: early stopping is off")
+    return groups, train, held_out
 
+
+def _new_model(config: RMConfig, groups: list[PromptPairs], progress: Progress) -> RewardModel:
+    """The base model with a fresh, seeded head (and LoRA adapter if asked); warns about
+    texts too long for it."""
     torch.manual_seed(config.seed)
     lora = (
         dict(
@@ -128,117 +191,131 @@ def train_reward_model(
             f"{truncated} of {total} texts are longer than "
             f"{config.max_length} tokens and were truncated"
         )
-    reward.info.update(
-        data={
-            "pairs_file": str(pairs_path),
-            "sha256": file_sha256(pairs_path),
-            "pairs": sum(len(g.pairs) for g in groups),
-            "prompts": len(groups),
-            "train_prompts": len(train),
-            "eval_prompts": len(held_out),
-        },
-        config=config.model_dump(),
-    )
-    rng = random.Random(config.seed)
-    steps_per_epoch = len(pack_batches(train, config.batch_size))
-    total_steps = steps_per_epoch * config.epochs
-    trainable = [p for p in reward.model.parameters() if p.requires_grad]
-    optimizer = adamw(trainable, config.lr, config.weight_decay)
+    return reward
+
+
+def _data_summary(
+    pairs_path: str | Path,
+    groups: list[PromptPairs],
+    train: list[PromptPairs],
+    held_out: list[PromptPairs],
+) -> dict:
+    """What the model was trained on, for its reward.json."""
+    return {
+        "pairs_file": str(pairs_path),
+        "sha256": file_sha256(pairs_path),
+        "pairs": sum(len(g.pairs) for g in groups),
+        "prompts": len(groups),
+        "train_prompts": len(train),
+        "eval_prompts": len(held_out),
+    }
+
+
+def _optimiser(trainable: list[torch.nn.Parameter], config: RMConfig, total_steps: int):
+    """AdamW and its learning-rate schedule (warm-up, then the configured shape)."""
     from transformers import get_scheduler
 
+    optimizer = adamw(trainable, config.lr, config.weight_decay)
     scheduler = get_scheduler(
         "constant_with_warmup" if config.schedule == "constant" else config.schedule,
         optimizer,
         num_warmup_steps=int(config.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    claim_directory(out, "train-rm")
-    log = MetricsLog(out)
-    progress.start("training", total_steps)
-    progress.note(f"{len(train)} training prompts, {len(held_out)} held out")
-    best = {"eval_accuracy": -1.0, "step": None}
-    stale, step, pairs_seen, train_seconds = 0, 0, 0, 0.0
+    return optimizer, scheduler
 
-    def evaluate() -> bool:
-        """Evaluate; save when better. Returns True when patience has run out."""
-        nonlocal stale
-        if not held_out:
-            return False
-        metrics = pair_metrics(score_pairs(reward, held_out))
-        record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
-        log.write(record)
-        progress.note(
-            f"step {step}: held-out accuracy {metrics['accuracy']:.3f}, loss {metrics['loss']:.3f}"
+
+def _train_step(
+    reward: RewardModel,
+    batch: list[PromptPairs],
+    epoch: int,
+    state: _TrainState,
+    trainable: list[torch.nn.Parameter],
+    optimizer,
+    scheduler,
+    config: RMConfig,
+    out: Path,
+) -> dict:
+    """One update on a batch of whole prompts; counts it in `state` and returns its metrics.
+    A non-finite loss stops training, keeping the best model saved so far."""
+    reward.model.train(config.dropout)
+    tick = time.perf_counter()
+    prompts, completions, chosen, rejected, group = flatten(batch)
+    scores = reward.raw(prompts, completions)
+    loss = pairwise_loss(scores[chosen], scores[rejected], torch.tensor(group))
+    state.step += 1
+    if not torch.isfinite(loss):
+        kept = (
+            f"the best model so far (step {state.best_step}) is kept in {out}"
+            if state.best_step is not None
+            else "no model was saved"
         )
-        if metrics["accuracy"] > best["eval_accuracy"]:
-            best.update(eval_accuracy=metrics["accuracy"], step=step, metrics=metrics)
-            reward.info["metrics"] = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
-            reward.save(out)
-            stale = 0
-        else:
-            stale += 1
-        return stale >= config.patience
+        raise RlhfkitError(
+            f"loss became {loss.item()} at step {state.step}: training stopped; {kept}"
+        )
+    optimizer.zero_grad()
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    state.pairs_seen += len(chosen)
+    state.train_seconds += time.perf_counter() - tick
+    margins = (scores[chosen] - scores[rejected]).detach()
+    return {
+        "step": state.step,
+        "epoch": epoch + 1,
+        "loss": loss.item(),
+        "accuracy": float((margins > 0).float().mean()),
+        "lr": scheduler.get_last_lr()[0],
+        "grad_norm": float(grad_norm),
+        "pairs_per_s": state.pairs_seen / state.train_seconds,
+    }
 
-    try:
-        stop = evaluate()  # the untrained head's accuracy: the baseline to beat
-        for epoch in range(config.epochs):
-            if stop:
-                break
-            for batch in pack_batches(train, config.batch_size, rng):
-                reward.model.train(config.dropout)
-                tick = time.perf_counter()
-                prompts, completions, chosen, rejected, group = flatten(batch)
-                scores = reward.raw(prompts, completions)
-                loss = pairwise_loss(scores[chosen], scores[rejected], torch.tensor(group))
-                step += 1
-                if not torch.isfinite(loss):
-                    kept = (
-                        f"the best model so far (step {best['step']}) is kept in {out}"
-                        if best["step"] is not None
-                        else "no model was saved"
-                    )
-                    raise RlhfkitError(
-                        f"loss became {loss.item()} at step {step}: training stopped; {kept}"
-                    )
-                optimizer.zero_grad()
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                pairs_seen += len(chosen)
-                train_seconds += time.perf_counter() - tick
-                margins = (scores[chosen] - scores[rejected]).detach()
-                record = {
-                    "step": step,
-                    "epoch": epoch + 1,
-                    "loss": loss.item(),
-                    "accuracy": float((margins > 0).float().mean()),
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "pairs_per_s": pairs_seen / train_seconds,
-                }
-                log.write(record)
-                progress.advance(
-                    1, f"training: loss {record['loss']:.3f}, {record['pairs_per_s']:.0f} pairs/s"
-                )
-                if config.eval_every and step % config.eval_every == 0 and evaluate():
-                    stop = True
-                    break
-            if not stop and not config.eval_every:
-                stop = evaluate()
-        if not held_out:
-            reward.info["metrics"] = {"step": step}
-            reward.save(out)
-    finally:
-        log.close()
 
-    final = RewardModel.load(out)  # the best model, as saved
+def _evaluate(
+    reward: RewardModel,
+    held_out: list[PromptPairs],
+    state: _TrainState,
+    config: RMConfig,
+    out: Path,
+    log: MetricsLog,
+    progress: Progress,
+) -> bool:
+    """Score the held-out pairs and log them; save the model when it is the best so far.
+    Returns True when `patience` evaluations in a row have not improved on the best."""
+    if not held_out:
+        return False
+    metrics = pair_metrics(score_pairs(reward, held_out))
+    record = {"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}}
+    log.write(record)
+    progress.note(
+        f"step {state.step}: held-out accuracy {metrics['accuracy']:.3f}, "
+        f"loss {metrics['loss']:.3f}"
+    )
+    if metrics["accuracy"] > state.best_accuracy:
+        state.best_accuracy, state.best_step, state.stale = metrics["accuracy"], state.step, 0
+        reward.info["metrics"] = {
+            "step": state.step,
+            **{f"eval_{k}": v for k, v in metrics.items()},
+        }
+        reward.save(out)
+    else:
+        state.stale += 1
+    return state.stale >= config.patience
+
+
+def _finish(
+    out: Path, config: RMConfig, train: list[PromptPairs], state: _TrainState, stopped_early: bool
+) -> dict:
+    """The best model, as saved, with how training went and its normalisation, saved again;
+    returns its summary."""
+    final = RewardModel.load(out)
     final.info.update(
         training={
-            "steps": step,
-            "train_seconds": train_seconds,  # forward, backward and update; evaluation excluded
-            "pairs_per_s": pairs_seen / train_seconds if step else None,
-            "stopped_early": bool(stop and step < total_steps),
+            "steps": state.step,
+            "train_seconds": state.train_seconds,
+            "pairs_per_s": state.pairs_seen / state.train_seconds if state.step else None,
+            "stopped_early": bool(stopped_early),
         }
     )
     if config.normalise:
