@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,7 @@ from rlhfkit.rl.distributed import (
     optimizer_state,
 )
 from rlhfkit.rl.policy import Policy
-from rlhfkit.rl.ppo import PPOConfig, RewardScale, train_step
+from rlhfkit.rl.ppo import AdaptiveKL, FixedKL, PPOConfig, RewardScale, train_step
 from rlhfkit.training import MetricsLog, adamw
 
 VALUE_HEAD = "value_head.safetensors"
@@ -136,6 +138,35 @@ def load_checkpoint(
     return state["step"]
 
 
+@dataclass
+class _Run:
+    """What a PPO run trains, on what, and where it writes; fixed once it has started."""
+
+    config: PPOConfig
+    out: Path
+    processes: Processes
+    reward: Callable
+    prompts: list[str]
+    mode: str
+    policy: Policy
+    optimizer: torch.optim.Optimizer
+    kl_controller: FixedKL | AdaptiveKL
+    reward_scale: RewardScale
+    generator: torch.Generator
+    log: MetricsLog | None = None  # the main process's
+
+
+@dataclass
+class _Done:
+    """How far a run has got. A step is trained, then checkpointed, then logged: `saved`
+    and `logged` trail `step` while that happens, so an interrupt knows what is on disk."""
+
+    step: int
+    saved: int  # the step of the checkpoint on disk
+    logged: int  # the last step in metrics.jsonl
+    last: dict = field(default_factory=dict)  # the last finished step's metrics
+
+
 def run_ppo(
     config: PPOConfig,
     out: str | Path,
@@ -147,14 +178,57 @@ def run_ppo(
     value head to `out` (new, empty, or a PPO run's: see files.claim_directory). `reward`
     overrides `config.reward` with any callable reward. The main process alone reports
     each step to `progress`."""
-    from rlhfkit.data.prompts import default_mode, load_prompts
-    from rlhfkit.reward import load_reward
-
     out = Path(out)
     progress = progress or Progress()
     config.check_hardware()
     processes = Processes(config.device)
-    check_ours(out, "ppo")  # claimed (marked) below, once everything has loaded
+    state = _checkpoint_to_resume(out, config, resume, processes)
+    _check_split(config, processes.world_size)
+    run = _set_up(config, out, processes, reward)
+    step = 0
+    if state is not None:
+        step = load_checkpoint(
+            state,
+            run.policy,
+            run.optimizer,
+            run.kl_controller,
+            run.reward_scale,
+            run.generator,
+            processes,
+        )
+    if processes.is_main:
+        run.log = _open_log(out, config, step, state)
+        progress.start("PPO" + (" (resumed)" if step else ""), config.steps, step)
+    del state  # the checkpoint's copy of the weights is no longer needed
+    done = _Done(step=step, saved=step, logged=step)
+    reason = "steps"
+    try:
+        while done.step < config.steps:
+            stats = _train(run, done.step)
+            failed = _failure(stats, config, done.step + 1)
+            if failed:
+                reason = failed
+                break
+            _keep_step(run, done, stats)
+            if run.log:
+                report_step(progress, config, done.step, stats)
+            if config.target_reward is not None and stats["reward_mean"] >= config.target_reward:
+                reason = f"mean reward {stats['reward_mean']:.3f} reached the target"
+                break
+    except KeyboardInterrupt:
+        raise _interrupted(run, done) from None
+    finally:
+        if run.log:
+            run.log.close()
+    return _finish(run, done, reason)
+
+
+def _checkpoint_to_resume(
+    out: Path, config: PPOConfig, resume: bool, processes: Processes
+) -> dict | None:
+    """The checkpoint in `out` to continue from, if resuming; refuses a folder that is not a
+    PPO run's, and a run there that was not asked to resume. Read before any model loads."""
+    check_ours(out, "ppo")  # claimed (marked) in _open_log, once everything has loaded
     refuse_old_checkpoint(out)
     checkpoint = out / CHECKPOINT
     if checkpoint.exists() and not resume:
@@ -162,11 +236,18 @@ def run_ppo(
             f"{out} holds a run already: pass --resume to continue it, or "
             "choose another output directory"
         )
-    state = None
-    if resume and checkpoint.exists():  # checked before any model loads
-        state = read_checkpoint(checkpoint)
-        check_resumable(state, checkpoint, config, processes.world_size)
-    _check_split(config, processes.world_size)
+    if not (resume and checkpoint.exists()):
+        return None
+    state = read_checkpoint(checkpoint)
+    check_resumable(state, checkpoint, config, processes.world_size)
+    return state
+
+
+def _set_up(config: PPOConfig, out: Path, processes: Processes, reward) -> _Run:
+    """The reward, the prompts, and the seeded policy with its optimiser and controllers."""
+    from rlhfkit.data.prompts import default_mode, load_prompts
+    from rlhfkit.reward import load_reward
+
     reward = reward or load_reward(config.reward)  # a bad spec fails before the model loads
     prompts = [p.prompt for p in load_prompts(config.prompts, config.split, config.eval_fraction)]
     mode = default_mode(config.prompts) if config.mode == "auto" else config.mode
@@ -178,96 +259,112 @@ def run_ppo(
         policy.shard()
     if processes.world_size > 1:  # but each process samples its own responses
         torch.manual_seed(config.seed + processes.rank)
-    optimizer = adamw(policy.parameter_groups(), config.lr, 0.0)
-    kl_controller = config.kl_controller()
-    reward_scale = RewardScale(config.normalise_reward)
-    generator = torch.Generator().manual_seed(config.seed)
-    step = 0
-    if state is not None:
-        step = load_checkpoint(
-            state, policy, optimizer, kl_controller, reward_scale, generator, processes
-        )
-    log = None
-    if processes.is_main:
-        claim_directory(out, "ppo")
-        atomic_write(out / "config.json", json.dumps(config.model_dump(), indent=2))
-        log = MetricsLog(out)
-        if step and _last_logged_step(out) < step:  # killed after the checkpoint, before its line
-            log.write(state["record"])
-        progress.start("PPO" + (" (resumed)" if step else ""), config.steps, step)
-    del state  # the checkpoint's copy of the weights is no longer needed
-    reason = "steps"
-    last: dict = {}
-    saved = logged = step  # the checkpoint on disk, and the last step in metrics.jsonl
-    try:
-        while step < config.steps:
-            batch = processes.shard(
-                batch_prompts(
-                    prompts, step, config.batch_size, config.seed, config.samples_per_prompt
-                )
-            )
-            stats, _ = train_step(
-                policy,
-                optimizer,
-                reward,
-                batch,
-                kl_controller,
-                config,
-                mode,
-                generator,
-                processes,
-                reward_scale,
-            )
-            losses = [stats[k] for k in ("policy_loss", "value_loss")]
-            if not all(math.isfinite(x) for x in losses):
-                reason = f"non-finite loss at step {step + 1}"
-                break
-            if stats["kl"] > config.max_kl:
-                reason = f"KL {stats['kl']:.1f} exceeded max_kl {config.max_kl} at step {step + 1}"
-                break
-            step += 1
-            last = {"step": step, **stats}
-            replicas = [p for p in policy.trainable_parameters() if not is_shard(p)]
-            if not processes.same_everywhere(replicas):
-                raise RlhfkitError(f"the processes' weights differ after step {step}")
-            # Checkpoint first: a metrics line then always has its checkpoint behind it.
-            save_checkpoint(
-                checkpoint,
-                policy,
-                optimizer,
-                kl_controller,
-                reward_scale,
-                step,
-                generator,
-                config,
-                processes,
-                last,
-            )
-            saved = step
-            if log:
-                log.write(last)
-                logged = step
-                report_step(progress, config, step, stats)
-            if config.target_reward is not None and stats["reward_mean"] >= config.target_reward:
-                reason = f"mean reward {stats['reward_mean']:.3f} reached the target"
-                break
-    except KeyboardInterrupt:
-        if log and saved > logged:  # interrupted between the checkpoint and its metrics line
-            log.write(last)
-        where = (
-            f"the checkpoint of step {saved} is in {out}: continue with --resume"
-            if saved
-            else "no step had finished"
-        )
-        raise RlhfkitError(f"interrupted; {where}") from None
-    finally:
-        if log:
-            log.close()
+    return _Run(
+        config=config,
+        out=out,
+        processes=processes,
+        reward=reward,
+        prompts=prompts,
+        mode=mode,
+        policy=policy,
+        optimizer=adamw(policy.parameter_groups(), config.lr, 0.0),
+        kl_controller=config.kl_controller(),
+        reward_scale=RewardScale(config.normalise_reward),
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+
+def _open_log(out: Path, config: PPOConfig, step: int, state: dict | None) -> MetricsLog:
+    """Claim `out`, write the run's config and open its metrics, restoring the line of a
+    step that was checkpointed but killed before it was logged."""
+    claim_directory(out, "ppo")
+    atomic_write(out / "config.json", json.dumps(config.model_dump(), indent=2))
+    log = MetricsLog(out)
+    if step and _last_logged_step(out) < step:
+        log.write(state["record"])
+    return log
+
+
+def _train(run: _Run, step: int) -> dict:
+    """The step after `step`: this process's share of its prompts, sampled, scored and
+    trained on; returns its statistics."""
+    config = run.config
+    batch = run.processes.shard(
+        batch_prompts(run.prompts, step, config.batch_size, config.seed, config.samples_per_prompt)
+    )
+    stats, _ = train_step(
+        run.policy,
+        run.optimizer,
+        run.reward,
+        batch,
+        run.kl_controller,
+        config,
+        run.mode,
+        run.generator,
+        run.processes,
+        run.reward_scale,
+    )
+    return stats
+
+
+def _failure(stats: dict, config: PPOConfig, step: int) -> str | None:
+    """Why step `step` must not be kept (a non-finite loss, a KL past max_kl), if it must not."""
+    losses = [stats[k] for k in ("policy_loss", "value_loss")]
+    if not all(math.isfinite(x) for x in losses):
+        return f"non-finite loss at step {step}"
+    if stats["kl"] > config.max_kl:
+        return f"KL {stats['kl']:.1f} exceeded max_kl {config.max_kl} at step {step}"
+    return None
+
+
+def _keep_step(run: _Run, done: _Done, stats: dict) -> None:
+    """Count a trained step: check every process holds the same weights, write its
+    checkpoint, then its metrics line (so a line always has its checkpoint behind it)."""
+    done.step += 1
+    done.last = {"step": done.step, **stats}
+    replicas = [p for p in run.policy.trainable_parameters() if not is_shard(p)]
+    if not run.processes.same_everywhere(replicas):
+        raise RlhfkitError(f"the processes' weights differ after step {done.step}")
+    save_checkpoint(
+        run.out / CHECKPOINT,
+        run.policy,
+        run.optimizer,
+        run.kl_controller,
+        run.reward_scale,
+        done.step,
+        run.generator,
+        run.config,
+        run.processes,
+        done.last,
+    )
+    done.saved = done.step
+    if run.log:
+        run.log.write(done.last)
+        done.logged = done.step
+
+
+def _interrupted(run: _Run, done: _Done) -> RlhfkitError:
+    """After Ctrl-C: log the step whose line the interrupt cut off after its checkpoint,
+    and say where the run can continue from."""
+    if run.log and done.saved > done.logged:
+        run.log.write(done.last)
+    where = (
+        f"the checkpoint of step {done.saved} is in {run.out}: continue with --resume"
+        if done.saved
+        else "no step had finished"
+    )
+    return RlhfkitError(f"interrupted; {where}")
+
+
+def _finish(run: _Run, done: _Done, reason: str) -> dict:
+    """Save the policy unless the run failed; returns the run's summary and last metrics."""
     if reason.startswith(("non-finite", "KL")):
-        raise RlhfkitError(f"stopped: {reason}; the last good checkpoint (step {step}) is in {out}")
-    save_policy(policy, out / "policy", config, processes.is_main)
-    processes.barrier()  # the policy is on disk before any process reports success
-    return {"steps": step, "stopped": reason, "main": processes.is_main, **last}
+        raise RlhfkitError(
+            f"stopped: {reason}; the last good checkpoint (step {done.step}) is in {run.out}"
+        )
+    save_policy(run.policy, run.out / "policy", run.config, run.processes.is_main)
+    run.processes.barrier()  # the policy is on disk before any process reports success
+    return {"steps": done.step, "stopped": reason, "main": run.processes.is_main, **done.last}
 
 
 def report_step(progress: Progress, config: PPOConfig, step: int, stats: dict) -> None:
