@@ -19,6 +19,9 @@ directory, and a different config is refused there before any work starts.
 The run directory must be new, empty, or made by rlhfkit (its `.rlhfkit` marker file says
 so; each stage's folder has its own), and nothing is written in it until every check has
 passed: a folder of the user's is never overwritten or deleted.
+
+This module keeps the config, the order of the stages, their done-markers and the run loop;
+each stage's runner is in `rlhfkit.stages`.
 """
 
 from __future__ import annotations
