@@ -229,11 +229,34 @@ def summary_rows(result: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def sampling_mode(config: EvalConfig, info: dict | None) -> str:
+    """How prompts are put to the models: as asked, else as the policy was trained, else the
+    prompt set's own default."""
+    from rlhfkit.data.prompts import default_mode
+
+    mode = config.mode
+    if mode == "auto":
+        mode = info.get("mode", "auto") if info else "auto"
+        mode = default_mode(config.prompts) if mode == "auto" else mode
+    return mode
+
+
+def score_rows(rows: list[dict], scorers: dict, reward) -> None:
+    """Add each row's toxicity under every scorer and, given a reward, its reward."""
+    texts = [r["completion"] for r in rows]
+    for name, scorer in scorers.items():
+        for row, p in zip(rows, scorer.toxicity(texts), strict=True):
+            row.setdefault("toxicity", {})[name] = float(p)
+    if reward is not None:
+        for row, r in zip(rows, reward([r["prompt"] for r in rows], texts).tolist(), strict=True):
+            row["reward"] = float(r)
+
+
 def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
     """Sample, score and compare; returns {config, split, models: {before, after}, change,
     samples} (samples: one row per prompt and sample index with both models' completions).
     `progress` counts the samples of both models."""
-    from rlhfkit.data.prompts import default_mode, load_prompts
+    from rlhfkit.data.prompts import load_prompts
     from rlhfkit.reward import load_reward
 
     progress = progress or Progress()
@@ -258,10 +281,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
             f"{trained_on} made the training reward and scores the evaluation too: reward "
             "hacking hides from its own scorer, so judge by an independent one"
         )
-    mode = config.mode
-    if mode == "auto":
-        mode = info.get("mode", "auto") if info else "auto"
-        mode = default_mode(config.prompts) if mode == "auto" else mode
+    mode = sampling_mode(config, info)
 
     reference, tokenizer = load_model(reference_name)
     policy, _ = load_model(config.policy) if config.policy != reference_name else (reference, None)
@@ -269,15 +289,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
     results = {}
     for side, model in (("before", reference), ("after", policy)):
         rows = sample_model(model, tokenizer, reference, prompts, config, mode, progress.advance)
-        texts = [r["completion"] for r in rows]
-        for name, scorer in scorers.items():
-            for row, p in zip(rows, scorer.toxicity(texts), strict=True):
-                row.setdefault("toxicity", {})[name] = float(p)
-        if reward is not None:
-            for row, r in zip(
-                rows, reward([r["prompt"] for r in rows], texts).tolist(), strict=True
-            ):
-                row["reward"] = float(r)
+        score_rows(rows, scorers, reward)
         results[side] = rows
     models = {side: summarise(rows, config.scorers, config.seed) for side, rows in results.items()}
     return {
