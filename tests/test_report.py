@@ -1,6 +1,7 @@
 """The HTML report on a run directory written here by hand: whatever text a run holds reaches
 the page escaped, and a malformed eval.json or metrics.jsonl is one line naming the file."""
 
+import base64
 import html
 import json
 from pathlib import Path
@@ -223,3 +224,48 @@ def test_a_reward_change_written_as_null_shows_as_a_dash(tmp_path):
     page = " ".join(build_report(_run_dir(tmp_path, result)).read_text().split())
     row = page[page.index("<th>mean reward</th>") :].split("</tr>")[0]
     assert row == "<th>mean reward</th><td>-0.500</td><td>1.500</td><td>–</td>", row
+
+
+def _save_then_fail(monkeypatch):
+    """Make every figure save fail after its bytes are out, as a kill or a full disk would."""
+    from matplotlib.figure import Figure
+
+    save = Figure.savefig
+
+    def save_then_fail(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", save_then_fail)
+
+
+def test_a_failed_report_leaves_its_previous_pngs_whole_and_embeds_what_it_wrote(
+    tmp_path, monkeypatch
+):
+    run = _run_dir(tmp_path, _eval_json())
+    page = build_report(run).read_text()
+    pngs = {name: (run / "report" / name).read_bytes() for name in ("toxicity.png", "training.png")}
+    for png in pngs.values():  # the page shows the very files written beside it
+        assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
+
+    result = _eval_json()  # another evaluation: other histograms
+    result["samples"][0]["before"]["toxicity"]["scorer:profanity"] = 0.45
+    (run / "eval" / "eval.json").write_text(json.dumps(result))
+    _save_then_fail(monkeypatch)
+    with pytest.raises(OSError):
+        build_report(run)
+    assert {name: (run / "report" / name).read_bytes() for name in pngs} == pngs
+
+
+def test_a_failed_heatmap_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    from rlhfkit.feedback.summary import save_heatmap
+
+    path = tmp_path / "agreement" / "heatmap.png"
+    save_heatmap({"p": {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 2}}}, path)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+    _save_then_fail(monkeypatch)
+    with pytest.raises(OSError):
+        save_heatmap({"p": {"a": {"x": 1, "y": 2}, "b": {"x": 2, "y": 1}}}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["heatmap.png"]  # no temporary left

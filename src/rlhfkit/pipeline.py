@@ -5,7 +5,7 @@ run directory:
     label     → label/labels.json                          automatic labelers rank them
     agreement → agreement/agreement.json, heatmap.png      how much the labelers agree
     pairs     → pairs/pairs.jsonl                          consensus rankings → C(n,2) pairs
-    train-rm  → rm/                                        the reward model
+    train-rm  → rm/ (its done.json in train-rm/)           the reward model
     ppo       → ppo/                                       PPO against it, LoRA policy
     eval      → eval/eval.json                             before vs after, held-out prompts
     report    → report/report.html                         everything on one page

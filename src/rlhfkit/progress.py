@@ -40,7 +40,7 @@ def duration(seconds: float) -> str:
 class PlainProgress(Progress):
     """Progress as plain lines, for output that is not a terminal (a log, CI): a task's
     state every `interval` seconds while it runs, and its end if it ran that long, so a
-    long stage is never silent for minutes and a short command prints only its result."""
+    long stage is never silent for minutes; notes, warnings and summaries as they come."""
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_write, claim_directory
+from rlhfkit.plots import png_bytes, pyplot
 
 CURVES = [  # (metrics key, title)
     ("reward_mean", "mean reward"),
@@ -196,15 +197,6 @@ def find_artefacts(run: Path) -> dict[str, Path | None]:
     }
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _value(x: float | None) -> float:
     return math.nan if x is None else x
 
@@ -217,8 +209,9 @@ def curves_logged(records: list[dict]) -> list[tuple[str, str]]:
     return [(k, t) for k, t in CURVES if any(r.get(k) is not None for r in records)]
 
 
-def plot_training(records: list[dict], path: Path) -> None:
-    plt = _pyplot()
+def plot_training(records: list[dict]) -> bytes:
+    """The PPO curves logged, side by side, as a PNG."""
+    plt = pyplot()
     keys = curves_logged(records)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 2.8), squeeze=False)
     steps = [r["step"] for r in records]
@@ -228,12 +221,12 @@ def plot_training(records: list[dict], path: Path) -> None:
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return png_bytes(fig, dpi=110)
 
 
-def plot_toxicity(result: dict, path: Path) -> None:
-    plt = _pyplot()
+def plot_toxicity(result: dict) -> bytes:
+    """Each scorer's histogram of P(toxic), before and after, as a PNG."""
+    plt = pyplot()
     scorers = result["config"]["scorers"]
     fig, axes = plt.subplots(1, len(scorers), figsize=(4.6 * len(scorers), 3.0), squeeze=False)
     bins = [i / 20 for i in range(21)]
@@ -248,12 +241,16 @@ def plot_toxicity(result: dict, path: Path) -> None:
         ax.set_ylabel("samples")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return png_bytes(fig, dpi=110)
 
 
-def _image(path: Path, alt: str) -> dict:
-    return {"alt": alt, "base64": base64.b64encode(path.read_bytes()).decode("ascii")}
+def _image(png: bytes, alt: str) -> dict:
+    return {"alt": alt, "base64": base64.b64encode(png).decode("ascii")}
+
+
+def _write_png(path: Path, png: bytes) -> bytes:
+    atomic_write(path, png)  # a kill mid-write leaves the old PNG, never half of one
+    return png
 
 
 def _sample_side(side: dict) -> dict:
@@ -285,7 +282,7 @@ def worst_samples(result: dict) -> dict:
 def evaluation_section(result: dict, out: Path) -> dict:
     from rlhfkit.eval.run import summary_rows
 
-    plot_toxicity(result, out / "toxicity.png")
+    histograms = _write_png(out / "toxicity.png", plot_toxicity(result))
     return {
         "prompts": result["held_out"]["prompts"],
         "split": result["held_out"]["split"],
@@ -293,15 +290,21 @@ def evaluation_section(result: dict, out: Path) -> dict:
         "reference": result["reference"],
         "policy": result["policy"],
         "rows": summary_rows(result),
-        "histograms": _image(out / "toxicity.png", "toxicity histograms before and after"),
+        "histograms": _image(histograms, "toxicity histograms before and after"),
     }
 
 
 def training_section(records: list[dict], out: Path) -> dict | None:
     if not curves_logged(records):
         return None  # not a PPO log (train-rm's metrics.jsonl, say), or an empty one
-    plot_training(records, out / "training.png")
-    return {"steps": len(records), "curves": _image(out / "training.png", "PPO training curves")}
+    curves = _write_png(out / "training.png", plot_training(records))
+    return {"steps": len(records), "curves": _image(curves, "PPO training curves")}
+
+
+def _heatmap(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    return _image(path.read_bytes(), "labeler agreement heatmap")
 
 
 def render(**context) -> str:
@@ -334,7 +337,7 @@ def build_report(run_dir: str | Path) -> Path:
         run_path=str(run),
         evaluation=evaluation_section(result, out) if result else None,
         training=training_section(records, out),
-        heatmap=_image(found["heatmap"], "labeler agreement heatmap") if found["heatmap"] else None,
+        heatmap=_heatmap(found["heatmap"]),
         samples=worst_samples(result) if result else None,
     )
     path = out / "report.html"

@@ -14,6 +14,8 @@ from rlhfkit.feedback.agreement import (
 )
 from rlhfkit.feedback.pairs import load_rankings
 from rlhfkit.feedback.store import Store, get_project
+from rlhfkit.files import atomic_write
+from rlhfkit.plots import png_bytes, pyplot
 
 
 def _clean(x: float) -> float | None:
@@ -53,12 +55,11 @@ def agreement_summary(
 
 
 def save_heatmap(rankings: Rankings, path: Path) -> None:
-    """Labeler × labeler pairwise agreement rate; blank where two never ranked the same prompt."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Labeler × labeler pairwise agreement rate; blank where two never ranked the same prompt.
+    Written atomically: the report reads it."""
     import numpy as np
+
+    plt = pyplot()
 
     matrix = pairwise_matrix(rankings)
     names = sorted({name for by_labeler in rankings.values() for name in by_labeler})
@@ -89,6 +90,4 @@ def save_heatmap(rankings: Rankings, path: Path) -> None:
     fig.colorbar(image, ax=ax, label="pairwise agreement rate")
     ax.set_title("Labeler agreement (share of item pairs ordered alike)")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    atomic_write(path, png_bytes(fig, dpi=120))
