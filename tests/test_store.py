@@ -1,9 +1,13 @@
 """The feedback store on SQLite and PostgreSQL: schema, idempotent and atomic import, export."""
 
+import sqlite3
+from contextlib import contextmanager
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event, func, insert, select
 
 from conftest import SEED_COMPLETIONS, SEED_PROMPT, seed_rankings, write_jsonl
 from rlhfkit.errors import RlhfkitError
@@ -17,8 +21,10 @@ from rlhfkit.feedback.store import (
     Prompt,
     Ranking,
     RankingItem,
+    Registry,
     Store,
     Thumb,
+    get_project,
 )
 from rlhfkit.feedback.transfer import export_records, import_file, import_records, read_records
 
@@ -175,3 +181,82 @@ def test_a_store_that_cannot_be_opened_is_one_line(url, message):
     with pytest.raises(RlhfkitError, match=message) as error:
         Store(url)
     assert "\n" not in str(error.value)
+
+
+def test_a_store_from_before_wal_opened_read_only_can_be_read(tmp_path, cli):
+    """Switching a store to WAL is a write: a read-only opening keeps its journal and reads."""
+    path = tmp_path / "old.db"
+    store = Store(f"sqlite:///{path}")
+    import_file(store, "p", write_jsonl(tmp_path / "r.jsonl", seed_rankings()))
+    store.close()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    url = f"sqlite:///file:{path}?mode=ro&uri=true"
+    read_only = Store(url)
+    assert len(list(export_records(read_only, "p", "rankings"))) == 3
+    read_only.close()
+    listed = cli("project", "list", "--store", url)
+    assert "p" in listed.output
+
+
+def test_opening_a_store_parses_the_migration_scripts_at_most_once(store_url, monkeypatch):
+    Store(store_url).close()  # made and migrated
+    parsed = []
+    original = ScriptDirectory.from_config.__func__
+
+    def counting(cls, config, *args, **kwargs):
+        parsed.append(config)
+        return original(cls, config, *args, **kwargs)
+
+    monkeypatch.setattr(ScriptDirectory, "from_config", classmethod(counting))
+    for _ in range(2):
+        Store(store_url).close()
+    assert len(parsed) <= 1, parsed
+
+
+@contextmanager
+def insert_meanwhile(store, table, row):
+    """Just before the store's first INSERT INTO `table`, another connection inserts `row`
+    and commits: the race of two processes creating the same row, made deterministic."""
+    other = create_engine(store.engine.url)
+    inserted = []
+
+    def other_insert_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith(f"INSERT INTO {table.name} ") and not inserted:
+            with other.begin() as connection:
+                connection.execute(insert(table), row)
+            inserted.append(row)
+
+    event.listen(store.engine, "before_cursor_execute", other_insert_first)
+    try:
+        yield
+    finally:
+        event.remove(store.engine, "before_cursor_execute", other_insert_first)
+        other.dispose()
+    assert inserted  # the race happened
+
+
+def postgres_only(store):
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite writers take the write lock when they begin: they cannot race")
+
+
+def test_get_project_creates_a_project_another_process_creates_meanwhile(store):
+    postgres_only(store)
+    row = {"name": "new", "criterion": "harmlessness", "instructions": ""}
+    with insert_meanwhile(store, Project.__table__, row), store.session() as session:
+        assert get_project(session, "new", create=True).criterion == "harmlessness"
+    assert row_counts(store)["projects"] == 1
+
+
+def test_registry_labeler_another_process_creates_meanwhile(store):
+    postgres_only(store)
+    with store.session() as session:
+        get_project(session, "p", create=True)
+    row = {"name": "ai-1", "kind": "ai"}
+    with insert_meanwhile(store, Labeler.__table__, row), store.session() as session:
+        assert Registry(session, get_project(session, "p")).labeler("ai-1", "ai").kind == "ai"
+    assert row_counts(store)["labelers"] == 1
+    mismatch = "labeler 'ai-1' is in the store as ai, not human"
+    with pytest.raises(RlhfkitError, match=mismatch), store.session() as session:
+        Registry(session, get_project(session, "p")).labeler("ai-1", "human")

@@ -7,9 +7,11 @@ Texts are identified by their SHA-256 so uniqueness holds for texts of any lengt
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -244,7 +246,9 @@ def _alembic_config():
     return config
 
 
+@functools.cache
 def _migrations():
+    """The Alembic scripts, parsed once: opening a store asks for them twice."""
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_alembic_config())
@@ -278,10 +282,15 @@ def check_store(connection: Connection, url: str) -> set[str]:
 
 
 def _use_wal(engine: Engine) -> None:
-    """Write-ahead logging: readers never wait for the writer, nor the writer for them."""
+    """Write-ahead logging: readers never wait for the writer, nor the writer for them.
+    A store opened read-only keeps its journal mode (changing it is a write) and can
+    still be read."""
     connection = engine.raw_connection()
     try:
         connection.cursor().execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as e:
+        if not getattr(e, "sqlite_errorname", "").startswith("SQLITE_READONLY"):
+            raise
     finally:
         connection.close()
 
@@ -317,7 +326,7 @@ class Store:
                 _use_wal(self.engine)  # only now that the file is known to be ours
             if marks != set(_migrations().get_heads()):
                 migrate(self.engine)  # takes the write lock: only when there is work
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, sqlite3.Error) as e:  # sqlite3's: from _use_wal
             self.engine.dispose()
             raise RlhfkitError(f"cannot open store '{_safe(self.url)}': {_reason(e)}") from None
         except RlhfkitError:
@@ -342,29 +351,29 @@ class Store:
 # --- small queries shared by the stages ------------------------------------------------
 
 
-def get_project(session: Session, name: str, create: bool = False, **fields: Any) -> Project:
+def get_project(session: Session, name: str, create: bool = False) -> Project:
+    """The project `name`; with `create`, made if new, even while another process makes it."""
+    if create:
+        ensure_project(session, name)
     project = session.scalar(select(Project).where(Project.name == name))
     if project is None:
-        if not create:
-            known = session.scalars(select(Project.name).order_by(Project.name)).all()
-            hint = f"; projects: {', '.join(known)}" if known else "; the store has no projects"
-            raise RlhfkitError(f"no project '{name}' in the store{hint}")
-        project = Project(name=name, **{k: v for k, v in fields.items() if v is not None})
-        session.add(project)
-        session.flush()
+        known = session.scalars(select(Project.name).order_by(Project.name)).all()
+        hint = f"; projects: {', '.join(known)}" if known else "; the store has no projects"
+        raise RlhfkitError(f"no project '{name}' in the store{hint}")
     return project
 
 
 class Registry:
-    """Get-or-create for prompts, completions and labelers within one transaction,
-    remembering what it has seen so a large import does one query per new row."""
+    """Get-or-create for prompts, completions and labelers within one transaction, one row
+    at a time, remembering what it has seen: for the generate stage's completions and the
+    tests (imports write in bulk). `created_completions` counts the completions it added."""
 
     def __init__(self, session: Session, project: Project):
         self.session, self.project = session, project
         self._prompts: dict[str, Prompt] = {}
         self._completions: dict[tuple[int, str], Completion] = {}
         self._labelers: dict[str, Labeler] = {}
-        self.created = {"prompts": 0, "completions": 0, "labelers": 0}
+        self.created_completions = 0
 
     def prompt(self, text: str, external_id: str | None = None, split: str | None = None) -> Prompt:
         key = text_key(text)
@@ -381,7 +390,6 @@ class Registry:
             )
             self.session.add(prompt)
             self.session.flush()
-            self.created["prompts"] += 1
         else:
             prompt.external_id = prompt.external_id or external_id
             prompt.split = prompt.split or split
@@ -407,21 +415,20 @@ class Registry:
             )
             self.session.add(completion)
             self.session.flush()
-            self.created["completions"] += 1
+            self.created_completions += 1
         self._completions[key] = completion
         return completion
 
     def labeler(self, name: str, kind: str | None = None) -> Labeler:
         """The labeler `name`, made of `kind` (default human) if new; a `kind` given for an
         existing labeler must be theirs."""
-        labeler = self._labelers.get(name) or self.session.scalar(
-            select(Labeler).where(Labeler.name == name)
-        )
-        if labeler is None:
-            labeler = Labeler(name=name, kind=kind or "human")
-            self.session.add(labeler)
-            self.session.flush()
-            self.created["labelers"] += 1
+        query = select(Labeler).where(Labeler.name == name)
+        labeler = self._labelers.get(name) or self.session.scalar(query)
+        if labeler is None:  # ON CONFLICT: another process may be adding them right now
+            row = {"name": name, "kind": kind or "human", "created_at": _now()}
+            insert = insert_statement(self.session, Labeler.__table__)
+            self.session.execute(insert.on_conflict_do_nothing(), row)
+            labeler = self.session.scalar(query)
         check_labeler_kind(name, labeler.kind, kind)
         self._labelers[name] = labeler
         return labeler

@@ -97,7 +97,7 @@ def _save(
                         "finished": sample.finished,
                     },
                 )
-        stored = registry.created["completions"]
+        stored = registry.created_completions
     return stored, empty
 
 
