@@ -21,7 +21,8 @@ from rlhfkit.eval.metrics import (
     toxicity_summary,
 )
 from rlhfkit.eval.run import changes, check_held_out, summarise
-from rlhfkit.pipeline import load_pipeline, start_run_dir
+from rlhfkit.files import owner
+from rlhfkit.pipeline import STAGES, load_pipeline, start_run_dir
 from rlhfkit.report import build_report
 
 TINY = Path(__file__).parent / "data" / "tiny_pipeline.yaml"
@@ -315,6 +316,11 @@ def test_a_miniature_pipeline_runs_end_to_end_and_reruns_only_what_is_not_done(t
     ):
         assert (run / artefact).is_file(), artefact
     assert first.output.count(" ran ") == 8
+    # Each folder is marked once, by whoever made it: the run loop, or run_ppo for ppo/.
+    assert {p.name: owner(p) for p in run.iterdir() if p.is_dir()} == {
+        **{stage: stage for stage in STAGES},
+        "rm": "train-rm",
+    }
     result = json.loads((run / "eval" / "eval.json").read_text())
     assert result["held_out"]["prompts"] == 4 and len(result["samples"]) == 8
     assert result["models"]["before"]["kl"] == 0.0

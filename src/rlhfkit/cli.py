@@ -403,7 +403,6 @@ def train_rm(
     seed: int = typer.Option(0),
 ):
     """Train a reward model with the pairwise loss −log σ(r_chosen − r_rejected)."""
-    from rlhfkit.files import check_ours
     from rlhfkit.reward.train import RMConfig, train_reward_model
 
     config = RMConfig.make(
@@ -424,7 +423,7 @@ def train_rm(
         reference=str(reference) if reference else None,
         seed=seed,
     )
-    check_ours(out_dir, "train-rm")  # refused before the progress bar shows
+    # The output folder is checked first thing in train_reward_model, before the bar shows.
     with _progress() as progress:
         info = train_reward_model(pairs, out_dir, config, progress)
     metrics = info.get("metrics", {})
@@ -516,7 +515,6 @@ def ppo(
 ):
     """PPO with a KL penalty against the frozen reference (LoRA: the same weights, adapter off)."""
     from rlhfkit.config import read_yaml_settings
-    from rlhfkit.files import check_ours
     from rlhfkit.rl.ppo import PPOConfig
     from rlhfkit.rl.trainer import run_ppo
 
@@ -541,8 +539,7 @@ def ppo(
         seed=seed,
     )
     config = PPOConfig.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
-    config.check_hardware()  # refused before the progress bar shows
-    check_ours(out_dir, "ppo")
+    # run_ppo checks the hardware and the output folder first thing, before the bar shows.
     with _progress() as progress:
         result = run_ppo(config, out_dir, resume=resume, progress=progress)
     if result["main"]:  # under `accelerate launch`, one process reports

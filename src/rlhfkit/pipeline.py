@@ -145,6 +145,11 @@ def with_stages(config: PipelineConfig, stages: list[str]) -> PipelineConfig:
     return PipelineConfig.make(**{**config.model_dump(by_alias=True), "stages": stages})
 
 
+# Stages whose folder is their domain function's output directory, which that function
+# checks and claims itself (run_ppo: RUN/ppo), so the run loop leaves it to them.
+CLAIM_THEIR_OWN = {"ppo"}
+
+
 def _done_file(run: Path, stage: str) -> Path:
     return run / stage / "done.json"
 
@@ -254,7 +259,8 @@ def run_pipeline(
             rows.append((stage, "skipped", 0.0, summary))
             continue
         progress.note(f"== {stage}")
-        claim_directory(config.run / stage, stage)
+        if stage not in CLAIM_THEIR_OWN:
+            claim_directory(config.run / stage, stage)
         started = time.perf_counter()
         try:
             summary = run_stage(config, stage, progress)

@@ -30,8 +30,8 @@ def ppo_stage(run: Path, config: PPOConfig, progress: Progress) -> str:
 
     out = run / "ppo"
     resume = (out / CHECKPOINT).exists()
-    if not resume:
-        remove_ours(out, "ppo")  # a run killed before its first checkpoint: start afresh
+    if not resume:  # what a run killed before its first checkpoint left: start afresh
+        remove_ours(out, "ppo")
     result = run_ppo(config, out, resume=resume, progress=progress)
     return (
         f"{result['steps']} steps ({result['stopped']}), last mean reward "
