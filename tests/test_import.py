@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from sqlalchemy import create_engine, event, func, select, text
 
 from conftest import SEED_COMPLETIONS, SEED_PROMPT, seed_rankings, write_jsonl
@@ -29,6 +30,7 @@ from rlhfkit.feedback.store import (
 )
 from rlhfkit.feedback.summary import agreement_summary
 from rlhfkit.feedback.transfer import export_records, import_file
+from rlhfkit.reward.labelers import auto_label
 
 RLHFKIT = os.path.join(os.path.dirname(sys.executable), "rlhfkit")
 TABLES = (Prompt, Completion, Labeler, Ranking, RankingItem, Thumb, Preference)
@@ -155,6 +157,35 @@ def test_the_number_of_statements_does_not_grow_with_the_records(store, tmp_path
     many_hh = statements_of(store, lambda: import_file(store, "hh2", large, "people"))
     assert many_hh <= few_hh + 2, (few_hh, many_hh)
     assert row_counts(store)["preferences"] == 440
+
+
+class LengthReward:
+    """Longer completions are better: an automatic labeler's reward without a model."""
+
+    name = "length"
+
+    def __call__(self, prompts, completions):
+        return torch.tensor([float(len(c)) for c in completions])
+
+
+def test_auto_label_writes_in_bulk_and_counts_as_before(store, tmp_path):
+    """The statements of labeling 400 prompts are those of labeling 40, give or take a few:
+    the rankings are made first, then written in chunks, not one prompt at a time."""
+    for name, prompts in (("few", range(40)), ("many", range(1000, 1400))):
+        import_file(store, name, write_jsonl(tmp_path / f"{name}.jsonl", rankings(prompts, "x")))
+    label = {
+        name: (lambda n=name: auto_label(store, n, LengthReward(), "ai"))
+        for name in ("few", "many")
+    }
+    few = statements_of(store, label["few"])
+    many = statements_of(store, label["many"])
+    assert many <= few + 6, (few, many)
+    assert auto_label(store, "many", LengthReward(), "ai") == {"rankings unchanged": 400}
+    noisy = auto_label(store, "few", LengthReward(), "ai", noise=1.0, seed=3)
+    assert set(noisy) <= {"rankings updated", "rankings unchanged"}
+    assert noisy["rankings updated"] > 0 and sum(noisy.values()) == 40
+    exported = [r for r in export_records(store, "few", "rankings") if r["labeler"] == "ai"]
+    assert len(exported) == 40 and {r["labeler_kind"] for r in exported} == {"ai"}
 
 
 def test_reimport_changes_nothing_and_a_new_ranking_or_label_replaces_the_old(store, tmp_path):

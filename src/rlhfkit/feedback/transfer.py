@@ -553,30 +553,6 @@ class _Writer:
         self.counts["pairs created"] = len(self.insert_new(Preference.__table__, rows, key))
 
 
-# --- one ranking at a time, for the automatic labelers ------------------------------
-
-
-def put_ranking(session, prompt: Prompt, labeler: Labeler, ranks: dict[int, int]) -> str:
-    """Create, replace or keep one labeler's ranking of a prompt (completion id -> rank)."""
-    ranking = session.scalar(
-        select(Ranking).where(Ranking.prompt_id == prompt.id, Ranking.labeler_id == labeler.id)
-    )
-    if ranking is None:
-        session.add(
-            Ranking(
-                prompt_id=prompt.id,
-                labeler_id=labeler.id,
-                items=[RankingItem(completion_id=c, rank=r) for c, r in ranks.items()],
-            )
-        )
-        return "created"
-    if {i.completion_id: i.rank for i in ranking.items} == ranks:
-        return "unchanged"
-    ranking.items = [RankingItem(completion_id=c, rank=r) for c, r in ranks.items()]
-    session.flush()
-    return "updated"
-
-
 # --- export -----------------------------------------------------------------------------
 
 

@@ -11,11 +11,13 @@ from collections import Counter
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
+from rlhfkit.data.records import RankingRecord
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.consensus import ranks_from_scores
-from rlhfkit.feedback.store import Prompt, Registry, Store, get_project
-from rlhfkit.feedback.transfer import put_ranking
+from rlhfkit.feedback.store import Prompt, Store, get_project
+from rlhfkit.feedback.transfer import import_records
 from rlhfkit.progress import Progress
 from rlhfkit.reward.specs import Reward
 
@@ -38,43 +40,40 @@ def auto_label(
 ) -> Counter:
     """Rank every prompt of `project` (of one split, if given) with ≥ 2 completions, as the
     AI labeler `labeler`. `noise` is in units of the standard deviation of the rewards over
-    all the completions, so σ = 1 blurs differences as large as the typical spread."""
+    all the completions, so σ = 1 blurs differences as large as the typical spread.
+
+    Every ranking is made first, then written in bulk in one short transaction: the store's
+    write lock is not held while ranking. Returns the counts `rankings created/updated/
+    unchanged`."""
     if noise < 0:
         raise RlhfkitError("noise must be >= 0")
     with store.session(read_only=True) as session:
-        query = select(Prompt).where(Prompt.project_id == get_project(session, project).id)
+        query = (
+            select(Prompt)
+            .where(Prompt.project_id == get_project(session, project).id)
+            .options(selectinload(Prompt.completions))  # in one query, not one per prompt
+            .order_by(Prompt.id)
+        )
         if split:
             query = query.where(Prompt.split == split)
-        prompts = [
-            (p.id, p.text, [(c.id, c.text) for c in p.completions])
-            for p in session.scalars(query.order_by(Prompt.id))
-        ]
-    prompts = [p for p in prompts if len(p[2]) >= 2]
+        prompts = [(p.text, [c.text for c in p.completions]) for p in session.scalars(query)]
+    prompts = [p for p in prompts if len(p[1]) >= 2]
     if not prompts:
         raise RlhfkitError(f"project '{project}' has no prompt with two or more completions")
-    texts = [(text, c_text) for _, text, cs in prompts for _, c_text in cs]
+    texts = [(text, completion) for text, completions in prompts for completion in completions]
     rewards = reward([t[0] for t in texts], [t[1] for t in texts]).double().numpy()
     if not np.isfinite(rewards).all():
         raise RlhfkitError(f"{reward.name} gave non-finite rewards")
     scale = noise * (rewards.std() if rewards.std() > 0 else 1.0)
     rng = np.random.default_rng(seed)
-    counts: Counter = Counter()
+    records = []
     offset = 0
     progress = progress or Progress()
     progress.start(f"labeler {labeler}", len(prompts))
-    with store.session() as session:
-        registry = Registry(session, get_project(session, project))
-        who = registry.labeler(labeler, "ai")
-        for prompt_id, _, completions in prompts:
-            ranks = noisy_ranks(rewards[offset : offset + len(completions)], scale, rng)
-            offset += len(completions)
-            prompt = session.get(Prompt, prompt_id)
-            result = put_ranking(
-                session,
-                prompt,
-                who,
-                {cid: rank for (cid, _), rank in zip(completions, ranks, strict=True)},
-            )
-            counts[f"rankings {result}"] += 1
-            progress.advance(1)
-    return counts
+    for text, completions in prompts:
+        ranks = noisy_ranks(rewards[offset : offset + len(completions)], scale, rng)
+        offset += len(completions)
+        records.append(RankingRecord(text, tuple(completions), tuple(ranks), labeler, "ai"))
+        progress.advance(1)
+    counts = import_records(store, project, records, progress=progress)
+    return Counter({key: n for key, n in counts.items() if key.startswith("rankings ")})
