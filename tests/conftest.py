@@ -1,8 +1,10 @@
 """Shared fixtures: a fresh feedback store on SQLite and, when a server is configured, on
-PostgreSQL (a new database per test); and the command line."""
+PostgreSQL (a new database per test); the command line; a tiny random Llama; and the
+documented rule for held-out prompts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -95,3 +97,52 @@ def seed_rankings() -> list[dict]:
         {"prompt": SEED_PROMPT, "completions": SEED_COMPLETIONS, "labeler": name, "ranks": ranks}
         for name, ranks in SEED_RANKS.items()
     ]
+
+
+def held_out_by_hash(text: str, fraction: float) -> bool:
+    """The documented rule, written out here: the first 8 bytes of the text's SHA-256 as a
+    number in [0, 1) below the fraction. Runs made earlier rely on it not moving."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], 16) < fraction * 2**64
+
+
+def tiny_llama(vocab_size: int = 64, **token_ids):
+    """A two-layer random Llama with tied embeddings, like SmolLM2's, in eval mode. Its
+    weights come from torch's random generator: seed it first for the same model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        **token_ids,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def save_tiny_llama(folder: Path, with_pad_id: bool = False) -> str:
+    """A tiny_llama (seed 0) with SmolLM2's tokenizer, saved in `folder`: a model name that
+    PPO runs on in seconds. `with_pad_id` names the tokenizer's pad in the model's config,
+    which starts that token's embedding (and so, tied, its logit) at zero."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from rlhfkit.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if with_pad_id:
+        ids["pad_token_id"] = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    tiny_llama(len(tokenizer), **ids).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """The directory of a tiny random Llama with SmolLM2's tokenizer (save_tiny_llama)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

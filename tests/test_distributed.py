@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import tiny_llama
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.rl.distributed import Processes, full_state, is_shard
 from rlhfkit.rl.policy import Policy
@@ -164,25 +165,9 @@ def test_fsdp_shards_the_weights_and_trains_as_data_parallel_does(data_parallel_
     assert [r["step"] for r in metrics(tmp_path / "fsdp")] == [1, 2, 3]
 
 
-def tiny_causal_lm():
-    """A two-layer random Llama with tied embeddings, like SmolLM2's, and no tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config).eval(), None
-
-
 def _shard_policy(rank: int) -> dict:
     torch.manual_seed(0)
-    policy = Policy(*tiny_causal_lm(), lora=None)  # full fine-tune: a reference copy too
+    policy = Policy(tiny_llama(), None, lora=None)  # full fine-tune: a reference copy too
     whole = full_state(policy, trainable_only=False)
     policy.shard()
 
@@ -219,7 +204,7 @@ def test_a_sharded_policy_keeps_half_of_each_weight_and_computes_the_same(tmp_pa
     for name, weight in result["whole"].items():
         assert torch.equal(result["again"][name], weight), name
     torch.manual_seed(0)
-    policy = Policy(*tiny_causal_lm(), lora=None)
+    policy = Policy(tiny_llama(), None, lora=None)
     ids = torch.tensor([[1, 2, 3, 4]])
     torch.testing.assert_close(result["logits"], policy(ids, torch.ones_like(ids))[0])
     assert torch.equal(

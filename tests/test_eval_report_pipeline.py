@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_llama
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.metrics import (
     bootstrap_ci,
@@ -65,10 +66,9 @@ def test_response_logps_are_the_log_softmax_of_the_previous_position_at_each_tok
     from types import SimpleNamespace
 
     from rlhfkit.eval.run import response_logps
-    from test_distributed import tiny_causal_lm
 
     torch.manual_seed(0)
-    model, _ = tiny_causal_lm()
+    model = tiny_llama()
     pad = 0
     prompts = torch.tensor([[pad, pad, 5, 6], [3, 4, 5, 6]])
     response = torch.tensor([[7, 8, 9], [10, 11, pad]])

@@ -5,15 +5,15 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_llama
 from rlhfkit.generation import SamplingParams, generate
 from rlhfkit.models import load_causal_lm, with_lora
 from rlhfkit.models.packed import prepacked_linears
-from test_distributed import tiny_causal_lm
 
 
 def _lora_model():
     torch.manual_seed(0)
-    model, _ = tiny_causal_lm()
+    model = tiny_llama()
     model = with_lora(model, "CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     with torch.no_grad():  # a trained adapter, not the fresh one that changes nothing
         for name, p in model.named_parameters():
@@ -59,7 +59,7 @@ def test_packed_layers_refuse_gradients_and_leave_training_untouched():
 
 def test_layers_that_are_not_fp32_on_the_cpu_are_left_alone():
     torch.manual_seed(0)
-    model, _ = tiny_causal_lm()
+    model = tiny_llama()
     model = model.to(torch.bfloat16)
     with prepacked_linears(model, rows=2):
         assert not any("forward" in vars(m) for m in model.modules())

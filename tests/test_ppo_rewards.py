@@ -8,6 +8,7 @@ import statistics
 import pytest
 import torch
 
+from conftest import save_tiny_llama
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.rl.losses import masked_mean
 from rlhfkit.rl.policy import Policy
@@ -20,29 +21,8 @@ PROMPTS = ["Tell me about cats.", "What is rain?", "Say something nice.", "Hi!"]
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory) -> str:
-    """A directory holding a two-layer random Llama with SmolLM2's tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from rlhfkit.models.loading import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-lm")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    """The tiny model with its pad named in its config (the numbers below were found on it)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-lm"), with_pad_id=True)
 
 
 def tiny_config(model: str, **changes) -> PPOConfig:

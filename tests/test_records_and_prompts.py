@@ -1,14 +1,15 @@
 """Record validation, JSONL io and the built-in prompt sets."""
 
-import hashlib
 import json
 import sys
 
 import pytest
 
+from conftest import held_out_by_hash  # test_reward_parts imports it from here too
 from rlhfkit.data.jsonl import read_jsonl, write_jsonl
 from rlhfkit.data.prompts import load_prompts
 from rlhfkit.data.records import (
+    MISSING_LABELER,
     Pair,
     PromptRecord,
     RankingRecord,
@@ -17,6 +18,7 @@ from rlhfkit.data.records import (
     parse_record,
 )
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.reward.data import read_pairs
 
 
 def test_each_record_kind_is_recognised_and_unknown_keys_ignored():
@@ -70,7 +72,6 @@ def test_hh_rlhf_transcripts_split_at_the_last_shared_assistant_turn():
             {"prompt": " ", "completions": ["a", "b"], "ranks": [1, 2], "labeler": "x"},
             "'prompt' is empty",
         ),
-        ({"prompt": "p", "completions": ["a", "b"], "ranks": [1, 2]}, "'labeler' is missing"),
         ({"prompt": "p", "completion": "a", "label": "meh", "labeler": "x"}, "'up' or 'down'"),
         ({"prompt": "p", "chosen": "a", "rejected": "a"}, "same text"),
         ({"chosen": "no turns", "rejected": "here"}, "HH-RLHF"),
@@ -80,6 +81,33 @@ def test_hh_rlhf_transcripts_split_at_the_last_shared_assistant_turn():
 def test_bad_records_say_what_is_wrong(obj, message):
     with pytest.raises(RecordError, match=message):
         parse_record(obj)
+
+
+UNNAMED = [
+    {"prompt": "p", "completions": ["a", "b"], "ranks": [1, 2]},
+    {"prompt": "p", "completion": "a", "label": "up"},
+    {"prompt": "p", "chosen": "a", "rejected": "b"},
+]
+
+
+@pytest.mark.parametrize("obj", UNNAMED, ids=["ranking", "thumbs", "pair"])
+def test_one_check_requires_a_labeler_of_every_kind_of_feedback(obj):
+    """An import requires a labeler (the record's or the default); reading does not."""
+    assert parse_record(obj).labeler is None
+    assert parse_record(obj, "dflt", require_labeler=True).labeler == "dflt"
+    with pytest.raises(RecordError) as error:
+        parse_record(obj, require_labeler=True)
+    assert str(error.value) == MISSING_LABELER
+
+
+def test_reward_training_on_a_ranking_file_asks_for_pairs_not_a_labeler(tmp_path):
+    """train-rm has no --labeler: a file without labelers is judged on being pairs."""
+    rankings, pairs = tmp_path / "r.jsonl", tmp_path / "p.jsonl"
+    write_jsonl(rankings, UNNAMED[:1])
+    write_jsonl(pairs, UNNAMED[2:])
+    with pytest.raises(RlhfkitError, match=r"r\.jsonl: expected pairs .* found 1 other records"):
+        read_pairs(rankings)
+    assert read_pairs(pairs) == [Pair("p", "a", "b")]
 
 
 def test_ties_are_allowed():
@@ -161,12 +189,6 @@ def test_builtin_sets_load_and_mix_their_categories():
     assert any(p.id.startswith("donotanswer/") for p in redteam[:10])
     dialogues = load_prompts("builtin:dialogues")
     assert len(dialogues) > 300 and len({p.prompt for p in dialogues}) == len(dialogues)
-
-
-def held_out_by_hash(text: str, fraction: float) -> bool:
-    """The documented rule, written out here: the first 8 bytes of the text's SHA-256 as a
-    number in [0, 1) below the fraction. Runs made earlier rely on it not moving."""
-    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], 16) < fraction * 2**64
 
 
 def test_split_is_stable_disjoint_and_near_the_fraction(tmp_path):

@@ -11,7 +11,6 @@ import torch
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.pipeline import check_run_dir, load_pipeline, preflight
-from test_checkpoints import tiny_model  # noqa: F401 (a fixture)
 
 TINY = Path(__file__).parent / "data" / "tiny_pipeline.yaml"
 
@@ -88,7 +87,7 @@ def test_a_run_folder_of_an_older_rlhfkit_gets_one_line_of_advice(tmp_path, cli)
     assert _snapshot(old) == before
 
 
-def test_train_rm_and_ppo_leave_a_users_out_folder_alone(tmp_path, cli, tiny_model):  # noqa: F811
+def test_train_rm_and_ppo_leave_a_users_out_folder_alone(tmp_path, cli, tiny_model):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(
         "".join(
