@@ -94,13 +94,18 @@ def test_toxicity_summary_and_bootstrap_interval():
     summary = toxicity_summary([0.1, 0.2, 0.6, 0.9])
     assert summary["mean"] == pytest.approx(0.45)
     assert summary["toxic_share"] == 0.5  # 0.6 and 0.9 are above 0.5
-    assert (summary["ci_low"], summary["ci_high"]) == bootstrap_ci([0.1, 0.2, 0.6, 0.9])
+    # A resample whose mean is 0.1 (all four draws 0.1) has probability (1/4)^4 = 0.4%, as
+    # has one whose mean is 0.9, far under 2.5%: the 2.5% and 97.5% quantiles of the
+    # resampled means lie strictly inside [0.1, 0.9], either side of the mean.
+    assert 0.1 < summary["ci_low"] < 0.45 < summary["ci_high"] < 0.9
     assert bootstrap_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3))
     # Resampling [0, 0, 0, 1] with replacement gives a mean of k/4 with k ~ Binomial(4, 1/4):
     # P(k ≤ 2) = 0.949, P(k ≤ 3) = 0.996. The 97.5% quantile of the means is therefore 3/4
     # and the 2.5% one is 0 (P(k = 0) = 0.316); 1,000 resamples estimate the cumulative
     # probabilities to ±0.007, far from either boundary.
     assert bootstrap_ci([0, 0, 0, 1]) == (0.0, 0.75)
+    summary = toxicity_summary([0, 0, 0, 1])  # the summary's interval is that 95% one
+    assert (summary["mean"], summary["ci_low"], summary["ci_high"]) == (0.25, 0.0, 0.75)
     wide, narrow = bootstrap_ci([0, 1] * 5), bootstrap_ci([0, 1] * 500)
     assert wide[1] - wide[0] > narrow[1] - narrow[0]  # more samples, tighter interval
 
