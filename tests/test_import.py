@@ -159,6 +159,15 @@ def test_the_number_of_statements_does_not_grow_with_the_records(store, tmp_path
     assert row_counts(store)["preferences"] == 440
 
 
+def test_a_prompt_keeps_the_first_id_given_it(store, tmp_path):
+    """Within a file as across imports: the first id a prompt is given stays."""
+    named = [{"prompt": "p", "id": "first"}, {"prompt": "p", "id": "second"}]
+    import_file(store, "p", write_jsonl(tmp_path / "a.jsonl", named + rankings([1], "x")))
+    import_file(store, "p", write_jsonl(tmp_path / "b.jsonl", [{"prompt": "p", "id": "third"}]))
+    ids = {r["prompt"]: r["id"] for r in export_records(store, "p", "completions")}
+    assert ids["p"] == "first"
+
+
 class LengthReward:
     """Longer completions are better: an automatic labeler's reward without a model."""
 

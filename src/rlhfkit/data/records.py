@@ -33,7 +33,7 @@ class RankingRecord:
     prompt: str
     completions: tuple[str, ...]
     ranks: tuple[int, ...]
-    labeler: str
+    labeler: str | None = None  # None: not given (an import then needs a default labeler)
     labeler_kind: str | None = None  # None: not given (a new labeler is then "human")
 
 
@@ -42,7 +42,7 @@ class ThumbsRecord:
     prompt: str
     completion: str
     label: str  # "up" | "down"
-    labeler: str
+    labeler: str | None = None
     labeler_kind: str | None = None
 
 
@@ -67,10 +67,14 @@ def _text(obj: dict[str, Any], key: str) -> str:
     return value
 
 
-def _labeler(obj: dict[str, Any], default: str | None) -> tuple[str | None, str | None]:
+def _labeler(
+    obj: dict[str, Any], default: str | None, required: bool
+) -> tuple[str | None, str | None]:
     name = obj.get("labeler", default)
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise RecordError("'labeler' must be a non-empty string")
+    if name is None and required:
+        raise RecordError(MISSING_LABELER)
     kind = obj.get("labeler_kind")
     if kind not in (None, "human", "ai"):
         raise RecordError("'labeler_kind' must be 'human' or 'ai'")
@@ -115,8 +119,12 @@ def _common_prefix_length(a: str, b: str) -> int:
     return low
 
 
-def parse_record(obj: dict[str, Any], default_labeler: str | None = None) -> Record:
-    """Turn one decoded JSON object into a validated record, or raise RecordError."""
+def parse_record(
+    obj: dict[str, Any], default_labeler: str | None = None, require_labeler: bool = False
+) -> Record:
+    """Turn one decoded JSON object into a validated record, or raise RecordError.
+    `require_labeler`: a ranking, thumbs or pair must name its labeler, or `default_labeler`
+    names it (an import needs one; training on a file of pairs does not)."""
     if "ranks" in obj or "completions" in obj:
         prompt = _text(obj, "prompt")
         completions = obj.get("completions")
@@ -128,17 +136,13 @@ def parse_record(obj: dict[str, Any], default_labeler: str | None = None) -> Rec
         if len(set(completions)) != len(completions):
             raise RecordError("'completions' holds the same text twice")
         ranks = check_ranks(obj.get("ranks"), len(completions))
-        labeler, kind = _labeler(obj, default_labeler)
-        if labeler is None:
-            raise RecordError(MISSING_LABELER)
+        labeler, kind = _labeler(obj, default_labeler, require_labeler)
         return RankingRecord(prompt, tuple(completions), ranks, labeler, kind)
     if "label" in obj:
         prompt, completion = _text(obj, "prompt"), _text(obj, "completion")
         if obj["label"] not in ("up", "down"):
             raise RecordError("'label' must be 'up' or 'down'")
-        labeler, kind = _labeler(obj, default_labeler)
-        if labeler is None:
-            raise RecordError(MISSING_LABELER)
+        labeler, kind = _labeler(obj, default_labeler, require_labeler)
         return ThumbsRecord(prompt, completion, obj["label"], labeler, kind)
     if "chosen" in obj or "rejected" in obj:
         chosen, rejected = _text(obj, "chosen"), _text(obj, "rejected")
@@ -150,7 +154,7 @@ def parse_record(obj: dict[str, Any], default_labeler: str | None = None) -> Rec
                 raise RecordError("an HH-RLHF reply is empty")
         if chosen == rejected:
             raise RecordError("'chosen' and 'rejected' are the same text")
-        labeler, kind = _labeler(obj, default_labeler)
+        labeler, kind = _labeler(obj, default_labeler, require_labeler)
         return Pair(prompt, chosen, rejected, labeler, kind)
     if "prompt" in obj:
         record_id = obj.get("id")

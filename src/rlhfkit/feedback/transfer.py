@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 from rlhfkit.data.jsonl import read_jsonl, write_jsonl
 from rlhfkit.data.records import (
     MISSING_LABELER,
-    Pair,
     PromptRecord,
     RankingRecord,
     Record,
@@ -57,7 +56,8 @@ SKIPPED_SINGLE = "rankings of a single completion skipped"
 
 
 def read_records(path: str | Path, default_labeler: str | None = None) -> list[Record]:
-    """Every record of a JSONL file, validated; a bad line raises `FILE:LINE: why`."""
+    """Every record of a JSONL file, validated; a bad line raises `FILE:LINE: why`. A record
+    may leave its labeler out."""
     records = [record for _, record in _parse_file(path, default_labeler)]
     if not records:
         raise RlhfkitError(f"{path}: no records")
@@ -69,22 +69,21 @@ def read_feedback(
 ) -> list[Record]:
     """A file's records for import: each names its labeler, or is given `labeler`.
     `progress` counts the bytes read."""
-    records = []
-    for number, record in _parse_file(path, labeler, progress):
-        if isinstance(record, Pair) and record.labeler is None:
-            raise RlhfkitError(f"{path}:{number}: {MISSING_LABELER}")
-        records.append(record)
+    records = [record for _, record in _parse_file(path, labeler, progress, require_labeler=True)]
     if not records:
         raise RlhfkitError(f"{path}: no records")
     return records
 
 
 def _parse_file(
-    path: str | Path, default_labeler: str | None, progress: Progress | None = None
+    path: str | Path,
+    default_labeler: str | None,
+    progress: Progress | None = None,
+    require_labeler: bool = False,
 ) -> Iterator[tuple[int, Record]]:
     for number, obj in read_jsonl(path, _byte_counter(path, progress)):
         try:
-            yield number, parse_record(obj, default_labeler)
+            yield number, parse_record(obj, default_labeler, require_labeler)
         except RecordError as e:
             raise RlhfkitError(f"{path}:{number}: {e}") from None
 
@@ -157,7 +156,9 @@ CompletionKey = tuple[str, str]  # (prompt key, text_key of the completion)
 
 @dataclass
 class Batch:
-    """An import's content, with duplicates merged: the last record of a key wins."""
+    """An import's content, with duplicates merged: a later ranking or thumbs of the same
+    labeler and texts replaces an earlier one, as a later import does; a prompt keeps the
+    first id given it, as the store keeps the id a prompt has."""
 
     prompts: dict[PromptKey, str] = field(default_factory=dict)
     external_ids: dict[PromptKey, str] = field(default_factory=dict)
@@ -201,7 +202,7 @@ def collect(records: Iterable[Record], labeler: str | None = None) -> Batch:
                 batch.external_ids.setdefault(prompt, record.id)
             continue
         name = record.labeler or labeler
-        if name is None:
+        if name is None:  # a file's records are checked as they are read, with FILE:LINE
             raise RlhfkitError(f"record {number}: {MISSING_LABELER}")
         who = batch.labeler(name, record.labeler_kind)
         if isinstance(record, RankingRecord):
@@ -439,8 +440,7 @@ class _Writer:
         ]
         ids = self.insert_new(table, rows, ("text_key",))
         self.counts["prompts created"] = len(ids)
-        if self.found.project == project:
-            ids.update(self.found.prompts)
+        ids.update(self.found.prompts)  # none if the project is new
         missing = sorted(self.batch.prompts.keys() - ids.keys())  # made by another import
         for part in chunks(missing):
             query = select(Prompt.text_key, Prompt.id).where(
