@@ -150,6 +150,26 @@ def test_yaml_errors_are_one_line_naming_the_file_and_line(tmp_path, cli):
     assert not (tmp_path / "run").exists() and not (tmp_path / "ppo").exists()
 
 
+def test_a_text_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, cli):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("run_dir: café\n".encode("latin-1"))
+    missing = tmp_path / "missing.yaml"
+    assert _one_line(cli("run", latin1, ok=False)) == f"error: {latin1}: not UTF-8 text"
+    assert _one_line(cli("run", missing, ok=False)).startswith(f"error: {missing}: cannot read (")
+    assert _one_line(cli("run", tmp_path, ok=False)).startswith(f"error: {tmp_path}: cannot read (")
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    result = cli("project", "create", "p", "--instructions", latin1, "--store", store, ok=False)
+    assert _one_line(result) == f"error: {latin1}: not UTF-8 text"
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "eval.json").write_bytes(b'{"policy": "caf\xe9"}')
+    line = _one_line(cli("report", run, ok=False))
+    assert line == f"error: {run / 'eval' / 'eval.json'}: not UTF-8 text"
+    assert not (run / "report").exists()
+
+
 def test_a_run_for_other_hardware_loads_and_its_eval_runs_anywhere(tmp_path, cli, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: a cuda config is not foreign here")

@@ -242,12 +242,9 @@ def project_create(
 ):
     """Create a project (or update its criterion and instructions)."""
     from rlhfkit.feedback.store import create_project
+    from rlhfkit.files import read_text
 
-    try:
-        text = instructions.read_text(encoding="utf-8") if instructions else None
-    except (OSError, UnicodeDecodeError) as e:
-        reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e.strerror or e
-        raise RlhfkitError(f"{instructions}: cannot read ({reason})") from None
+    text = read_text(instructions) if instructions else None
     create_project(_store(store), name, criterion, text)
     console.print(f"project '{name}': criterion {criterion}")
 

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.files import read_text
 
 
 class StageConfig(BaseModel):
@@ -32,13 +33,9 @@ def read_yaml_settings(path: Path, what: str) -> dict[str, Any]:
     """A YAML file of settings as a dict; an unreadable file, a syntax error or a key that is
     not a name is one line naming the file (and the line). `what` names the settings in the
     message, e.g. "pipeline settings"."""
+    text = read_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
         values = yaml.safe_load(text)
-    except OSError as e:
-        raise RlhfkitError(f"{path}: cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise RlhfkitError(f"{path}: not UTF-8 text") from None
     except yaml.MarkedYAMLError as e:
         raise RlhfkitError(_yaml_error(path, e)) from None
     except yaml.YAMLError as e:

@@ -27,6 +27,17 @@ MARKER = ".rlhfkit"
 _UNMARKED_OUTPUTS = ("pipeline.json", "done.json", "checkpoint.pt", "model/reward.json")
 
 
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's contents; a missing, unreadable or binary file is one line naming it."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise RlhfkitError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise RlhfkitError(f"{path}: not UTF-8 text") from None
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write; renamed over `path` when the block ends

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.files import atomic_write, claim_directory
+from rlhfkit.files import atomic_write, claim_directory, read_text
 from rlhfkit.plots import png_bytes, pyplot
 
 CURVES = [  # (metrics key, title)
@@ -137,12 +137,9 @@ def _check_entry(container: dict, key: str, shape: type[_Shape], path: Path, whe
 
 
 def _read_json(path: Path):
+    text = read_text(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise RlhfkitError(f"{path}: cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise RlhfkitError(f"{path}: not UTF-8 text") from None
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise RlhfkitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
 
