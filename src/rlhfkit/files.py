@@ -22,9 +22,10 @@ from pathlib import Path
 from rlhfkit.errors import RlhfkitError
 
 MARKER = ".rlhfkit"
+OLD_CHECKPOINT = "checkpoint.pt"  # PPO's pickled checkpoint, before rl.checkpoint's; never loaded
 # What an rlhfkit from before the marker left in its folders: such a folder is refused with
 # its own advice rather than as a stranger's.
-_UNMARKED_OUTPUTS = ("pipeline.json", "done.json", "checkpoint.pt", "model/reward.json")
+_UNMARKED_OUTPUTS = ("pipeline.json", "done.json", OLD_CHECKPOINT, "model/reward.json")
 
 
 def read_text(path: str | Path) -> str:

@@ -20,10 +20,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.files import atomic_file
+from rlhfkit.files import OLD_CHECKPOINT, atomic_file
 
 CHECKPOINT = "checkpoint.safetensors"
-OLD_CHECKPOINT = "checkpoint.pt"  # pickled, by rlhfkit before this format; never loaded
 FORMAT = "rlhfkit-checkpoint-1"
 _TENSOR = "__tensor__"  # {"__tensor__": name} in the JSON stands for a stored tensor
 _TUPLE = "__tuple__"  # {"__tuple__": [...]}: JSON has lists only, and some states need tuples
