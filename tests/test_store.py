@@ -25,6 +25,7 @@ from rlhfkit.feedback.store import (
     Store,
     Thumb,
     get_project,
+    text_key,
 )
 from rlhfkit.feedback.transfer import export_records, import_file, import_records, read_records
 
@@ -260,3 +261,24 @@ def test_registry_labeler_another_process_creates_meanwhile(store):
     mismatch = "labeler 'ai-1' is in the store as ai, not human"
     with pytest.raises(RlhfkitError, match=mismatch), store.session() as session:
         Registry(session, get_project(session, "p")).labeler("ai-1", "human")
+
+
+def test_registry_prompt_and_completion_another_process_creates_meanwhile(store):
+    """generate writes through the Registry while an import may add the same texts."""
+    postgres_only(store)
+    with store.session() as session:
+        project_id = get_project(session, "p", create=True).id
+    prompt_row = {"project_id": project_id, "text": "hi", "text_key": text_key("hi")}
+    with insert_meanwhile(store, Prompt.__table__, prompt_row), store.session() as session:
+        registry = Registry(session, get_project(session, "p"))
+        prompt = registry.prompt("hi", split="train")
+        prompt_id = prompt.id
+    completion_row = {"prompt_id": prompt_id, "text": "hello", "text_key": text_key("hello")}
+    with insert_meanwhile(store, Completion.__table__, completion_row), store.session() as session:
+        registry = Registry(session, get_project(session, "p"))
+        registry.completion(registry.prompt("hi"), "hello", model="m")
+        assert registry.created_completions == 0  # the other process made it
+        registry.completion(registry.prompt("hi"), "bye", model="m")
+        assert registry.created_completions == 1
+    counts = row_counts(store)
+    assert (counts["prompts"], counts["completions"]) == (1, 2)

@@ -377,22 +377,17 @@ class Registry:
 
     def prompt(self, text: str, external_id: str | None = None, split: str | None = None) -> Prompt:
         key = text_key(text)
-        prompt = self._prompts.get(key) or self.session.scalar(
-            select(Prompt).where(Prompt.project_id == self.project.id, Prompt.text_key == key)
-        )
+        prompt = self._prompts.get(key)
         if prompt is None:
-            prompt = Prompt(
-                project_id=self.project.id,
-                text=text,
-                text_key=key,
-                external_id=external_id,
-                split=split,
+            query = select(Prompt).where(
+                Prompt.project_id == self.project.id, Prompt.text_key == key
             )
-            self.session.add(prompt)
-            self.session.flush()
-        else:
-            prompt.external_id = prompt.external_id or external_id
-            prompt.split = prompt.split or split
+            row = {"project_id": self.project.id, "text": text, "text_key": key}
+            prompt, _ = self._get_or_insert(
+                query, Prompt, {**row, "external_id": external_id, "split": split}
+            )
+        prompt.external_id = prompt.external_id or external_id
+        prompt.split = prompt.split or split
         self._prompts[key] = prompt
         return prompt
 
@@ -404,18 +399,16 @@ class Registry:
         params: dict[str, Any] | None = None,
     ) -> Completion:
         key = (prompt.id, text_key(text))
-        completion = self._completions.get(key) or self.session.scalar(
-            select(Completion).where(
+        completion = self._completions.get(key)
+        if completion is None:
+            query = select(Completion).where(
                 Completion.prompt_id == prompt.id, Completion.text_key == key[1]
             )
-        )
-        if completion is None:
-            completion = Completion(
-                prompt_id=prompt.id, text=text, text_key=key[1], model=model, params=params
+            row = {"prompt_id": prompt.id, "text": text, "text_key": key[1]}
+            completion, created = self._get_or_insert(
+                query, Completion, {**row, "model": model, "params": params}
             )
-            self.session.add(completion)
-            self.session.flush()
-            self.created_completions += 1
+            self.created_completions += created
         self._completions[key] = completion
         return completion
 
@@ -423,15 +416,23 @@ class Registry:
         """The labeler `name`, made of `kind` (default human) if new; a `kind` given for an
         existing labeler must be theirs."""
         query = select(Labeler).where(Labeler.name == name)
-        labeler = self._labelers.get(name) or self.session.scalar(query)
-        if labeler is None:  # ON CONFLICT: another process may be adding them right now
-            row = {"name": name, "kind": kind or "human", "created_at": _now()}
-            insert = insert_statement(self.session, Labeler.__table__)
-            self.session.execute(insert.on_conflict_do_nothing(), row)
-            labeler = self.session.scalar(query)
+        row = {"name": name, "kind": kind or "human"}
+        labeler = self._labelers.get(name) or self._get_or_insert(query, Labeler, row)[0]
         check_labeler_kind(name, labeler.kind, kind)
         self._labelers[name] = labeler
         return labeler
+
+    def _get_or_insert(self, query: Any, model: type[Base], row: dict[str, Any]) -> tuple:
+        """(the row `query` finds, whether this call inserted it). ON CONFLICT DO NOTHING:
+        another process may be adding the same row right now, and then theirs is found."""
+        found = self.session.scalar(query)
+        if found is not None:
+            return found, False
+        table = model.__table__
+        insert = insert_statement(self.session, table).on_conflict_do_nothing()
+        new = self.session.execute(insert.returning(table.c.id), {**row, "created_at": _now()})
+        inserted = new.first() is not None  # no row back: theirs came first
+        return self.session.scalar(query), inserted
 
 
 def check_labeler_kind(name: str, kind: str, given: str | None) -> None:
