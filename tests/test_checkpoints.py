@@ -4,6 +4,8 @@ pickle where a checkpoint or value head belongs is never unpickled, a crash mid-
 the previous policy, and a config for another machine's hardware loads anywhere."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,18 @@ def test_a_config_for_other_hardware_loads_and_ppo_refuses_it_when_it_starts(
         assert not (tmp_path / "cuda").exists()
     with pytest.raises(RlhfkitError, match="not a torch device"):
         PPOConfig.make(device="gpu0")  # a name torch does not know is still a config error
+
+
+def test_ctrl_c_during_a_steps_bookkeeping_takes_effect_when_it_ends():
+    """The checkpoint, the metrics line and the collectives of a step are never cut short;
+    the interrupt still comes, at the block's end, and the usual handler is back."""
+    handler = signal.getsignal(signal.SIGINT)
+    finished = False
+    with pytest.raises(KeyboardInterrupt), trainer._ctrl_c_waits():
+        os.kill(os.getpid(), signal.SIGINT)
+        finished = True
+    assert finished
+    assert signal.getsignal(signal.SIGINT) is handler
+    with trainer._ctrl_c_waits():  # no Ctrl-C: nothing raised
+        finished = "again"
+    assert finished == "again"

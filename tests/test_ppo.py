@@ -330,13 +330,18 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT prints where it hangs
     )
     metrics = tmp_path / "c" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n")):
         time.sleep(0.2)
     run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate(timeout=120)
+    try:
+        _, stderr = run.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        run.send_signal(signal.SIGABRT)
+        pytest.fail(f"still running 120 s after Ctrl-C:\n{run.communicate()[1][-5000:]}")
     assert run.returncode == 1
     assert "interrupted; the checkpoint of step" in stderr and "--resume" in stderr
     assert "Traceback" not in stderr

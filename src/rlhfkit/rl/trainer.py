@@ -15,7 +15,10 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,9 +212,10 @@ def run_ppo(
             if failed:
                 reason = failed
                 break
-            _keep_step(run, done, stats)
-            if run.log:
-                report_step(progress, config, done.step, stats)
+            with _ctrl_c_waits():
+                _keep_step(run, done, stats)
+                if run.log:
+                    report_step(progress, config, done.step, stats)
             if config.target_reward is not None and stats["reward_mean"] >= config.target_reward:
                 reason = f"mean reward {stats['reward_mean']:.3f} reached the target"
                 break
@@ -315,6 +319,26 @@ def _failure(stats: dict, config: PPOConfig, step: int) -> str | None:
     if stats["kl"] > config.max_kl:
         return f"KL {stats['kl']:.1f} exceeded max_kl {config.max_kl} at step {step}"
     return None
+
+
+@contextmanager
+def _ctrl_c_waits() -> Iterator[None]:
+    """Ctrl-C takes effect when the block ends, not inside it: a step's collectives,
+    checkpoint, metrics line and TensorBoard scalars are kept whole (an interrupt inside a
+    library's writer or a collective can leave it half done, or the other processes
+    waiting)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or handler is None:
+        yield  # signals reach the main thread only; None: a handler set outside Python
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda number, _frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _keep_step(run: _Run, done: _Done, stats: dict) -> None:
