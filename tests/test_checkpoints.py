@@ -196,3 +196,14 @@ def test_ctrl_c_during_a_steps_bookkeeping_takes_effect_when_it_ends():
     with trainer._ctrl_c_waits():  # no Ctrl-C: nothing raised
         finished = "again"
     assert finished == "again"
+
+
+def test_an_ignored_ctrl_c_stays_ignored_during_a_steps_bookkeeping():
+    """A run started with SIGINT ignored (a background job, nohup) is not interrupted."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with trainer._ctrl_c_waits():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -331,6 +331,8 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT prints where it hangs
+        # Ctrl-C as at a terminal, even where this runs with SIGINT ignored (a background job)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     metrics = tmp_path / "c" / "metrics.jsonl"
     deadline = time.time() + 300

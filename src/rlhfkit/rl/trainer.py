@@ -328,8 +328,11 @@ def _ctrl_c_waits() -> Iterator[None]:
     library's writer or a collective can leave it half done, or the other processes
     waiting)."""
     handler = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or handler is None:
-        yield  # signals reach the main thread only; None: a handler set outside Python
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or handler is not signal.default_int_handler
+    ):
+        yield  # signals reach the main thread only; an ignored or custom Ctrl-C is left be
         return
     caught: list[int] = []
     signal.signal(signal.SIGINT, lambda number, _frame: caught.append(number))
