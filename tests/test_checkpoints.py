@@ -186,16 +186,19 @@ def test_a_config_for_other_hardware_loads_and_ppo_refuses_it_when_it_starts(
 def test_ctrl_c_during_a_steps_bookkeeping_takes_effect_when_it_ends():
     """The checkpoint, the metrics line and the collectives of a step are never cut short;
     the interrupt still comes, at the block's end, and the usual handler is back."""
-    handler = signal.getsignal(signal.SIGINT)
-    finished = False
-    with pytest.raises(KeyboardInterrupt), trainer._ctrl_c_waits():
-        os.kill(os.getpid(), signal.SIGINT)
-        finished = True
-    assert finished
-    assert signal.getsignal(signal.SIGINT) is handler
-    with trainer._ctrl_c_waits():  # no Ctrl-C: nothing raised
-        finished = "again"
-    assert finished == "again"
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if ignored here
+    try:
+        finished = False
+        with pytest.raises(KeyboardInterrupt), trainer._ctrl_c_waits():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished = True
+        assert finished
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with trainer._ctrl_c_waits():  # no Ctrl-C: nothing raised
+            finished = "again"
+        assert finished == "again"
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_an_ignored_ctrl_c_stays_ignored_during_a_steps_bookkeeping():
