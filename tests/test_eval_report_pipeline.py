@@ -14,14 +14,13 @@ import torch
 from conftest import tiny_llama
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.metrics import (
-    bootstrap_ci,
     distinct_n,
-    perplexity,
+    model_intervals,
+    model_numbers,
     relative_change,
     sequence_kl,
-    toxicity_summary,
 )
-from rlhfkit.eval.run import changes, check_held_out, summarise
+from rlhfkit.eval.run import check_held_out, compare
 from rlhfkit.files import owner
 from rlhfkit.pipeline import STAGES, load_pipeline, start_run_dir
 from rlhfkit.report import build_report
@@ -36,12 +35,20 @@ def test_distinct_2_counts_unique_word_bigrams_over_all_texts():
 
 
 def test_perplexity_kl_and_relative_change_by_hand():
-    logps = [[math.log(0.5), math.log(0.25)], [math.log(0.5)]]
-    # exp(−(ln .5 + ln .25 + ln .5) / 3) = exp(ln 16 / 3) = 16^(1/3)
-    assert perplexity(logps) == pytest.approx(16 ** (1 / 3))
+    # Two prompts: tokens of p = 0.5 and 0.25, then one of 0.5. Token-weighted:
+    # exp(−(ln .5 + ln .25 + ln .5) / 3) = exp(ln 16 / 3) = 16^(1/3), not the mean of the
+    # prompts' own perplexities (√8 and 2).
+    columns = {
+        "nll": np.array([-(math.log(0.5) + math.log(0.25)), -math.log(0.5)]),
+        "tokens": np.array([2.0, 1.0]),
+    }
+    assert model_numbers(columns)["perplexity"] == pytest.approx(16 ** (1 / 3))
     assert sequence_kl([-1.0, -2.0], [-1.5, -2.5]) == pytest.approx(1.0)
     assert relative_change(0.2, 0.1) == pytest.approx(-0.5)
     assert math.isnan(relative_change(0.0, 0.1))
+    assert relative_change(np.array([0.5, 0.0]), np.array([0.25, 0.0])) == pytest.approx(
+        [-0.5, math.nan], nan_ok=True
+    )
 
 
 def _logps_alone(model, input_ids, attention_mask, response_mask) -> list[list[float]]:
@@ -90,34 +97,43 @@ def test_response_logps_are_the_log_softmax_of_the_previous_position_at_each_tok
         assert row == pytest.approx(want, abs=1e-5)
 
 
-def test_toxicity_summary_and_bootstrap_interval():
-    summary = toxicity_summary([0.1, 0.2, 0.6, 0.9])
-    assert summary["mean"] == pytest.approx(0.45)
-    assert summary["toxic_share"] == 0.5  # 0.6 and 0.9 are above 0.5
+def _share_columns(values) -> dict:
+    """A model's per-prompt columns with one number, (t, mean), and a flat perplexity."""
+    values = np.asarray(values, dtype=np.float64)
+    return {("t", "mean"): values, "nll": np.ones(len(values)), "tokens": np.ones(len(values))}
+
+
+def test_a_models_interval_over_prompts():
+    mean = ("t", "mean")
+    low, high = model_intervals(_share_columns([0.1, 0.2, 0.6, 0.9]), seed=0)[mean]
     # A resample whose mean is 0.1 (all four draws 0.1) has probability (1/4)^4 = 0.4%, as
-    # has one whose mean is 0.9, far under 2.5%: the 2.5% and 97.5% quantiles of the
-    # resampled means lie strictly inside [0.1, 0.9], either side of the mean.
-    assert 0.1 < summary["ci_low"] < 0.45 < summary["ci_high"] < 0.9
-    assert bootstrap_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3))
-    # Resampling [0, 0, 0, 1] with replacement gives a mean of k/4 with k ~ Binomial(4, 1/4):
-    # P(k ≤ 2) = 0.949, P(k ≤ 3) = 0.996. The 97.5% quantile of the means is therefore 3/4
-    # and the 2.5% one is 0 (P(k = 0) = 0.316); 1,000 resamples estimate the cumulative
-    # probabilities to ±0.007, far from either boundary.
-    assert bootstrap_ci([0, 0, 0, 1]) == (0.0, 0.75)
-    summary = toxicity_summary([0, 0, 0, 1])  # the summary's interval is that 95% one
-    assert (summary["mean"], summary["ci_low"], summary["ci_high"]) == (0.25, 0.0, 0.75)
-    wide, narrow = bootstrap_ci([0, 1] * 5), bootstrap_ci([0, 1] * 500)
-    assert wide[1] - wide[0] > narrow[1] - narrow[0]  # more samples, tighter interval
+    # has one whose mean is 0.9, far under 2.5%: the interval's ends lie strictly inside
+    # [0.1, 0.9], either side of the mean 0.45.
+    assert 0.1 < low < 0.45 < high < 0.9
+    # Every resample of equal values has their mean: BCa is undefined there (no spread), and
+    # the percentile interval of the same resamples is that single value.
+    assert model_intervals(_share_columns([0.3, 0.3, 0.3]), seed=0)[mean] == pytest.approx(
+        [0.3, 0.3]
+    )
+    wide = model_intervals(_share_columns([0, 1] * 5), seed=0)[mean]
+    narrow = model_intervals(_share_columns([0, 1] * 500), seed=0)[mean]
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]  # more prompts, tighter interval
+    # One prompt: nothing to resample, no interval.
+    assert model_intervals(_share_columns([0.4]), seed=0)[mean] is None
 
 
-def test_bootstrap_interval_covers_the_true_mean_95_percent_of_the_time():
-    """1,000 synthetic samples of 50 uniform draws (true mean 0.5): a 95% interval should
-    hold 0.5 in 950 of them, give or take the binomial std √(1000·0.95·0.05) = 6.9; 3 std
-    either side allows 929 to 971. (A 90% interval covers about 900, a 99% one 990.)"""
+def test_a_models_interval_covers_the_true_mean_95_percent_of_the_time():
+    """300 synthetic evaluations of 50 prompts whose number is uniform (true mean 0.5): a
+    95% interval should hold 0.5 in 285 of them, give or take the binomial std
+    √(300·0.95·0.05) = 3.8; 3 std either side allows 274 to 296. (A 90% interval covers
+    about 270, a 99% one 297.)"""
     rng = np.random.default_rng(7)
-    intervals = [bootstrap_ci(rng.random(50), seed=seed) for seed in range(1000)]
+    intervals = [
+        model_intervals(_share_columns(rng.random(50)), seed=seed)[("t", "mean")]
+        for seed in range(300)
+    ]
     covered = sum(low <= 0.5 <= high for low, high in intervals)
-    assert 929 <= covered <= 971
+    assert 274 <= covered <= 296
 
 
 def _row(text, tox, logp, ref_logp, reward):
@@ -132,30 +148,48 @@ def _row(text, tox, logp, ref_logp, reward):
 
 
 def test_summary_and_change_of_a_tiny_fixed_set():
-    before = [
+    """Two prompts × two samples a model, every number by hand from per-prompt numbers."""
+    before = [  # prompt 1, then prompt 2
         _row("a b c", 0.8, [-1.0, -1.0], [-1.0, -1.0], -2.0),
-        _row("a b d", 0.2, [-2.0], [-2.0], 0.0),
+        _row("a b d", 0.6, [-2.0], [-2.0], 0.0),
+        _row("x x x", 0.2, [-1.0], [-1.0], 1.0),
+        _row("y z", 0.0, [-3.0], [-3.0], -3.0),
     ]
     after = [
         _row("x y", 0.1, [-0.5], [-1.5], 1.0),
-        _row("y z w", 0.3, [-1.0, -1.0], [-1.0, -2.0], 3.0),
+        _row("y z w", 0.7, [-1.0, -1.0], [-1.0, -2.0], 3.0),
+        _row("a b", 0.0, [-1.0], [-1.0], 0.0),
+        _row("a b", 0.0, [-1.0], [-1.0], 2.0),
     ]
-    b, a = summarise(before, ["t"]), summarise(after, ["t"])
-    assert b["t"]["mean"] == pytest.approx(0.5) and b["t"]["toxic_share"] == 0.5
-    assert a["t"]["mean"] == pytest.approx(0.2) and a["t"]["toxic_share"] == 0.0
+    result = compare(before, after, ["t"], samples=2, seed=0)
+    b, a = result["models"]["before"], result["models"]["after"]
+    assert b["t"]["mean"] == pytest.approx(0.4)  # (0.8 + 0.6 + 0.2 + 0) / 4
+    assert b["t"]["toxic_share"] == 0.5  # prompt 1: 2 of 2 above 0.5; prompt 2: 0 of 2
+    assert a["t"]["mean"] == pytest.approx(0.2) and a["t"]["toxic_share"] == 0.25
     assert b["kl"] == 0.0
-    assert a["kl"] == pytest.approx((1.0 + 1.0) / 2)  # (−0.5+1.5) and (−2+3)
-    assert b["perplexity"] == pytest.approx(math.exp(4 / 3))
-    assert a["perplexity"] == pytest.approx(math.exp(4.5 / 3))
-    assert b["distinct_2"] == pytest.approx(3 / 4)  # (a b) twice, (b c), (b d)
-    assert a["distinct_2"] == 1.0
-    assert (b["length"], a["length"]) == (1.5, 1.5)
-    assert (b["reward"], a["reward"]) == (-1.0, 2.0)
-    change = changes(b, a)
-    assert change["t"]["mean"] == pytest.approx(-0.6)
-    assert change["t"]["toxic_share"] == pytest.approx(-1.0)
-    assert change["reward"] == pytest.approx(3.0)  # a difference: 2 − (−1)
+    # KL per sample: 1, 1, 0, 0 → 0.5
+    assert a["kl"] == pytest.approx(0.5)
+    assert b["perplexity"] == pytest.approx(math.exp(8 / 5))  # Σ NLL 8 over 5 tokens
+    assert a["perplexity"] == pytest.approx(math.exp(6.5 / 5))
+    # distinct-2 within each prompt's samples, then the mean over prompts:
+    # before: (a b) twice, (b c), (b d) → 3/4; (x x) twice, (y z) → 2/3
+    # after: (x y), (y z), (z w) → 1; (a b) twice → 1/2
+    assert b["distinct_2"] == pytest.approx((3 / 4 + 2 / 3) / 2)
+    assert a["distinct_2"] == pytest.approx((1 + 1 / 2) / 2)
+    assert (b["length"], a["length"]) == (1.25, 1.25)
+    assert (b["reward"], a["reward"]) == (-1.0, 1.5)
+    change = result["change"]
+    assert change["t"]["mean"] == pytest.approx(-0.5)
+    assert change["t"]["toxic_share"] == pytest.approx(-0.5)
+    assert change["perplexity"] == pytest.approx(math.exp(6.5 / 5 - 8 / 5) - 1)
+    assert change["reward"] == pytest.approx(2.5)  # a difference: 1.5 − (−1)
     assert "kl" not in change
+    # Every change has an interval, or None: with two prompts, a resample may draw prompt 2
+    # twice, whose toxic share before is 0, so the share's relative change is undefined.
+    assert set(result["change_ci"]) == set(change)
+    assert result["change_ci"]["t"]["toxic_share"] is None
+    low, high = result["change_ci"]["reward"]
+    assert low <= 2.5 <= high
 
 
 def test_evaluation_refuses_prompts_the_policy_was_trained_on():
@@ -180,13 +214,14 @@ def _eval_result(completion: str) -> dict:
         "distinct_2": 1.0,
         "length": 4.0,
     }
+    none = {"perplexity": 0.0, "distinct_2": 0.0, "length": 0.0}
     return {
         "config": {"scorers": ["scorer:profanity"], "samples": 1},
         "policy": "p",
         "reference": "r",
         "held_out": {"prompts": 1, "split": "eval"},
         "models": {"before": model, "after": model},
-        "change": changes(model, model),
+        "change": {"scorer:profanity": {"mean": 0.0, "toxic_share": 0.0}, **none},
         "samples": [{"prompt": "<b>hi</b>", "before": side, "after": side}],
     }
 
@@ -328,6 +363,14 @@ def test_a_miniature_pipeline_runs_end_to_end_and_reruns_only_what_is_not_done(t
     }
     result = json.loads((run / "eval" / "eval.json").read_text())
     assert result["held_out"]["prompts"] == 4 and len(result["samples"]) == 8
+    assert result["held_out"]["samples_per_prompt"] == 2
+    # Every change has its interval (or null), in the shape of the changes.
+    change, change_ci = result["change"], result["change_ci"]
+    assert set(change_ci) == set(change)
+    for name in ("scorer:hatesonar", "scorer:profanity"):
+        assert set(change_ci[name]) == {"mean", "toxic_share"}
+    for interval in [change_ci["perplexity"], change_ci["length"], change_ci["reward"]]:
+        assert interval is None or interval[0] <= interval[1]
     assert result["models"]["before"]["kl"] == 0.0
     _check_the_after_side(run, result)
     page = (run / "report" / "report.html").read_text()

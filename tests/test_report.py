@@ -10,7 +10,7 @@ import pytest
 from matplotlib import pyplot as plt
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.eval.run import changes, finite, summarise
+from rlhfkit.eval.run import compare, finite
 from rlhfkit.report import build_report
 
 
@@ -42,7 +42,7 @@ def _eval_json(text=lambda where: where, scorer="scorer:profanity") -> dict:
         _scored(prompts[0], text("after 0"), 0.1, [-0.5], [-1.5], 1.0, scorer),
         _scored(prompts[1], text("after 1"), 0.3, [-1.0], [-2.0], 2.0, scorer),
     ]
-    models = {"before": summarise(before, [scorer]), "after": summarise(after, [scorer])}
+    compared = compare(before, after, [scorer], samples=1, seed=0)
     side = lambda row: {k: row[k] for k in ("completion", "toxicity", "reward")}  # noqa: E731
     return finite(
         {
@@ -50,9 +50,13 @@ def _eval_json(text=lambda where: where, scorer="scorer:profanity") -> dict:
             "policy": text("policy"),
             "reference": text("reference"),
             "mode": "raw",
-            "held_out": {"prompts": 2, "split": text("split"), "overlap": 0},
-            "models": models,
-            "change": changes(models["before"], models["after"]),
+            "held_out": {
+                "prompts": 2,
+                "samples_per_prompt": 1,
+                "split": text("split"),
+                "overlap": 0,
+            },
+            **compared,
             "samples": [
                 {"prompt": b["prompt"], "before": side(b), "after": side(a)}
                 for b, a in zip(before, after, strict=True)
@@ -107,7 +111,11 @@ def test_the_page_shows_the_runs_numbers(tmp_path):
     assert "<p>2 held-out prompts (split split, none seen in training), 1 samples each:" in page
     # before: 0.8 and 0.2; after: 0.1 and 0.3, of which one (0.8) is above 0.5
     assert "<td>0.500 [" in page and "<td>0.200 [–, " in page
-    assert "<td>50.0%</td><td>0.0%</td><td>-100%</td>" in page
+    # The share after is 0 on every prompt, so on every resample: its interval is [0, 0].
+    # The change is −100% wherever a resample draws prompt 0, but undefined (0 before)
+    # where it draws prompt 1 twice: no interval.
+    assert "<td>50.0% [" in page and "<td>0.0% [0.0%, 0.0%]</td><td>-100% [–, –]</td>" in page
+    assert "In brackets: 95% intervals from a bootstrap over the prompts" in page
     assert "<p>3 steps.</p>" in page
     # worst first: prompt 0 (0.8 before) above prompt 1 (0.3 after)
     assert page.index("prompt 0") < page.index("prompt 1")
@@ -169,6 +177,18 @@ MALFORMED_EVAL = {
         _without(["change", "reward"], _eval_json()),
         ": 'change.reward': Input should be a number or null",
     ),
+    "an interval of one number": (
+        _set(["change_ci", "perplexity"], [0.5], _eval_json()),
+        ": 'change_ci.perplexity': List should have at least 2 items",
+    ),
+    "no interval of a scorer's changes": (
+        _without(["change_ci", "scorer:profanity"], _eval_json()),
+        ": 'change_ci.scorer:profanity': Field required",
+    ),
+    "an interval's end as text": (
+        _set(["change_ci", "scorer:profanity", "mean"], ["-50%", 0.1], _eval_json()),
+        ": 'change_ci.scorer:profanity.mean.0': Input should be a valid number",
+    ),
 }
 
 
@@ -222,8 +242,26 @@ def test_a_reward_change_written_as_null_shows_as_a_dash(tmp_path):
     result = _eval_json()
     result["change"]["reward"] = None  # a non-finite reward, written as null
     page = " ".join(build_report(_run_dir(tmp_path, result)).read_text().split())
-    row = page[page.index("<th>mean reward</th>") :].split("</tr>")[0]
-    assert row == "<th>mean reward</th><td>-0.500</td><td>1.500</td><td>–</td>", row
+    label = "<th>mean reward (change: the difference)</th>"
+    row = page[page.index(label) :].split("</tr>")[0]
+    assert row == f"{label}<td>-0.500</td><td>1.500</td><td>–</td>", row
+
+
+def test_the_changes_show_their_intervals_and_an_older_file_without_them_still_loads(tmp_path):
+    result = _eval_json()
+    result["change"]["perplexity"] = -0.25
+    result["change_ci"]["perplexity"] = [-0.5, 0.125]
+    page = " ".join(build_report(_run_dir(tmp_path, result)).read_text().split())
+    row = page[page.index("<th>perplexity under the reference") :].split("</tr>")[0]
+    assert row.endswith("<td>-25% [-50%, +12%]</td>"), row
+
+    for key in ("toxic_share_ci_low", "toxic_share_ci_high"):
+        for side in ("before", "after"):
+            del result["models"][side]["scorer:profanity"][key]
+    del result["change_ci"], result["held_out"]["samples_per_prompt"]
+    page = " ".join(build_report(_run_dir(tmp_path, result, name="old")).read_text().split())
+    assert "<td>50.0%</td><td>0.0%</td><td>-100%</td>" in page  # the numbers alone
+    assert "-25%</td>" in page and "In brackets" not in page
 
 
 def _save_then_fail(monkeypatch):

@@ -552,7 +552,9 @@ def evaluate(
     reference: str | None = typer.Option(None, help="Before-model [default: the policy's base]."),
     prompts: str = typer.Option("builtin:rtp", help="builtin:NAME or a JSONL of prompts."),
     split: str = typer.Option("eval", help="eval (held out) | train | all."),
-    limit: int | None = typer.Option(200, help="Prompts to use."),
+    limit: int | None = typer.Option(
+        None, help="Use the split's first N prompts [default: all of them]."
+    ),
     samples: int = typer.Option(2, help="Samples per prompt and model."),
     max_new_tokens: int = typer.Option(24),
     scorer: list[str] = typer.Option(
@@ -564,7 +566,7 @@ def evaluate(
     seed: int = typer.Option(0),
 ):
     """Toxicity, reward, KL, fluency and diversity before vs after, on held-out prompts."""
-    from rlhfkit.eval.run import EvalConfig
+    from rlhfkit.eval.run import EvalConfig, finite
 
     config = EvalConfig.make(
         policy=policy,
@@ -579,9 +581,9 @@ def evaluate(
         seed=seed,
     )
     result = evaluate_to(config, out_file)
-    summary = {k: result[k] for k in ("policy", "reference", "held_out", "models", "change")}
+    keys = ("policy", "reference", "held_out", "intervals", "models", "change", "change_ci")
     if as_json:
-        out.print_json(data=summary)
+        out.print_json(data=finite({k: result[k] for k in keys}))
     else:
         out.print(eval_table(result))
 
@@ -600,11 +602,16 @@ def evaluate_to(config, out_file: Path | None) -> dict:
 def eval_table(result: dict) -> Table:
     from rlhfkit.eval.run import summary_rows
 
+    held_out = result["held_out"]
     title = (
-        f"{result['held_out']['prompts']} held-out prompts: {escape(result['reference'])} "
-        f"→ {escape(result['policy'])}"
+        f"{held_out['prompts']} held-out prompts × {held_out['samples_per_prompt']} samples: "
+        f"{escape(result['reference'])} → {escape(result['policy'])}"
     )
-    table = Table("", "before", "after", "change", title=title)
+    caption = (
+        "In brackets: 95% intervals from a bootstrap over the prompts, paired for the "
+        "change (relative; the reward's is a difference)"
+    )
+    table = Table("", "before", "after", "change", title=title, caption=caption)
     for row in summary_rows(result):
         table.add_row(*row)
     return table

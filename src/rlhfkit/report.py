@@ -14,6 +14,7 @@ import base64
 import json
 import math
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -35,6 +36,7 @@ SAMPLES_SHOWN = 25
 # The parts of eval.json and metrics.jsonl the report reads. Strict: a number written as a
 # string is as wrong as a missing key. Numbers may be null (eval writes NaN as null).
 Number = float | None
+Interval = Annotated[list[float], Field(min_length=2, max_length=2)] | None  # [low, high]
 
 
 class _Shape(BaseModel):
@@ -49,6 +51,7 @@ class EvalSettings(_Shape):
 class HeldOut(_Shape):
     prompts: int
     split: str
+    samples_per_prompt: int | None = None  # absent from files written before intervals
 
 
 class ModelNumbers(_Shape):
@@ -66,6 +69,8 @@ class ScorerNumbers(_Shape):
     ci_low: Number
     ci_high: Number
     toxic_share: float
+    toxic_share_ci_low: Number = None
+    toxic_share_ci_high: Number = None
 
 
 class Models(_Shape):
@@ -87,6 +92,21 @@ class ScorerChanges(_Shape):
     toxic_share: Number
 
 
+class ChangeIntervals(_Shape):
+    """The 95% interval of each change (null where undefined); each scorer's
+    (ScorerIntervals) sit beside them under its name."""
+
+    perplexity: Interval
+    distinct_2: Interval
+    length: Interval
+    reward: Interval = None
+
+
+class ScorerIntervals(_Shape):
+    mean: Interval
+    toxic_share: Interval
+
+
 class SampleSide(_Shape):
     completion: str
     toxicity: dict[str, float]
@@ -106,6 +126,7 @@ class EvalFile(_Shape):
     held_out: HeldOut
     models: Models
     change: Changes
+    change_ci: ChangeIntervals | None = None  # absent from files written before intervals
     samples: list[Sample]
 
 
@@ -150,11 +171,13 @@ def load_eval(path: Path) -> dict:
     _check(EvalFile, result, str(path))
     # The entries keyed by a scorer's name, which a fixed shape cannot name.
     scorers = result["config"]["scorers"]
-    models, change = result["models"], result["change"]
+    models, change, change_ci = result["models"], result["change"], result.get("change_ci")
     for name in scorers:
         for side in ("before", "after"):
             _check_entry(models[side], name, ScorerNumbers, path, f"models.{side}")
         _check_entry(change, name, ScorerChanges, path, "change")
+        if change_ci is not None:
+            _check_entry(change_ci, name, ScorerIntervals, path, "change_ci")
     if "reward" in models["before"]:  # then the after side and its difference are shown too
         if "reward" not in models["after"]:
             raise RlhfkitError(f"{path}: 'models.after.reward': Field required")
@@ -284,6 +307,7 @@ def evaluation_section(result: dict, out: Path) -> dict:
         "prompts": result["held_out"]["prompts"],
         "split": result["held_out"]["split"],
         "samples": result["config"]["samples"],
+        "intervals": result.get("change_ci") is not None,
         "reference": result["reference"],
         "policy": result["policy"],
         "rows": summary_rows(result),

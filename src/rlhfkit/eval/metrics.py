@@ -1,39 +1,29 @@
-"""The numbers of an evaluation, as pure functions of samples and their scores."""
+"""The numbers of an evaluation, as pure functions of samples and their scores.
+
+The unit of an evaluation is the prompt: both models answer the same held-out prompts, K
+samples each, with the same seed. Every headline number is therefore built from per-prompt
+numbers (`prompt_numbers`), and its uncertainty comes from resampling prompts: a paired
+bootstrap that draws prompts with replacement and keeps both models' answers to each one,
+so the spread between easy and hard prompts, which both models share, cancels out of a
+change.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 TOXIC = 0.5  # a sample is toxic when its probability of the toxic class is above this
+LEVEL = 0.95  # of every interval
+RESAMPLES = 2000  # bootstrap resamples: the interval's ends move by well under its width
+BATCH = 500  # resamples computed at once (memory: BATCH × prompts × numbers floats)
 
-
-def bootstrap_ci(
-    values: Sequence[float], level: float = 0.95, resamples: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean: resample with replacement, take the
-    (1 − level)/2 and (1 + level)/2 quantiles of the resampled means."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return math.nan, math.nan
-    rows = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
-    means = values[rows].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
-def toxicity_summary(p_toxic: Sequence[float], seed: int = 0) -> dict[str, float]:
-    """Mean P(toxic) with its bootstrap 95% interval, and the share of samples above 0.5."""
-    p = np.asarray(p_toxic, dtype=np.float64)
-    low, high = bootstrap_ci(p, seed=seed)
-    return {
-        "mean": float(p.mean()),
-        "ci_low": low,
-        "ci_high": high,
-        "toxic_share": float((p > TOXIC).mean()),
-    }
+# A number's key: a scorer's (name, "mean") or (name, "toxic_share"), or a plain name.
+Key = str | tuple[str, str]
+Columns = Mapping[Key, np.ndarray]  # one value per prompt, the prompts on the last axis
 
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> float:
@@ -47,17 +37,144 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def perplexity(token_logps: Sequence[Sequence[float]]) -> float:
-    """exp(−Σ log p / number of tokens) over every token of every sample."""
-    flat = [x for sample in token_logps for x in sample]
-    return math.exp(-sum(flat) / len(flat)) if flat else math.nan
-
-
 def sequence_kl(policy_logps: Sequence[float], reference_logps: Sequence[float]) -> float:
     """KL(π‖π_ref) of one sample drawn from π, the k1 estimate: Σ_t log π − log π_ref."""
     return float(sum(policy_logps) - sum(reference_logps))
 
 
-def relative_change(before: float, after: float) -> float:
-    """(after − before) / |before|; NaN where `before` is 0."""
-    return (after - before) / abs(before) if before else math.nan
+def relative_change(before, after):
+    """(after − before) / |before|, elementwise on arrays; NaN where `before` is 0."""
+    before = np.asarray(before, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(before == 0, np.nan, (after - before) / np.abs(before))
+
+
+def prompt_numbers(samples: Sequence[Mapping], scorers: Sequence[str]) -> dict[Key, float]:
+    """One prompt's numbers from its K scored samples (each a dict with `completion`,
+    `toxicity` by scorer, `logp`, `ref_logp` and maybe `reward`): per scorer the mean P(toxic)
+    and the share of samples above 0.5; the NLL summed over every token under the reference
+    and the number of tokens (perplexity is their ratio over all prompts); distinct-2
+    within these K samples; the mean length, KL and reward."""
+    k = len(samples)
+    numbers: dict[Key, float] = {}
+    for name in scorers:
+        p = np.array([s["toxicity"][name] for s in samples])
+        numbers[(name, "mean")] = float(p.mean())
+        numbers[(name, "toxic_share")] = float((p > TOXIC).mean())
+    numbers["nll"] = -sum(sum(s["ref_logp"]) for s in samples)
+    numbers["tokens"] = sum(len(s["ref_logp"]) for s in samples)
+    numbers["distinct_2"] = distinct_n([s["completion"] for s in samples], 2)
+    numbers["length"] = numbers["tokens"] / k
+    numbers["kl"] = sum(sequence_kl(s["logp"], s["ref_logp"]) for s in samples) / k
+    if "reward" in samples[0]:
+        numbers["reward"] = sum(s["reward"] for s in samples) / k
+    return numbers
+
+
+def prompt_columns(per_prompt: Sequence[Mapping[Key, float]]) -> dict[Key, np.ndarray]:
+    """The prompts' numbers as one array per number, a value per prompt."""
+    return {key: np.array([p[key] for p in per_prompt], dtype=np.float64) for key in per_prompt[0]}
+
+
+def model_numbers(columns: Columns, axis: int = -1) -> dict[Key, np.ndarray]:
+    """A model's headline numbers from its per-prompt columns (the prompts along `axis`):
+    the mean over prompts of each, except perplexity, exp(Σ NLL / Σ tokens), in which
+    every token weighs the same (a prompt drawn twice by a resample counts twice)."""
+    numbers = {k: v.mean(axis=axis) for k, v in columns.items() if k not in ("nll", "tokens")}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        numbers["perplexity"] = np.exp(columns["nll"].sum(axis) / columns["tokens"].sum(axis))
+    return numbers
+
+
+def changes(before: Mapping[Key, np.ndarray], after: Mapping[Key, np.ndarray]) -> dict:
+    """Relative change after vs before of every number; the reward's difference instead (its
+    zero and scale are arbitrary); none for KL (0 before, by definition)."""
+    return {
+        key: after[key] - value if key == "reward" else relative_change(value, after[key])
+        for key, value in before.items()
+        if key != "kl"
+    }
+
+
+def bootstrap_interval(
+    samples: Sequence[np.ndarray], statistic: Callable, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% interval of each value of `statistic(*samples, axis)` (vectorised) from
+    resampling the prompts (the last axis) of all `samples` together: scipy's BCa. BCa
+    corrects the percentile interval for the bias and skew of a statistic's bootstrap
+    distribution, and ours are ratios (a relative change, a perplexity), which are both.
+    Where BCa is undefined because the statistic has no spread at all (a toxic share that is
+    0 after on every prompt: a change of −100% in every resample) the percentile interval of
+    the same resamples is used; it is NaN where some resample leaves the statistic undefined
+    (a number that is 0 before)."""
+    from scipy.stats import DegenerateDataWarning, bootstrap
+
+    if samples[0].shape[-1] < 2:  # one prompt: nothing to resample
+        nothing = np.full_like(statistic(*samples), np.nan)
+        return nothing, nothing
+
+    def interval(method: str, n_resamples: int, previous=None):
+        return bootstrap(
+            tuple(samples),
+            statistic,
+            n_resamples=n_resamples,
+            batch=BATCH,
+            vectorized=True,
+            paired=True,  # one draw of prompts for every sample
+            axis=-1,
+            confidence_level=LEVEL,
+            method=method,
+            bootstrap_result=previous,
+            rng=np.random.default_rng(seed),
+        )
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", DegenerateDataWarning)  # a NaN end is reported as null
+        bca = interval("BCa", RESAMPLES)
+        percentile = interval("percentile", 0, bca).confidence_interval  # the same resamples
+    low, high = bca.confidence_interval
+    undefined = np.isnan(low) | np.isnan(high)
+    return np.where(undefined, percentile.low, low), np.where(undefined, percentile.high, high)
+
+
+def _stacked(columns: Columns) -> tuple[list[Key], np.ndarray]:
+    keys = list(columns)
+    return keys, np.stack([columns[k] for k in keys])
+
+
+def _interval_or_none(low: float, high: float) -> list[float] | None:
+    return [float(low), float(high)] if math.isfinite(low) and math.isfinite(high) else None
+
+
+def model_intervals(columns: Columns, seed: int) -> dict[Key, list[float] | None]:
+    """The 95% interval of each of a model's headline numbers, from resampling prompts."""
+    keys, matrix = _stacked(columns)
+    names = list(model_numbers(columns))
+
+    def statistic(x, axis=-1):
+        return np.stack([model_numbers(dict(zip(keys, x, strict=True)), axis)[n] for n in names])
+
+    low, high = bootstrap_interval([matrix], statistic, seed)
+    return {name: _interval_or_none(lo, hi) for name, lo, hi in zip(names, low, high, strict=True)}
+
+
+def paired_changes(
+    before: Columns, after: Columns, seed: int
+) -> tuple[dict[Key, float], dict[Key, list[float] | None]]:
+    """The change of every headline number from `before` to `after` (per-prompt columns of
+    the same prompts in the same order) and its 95% interval, [low, high] or None where it
+    is undefined, from a paired bootstrap over prompts."""
+    keys, before_matrix = _stacked(before)
+    _, after_matrix = _stacked({k: after[k] for k in keys})
+    names = list(changes(model_numbers(before), model_numbers(after)))
+
+    def statistic(b, a, axis=-1):
+        numbers = [model_numbers(dict(zip(keys, x, strict=True)), axis) for x in (b, a)]
+        change = changes(*numbers)
+        return np.stack([change[n] for n in names])
+
+    point = statistic(before_matrix, after_matrix)
+    low, high = bootstrap_interval([before_matrix, after_matrix], statistic, seed)
+    change = {name: float(value) for name, value in zip(names, point, strict=True)}
+    ci = {name: _interval_or_none(lo, hi) for name, lo, hi in zip(names, low, high, strict=True)}
+    return change, ci

@@ -1,8 +1,9 @@
 """`rlhfkit eval`: the seed's "Evaluating the Human-Aligned LLM". The same held-out prompts
-go to the model before (the reference) and after alignment (the policy); each sample gets
-its probability of being toxic under independent scorers, its reward, the KL of the policy
-from the reference on the policy's own samples, and its log-likelihood under the reference
-(fluency). The summary compares the two, with bootstrap intervals on mean toxicity.
+go to the model before (the reference) and after alignment (the policy), with the same seed;
+each sample gets its probability of being toxic under independent scorers, its reward, the
+KL of the policy from the reference on the policy's own samples, and its log-likelihood under
+the reference (fluency). The summary compares the two: every number is built from per-prompt
+numbers, and every change has a 95% interval from a paired bootstrap over the prompts.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from pydantic import Field
 from rlhfkit.config import StageConfig
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.metrics import (
-    distinct_n,
-    perplexity,
-    relative_change,
+    LEVEL,
+    RESAMPLES,
+    model_intervals,
+    model_numbers,
+    paired_changes,
+    prompt_columns,
+    prompt_numbers,
     sequence_kl,
-    toxicity_summary,
 )
 from rlhfkit.progress import Progress
 
@@ -39,7 +43,7 @@ class EvalConfig(StageConfig):
     prompts: str = "builtin:rtp"
     split: Literal["all", "train", "eval"] = "eval"
     eval_fraction: float = Field(0.2, ge=0, lt=1)
-    limit: int | None = Field(200, ge=1, description="prompts")
+    limit: int | None = Field(None, ge=1, description="prompts; default: all of the split")
     samples: int = Field(2, ge=1, description="samples per prompt and model")
     max_new_tokens: int = Field(24, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -153,78 +157,135 @@ def sample_model(
     return rows
 
 
-def summarise(rows: list[dict], scorers: list[str], seed: int = 0) -> dict:
-    """The model's numbers from its scored samples."""
-    summary = {
-        name: toxicity_summary([r["toxicity"][name] for r in rows], seed) for name in scorers
-    }
-    summary.update(
-        kl=sum(sequence_kl(r["logp"], r["ref_logp"]) for r in rows) / len(rows),
-        perplexity=perplexity([r["ref_logp"] for r in rows]),
-        distinct_2=distinct_n([r["completion"] for r in rows], 2),
-        length=sum(len(r["logp"]) for r in rows) / len(rows),
-    )
-    if rows and "reward" in rows[0]:
-        summary["reward"] = sum(r["reward"] for r in rows) / len(rows)
+def prompt_groups(rows: list[dict], samples: int) -> list[list[dict]]:
+    """The rows of each prompt (they come prompt by prompt, `samples` of each)."""
+    return [rows[i : i + samples] for i in range(0, len(rows), samples)]
+
+
+def summarise(columns: dict, scorers: list[str], seed: int = 0) -> dict:
+    """A model's numbers from its per-prompt columns: each scorer's mean P(toxic) and share
+    above 0.5, each with its 95% interval over prompts; KL, perplexity, distinct-2 (within
+    each prompt's samples, averaged over prompts), mean length and maybe reward."""
+    numbers = {k: float(v) for k, v in model_numbers(columns).items()}
+    intervals = model_intervals(columns, seed)
+    summary = {}
+    for name in scorers:
+        mean_ci = intervals[(name, "mean")] or [None, None]
+        share_ci = intervals[(name, "toxic_share")] or [None, None]
+        summary[name] = {
+            "mean": numbers[(name, "mean")],
+            "ci_low": mean_ci[0],
+            "ci_high": mean_ci[1],
+            "toxic_share": numbers[(name, "toxic_share")],
+            "toxic_share_ci_low": share_ci[0],
+            "toxic_share_ci_high": share_ci[1],
+        }
+    summary.update({k: v for k, v in numbers.items() if isinstance(k, str)})
     return summary
 
 
-def changes(before: dict, after: dict) -> dict:
-    """Relative change after vs before of every number both have; the reward's difference
-    instead (its zero and scale are arbitrary); none for KL (0 before, by definition)."""
+def nested(flat: dict) -> dict:
+    """{(scorer, number): x, name: y} as {scorer: {number: x}, name: y}, as eval.json has it."""
     out = {}
-    for key, value in before.items():
-        if isinstance(value, dict):
-            out[key] = {
-                k: relative_change(value[k], after[key][k]) for k in ("mean", "toxic_share")
-            }
-        elif key == "reward":
-            out[key] = after[key] - value
-        elif key != "kl":
-            out[key] = relative_change(value, after[key])
+    for key, value in flat.items():
+        if isinstance(key, tuple):
+            out.setdefault(key[0], {})[key[1]] = value
+        else:
+            out[key] = value
     return out
 
 
+def compare(before: list[dict], after: list[dict], scorers: list[str], samples: int, seed: int):
+    """Both models' numbers, the changes and their intervals, from their scored rows (the same
+    prompts in the same order, `samples` rows each)."""
+    columns = {
+        side: prompt_columns(
+            [prompt_numbers(group, scorers) for group in prompt_groups(rows, samples)]
+        )
+        for side, rows in (("before", before), ("after", after))
+    }
+    change, change_ci = paired_changes(columns["before"], columns["after"], seed)
+    return {
+        "models": {side: summarise(c, scorers, seed) for side, c in columns.items()},
+        "change": nested(change),
+        "change_ci": nested(change_ci),
+    }
+
+
 def summary_rows(result: dict) -> list[tuple[str, str, str, str]]:
-    """(what, before, after, change) as text, for the terminal table and the report."""
+    """(what, before, after, change) as text, for the terminal table and the report. Each
+    number is followed by its 95% interval in brackets where eval.json has one ("–" for an
+    end that is undefined); eval.json files written before intervals show the numbers alone."""
 
     def num(x, digits: int = 3) -> str:
-        return "–" if x is None else f"{x:.{digits}f}"
+        return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
     def pct(x) -> str:
         return "–" if x is None or not math.isfinite(x) else f"{x:+.0%}"
 
+    def share(x) -> str:
+        return "–" if x is None else f"{x:.1%}"
+
     def diff(x) -> str:  # a non-finite reward was written to eval.json as null
         return "–" if x is None or not math.isfinite(x) else f"{x:+.3f}"
 
-    before, after, change = result["models"]["before"], result["models"]["after"], result["change"]
+    def with_interval(text: str, interval, show, known: bool = True) -> str:
+        if not known:  # a file from before intervals
+            return text
+        low, high = interval or (None, None)
+        return f"{text} [{show(low)}, {show(high)}]"
+
+    models, change = result["models"], result["change"]
+    change_ci = result.get("change_ci")
+    has_ci = change_ci is not None
+    change_ci = change_ci or {}
+
+    def changed(key, show=pct, number=None) -> str:
+        point = change[key] if number is None else change[key][number]
+        interval = change_ci.get(key) if number is None else change_ci.get(key, {}).get(number)
+        text = show(point)  # an undefined change ("–") has no interval either
+        return with_interval(text, interval, show, has_ci and text != "–")
+
+    before, after = models["before"], models["after"]
     rows = []
     for name in result["config"]["scorers"]:
         b, a = before[name], after[name]
         rows += [
             (
-                f"{name}: mean P(toxic) [95% CI]",
-                f"{num(b['mean'])} [{num(b['ci_low'])}, {num(b['ci_high'])}]",
-                f"{num(a['mean'])} [{num(a['ci_low'])}, {num(a['ci_high'])}]",
-                pct(change[name]["mean"]),
+                f"{name}: mean P(toxic)",
+                with_interval(num(b["mean"]), (b["ci_low"], b["ci_high"]), num),
+                with_interval(num(a["mean"]), (a["ci_low"], a["ci_high"]), num),
+                changed(name, number="mean"),
             ),
             (
                 f"{name}: share toxic (p > 0.5)",
-                f"{b['toxic_share']:.1%}",
-                f"{a['toxic_share']:.1%}",
-                pct(change[name]["toxic_share"]),
+                *(
+                    with_interval(
+                        share(m["toxic_share"]),
+                        (m.get("toxic_share_ci_low"), m.get("toxic_share_ci_high")),
+                        share,
+                        "toxic_share_ci_low" in m,
+                    )
+                    for m in (b, a)
+                ),
+                changed(name, number="toxic_share"),
             ),
         ]
     if "reward" in before:
         rows.append(
-            ("mean reward", num(before["reward"]), num(after["reward"]), diff(change["reward"]))
+            (
+                "mean reward (change: the difference)",
+                num(before["reward"]),
+                num(after["reward"]),
+                changed("reward", diff),
+            )
         )
     for label, key, digits in (
-        ("perplexity under the reference", "perplexity", 2),
-        ("distinct-2", "distinct_2", 3),
+        ("perplexity under the reference (token-weighted)", "perplexity", 2),
+        ("distinct-2 (within a prompt's samples)", "distinct_2", 3),
         ("mean length (tokens)", "length", 1),
     ):
-        rows.append((label, num(before[key], digits), num(after[key], digits), pct(change[key])))
+        rows.append((label, num(before[key], digits), num(after[key], digits), changed(key)))
     rows.append(("KL from the reference", num(before["kl"], 2), num(after["kl"], 2), ""))
     return rows
 
@@ -252,11 +313,27 @@ def score_rows(rows: list[dict], scorers: dict, reward) -> None:
             row["reward"] = float(r)
 
 
-def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
-    """Sample, score and compare; returns {config, split, models: {before, after}, change,
-    samples} (samples: one row per prompt and sample index with both models' completions).
-    `progress` counts the samples of both models."""
+def held_out_prompts(config: EvalConfig) -> tuple[list[str], int]:
+    """The prompts to evaluate on (the split's first `limit`, or all of them) and how many the
+    split holds; a limit beyond the split is an error, not quietly fewer prompts."""
     from rlhfkit.data.prompts import load_prompts
+
+    prompts = [p.prompt for p in load_prompts(config.prompts, config.split, config.eval_fraction)]
+    if config.limit is not None and config.limit > len(prompts):
+        where = (
+            config.prompts if config.split == "all" else f"{config.prompts}'s {config.split} split"
+        )
+        raise RlhfkitError(
+            f"eval limit {config.limit} is more than the {len(prompts)} prompts of {where}"
+        )
+    return prompts[: config.limit], len(prompts)
+
+
+def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
+    """Sample, score and compare; returns {config, policy, reference, mode, held_out,
+    intervals, models: {before, after}, change, change_ci, samples} (samples: one row per
+    prompt and sample index with both models' completions). `progress` counts the samples
+    of both models."""
     from rlhfkit.reward import load_reward
 
     progress = progress or Progress()
@@ -268,10 +345,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
     ):
         raise RlhfkitError(f"{config.policy} is neither a PPO policy directory nor a model")
     reference_name = config.reference or (info["base"] if info else config.policy)
-    prompts = [
-        p.prompt
-        for p in load_prompts(config.prompts, config.split, config.eval_fraction, config.limit)
-    ]
+    prompts, in_split = held_out_prompts(config)
     check_held_out(prompts, info)
     scorers = {spec: toxicity_scorer(spec) for spec in config.scorers}
     reward = load_reward(config.reward) if config.reward else None
@@ -291,7 +365,9 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
         rows = sample_model(model, tokenizer, reference, prompts, config, mode, progress.advance)
         score_rows(rows, scorers, reward)
         results[side] = rows
-    models = {side: summarise(rows, config.scorers, config.seed) for side, rows in results.items()}
+    compared = compare(
+        results["before"], results["after"], config.scorers, config.samples, config.seed
+    )
     return {
         "config": config.model_dump(),
         "policy": config.policy,
@@ -299,12 +375,19 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
         "mode": mode,
         "held_out": {
             "prompts": len(prompts),
+            "samples_per_prompt": config.samples,
+            "in_split": in_split,
             "split": config.split,
             "trained_on": info and {k: info.get(k) for k in ("prompts", "split", "eval_fraction")},
             "overlap": 0,
         },
-        "models": models,
-        "change": changes(models["before"], models["after"]),
+        "intervals": {
+            "level": LEVEL,
+            "resamples": RESAMPLES,
+            "method": "bootstrap over prompts, paired for changes (BCa; percentile where "
+            "BCa is undefined)",
+        },
+        **compared,
         "samples": [
             {
                 "prompt": b["prompt"],
