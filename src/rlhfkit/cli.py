@@ -631,14 +631,22 @@ def run_pipeline_command(
     stages: str | None = typer.Option(
         None, help="Comma-separated stages to run [default: the config's]."
     ),
+    seeds: str | None = typer.Option(
+        None,
+        help="Comma-separated seeds, e.g. 0,1,2: the stages after pairs run once per seed, "
+        "in RUN_DIR/seed-N/ [default: the config's seeds, or its one seed].",
+    ),
 ):
     """The stages as one run: generate → label → agreement → pairs → train-rm → ppo → eval →
     report. Rerunning skips finished stages and resumes an interrupted one."""
-    from rlhfkit.pipeline import load_pipeline, run_pipeline, with_stages
+    from rlhfkit.pipeline import load_pipeline, parse_seeds, run_pipeline, with_seeds, with_stages
+    from rlhfkit.seeds import summary_table
 
     config = load_pipeline(config_file)
     if stages:
         config = with_stages(config, [s.strip() for s in stages.split(",")])
+    if seeds is not None:
+        config = with_seeds(config, parse_seeds(seeds))
     started = time.perf_counter()
     with _progress() as progress:
         rows = run_pipeline(config, str(config_file), progress)
@@ -647,7 +655,15 @@ def run_pipeline_command(
         table.add_row(stage, status, f"{seconds:.0f} s" if status == "ran" else "", escape(summary))
     out.print(table)
     eval_json = config.run / "eval" / "eval.json"
-    if eval_json.is_file():
+    if config.seeds is not None:
+        summary = json.loads((config.run / "summary.json").read_text())
+        header, summary_rows = summary_table(summary)
+        over_seeds = Table(*header, title="change after vs before, over the seeds [95% interval]")
+        over_seeds.columns[0].overflow = "fold"  # a metric's name is never cut short
+        for row in summary_rows:
+            over_seeds.add_row(*map(escape, row))
+        out.print(over_seeds)
+    elif eval_json.is_file():
         out.print(eval_table(json.loads(eval_json.read_text())))
     out.print(f"total {time.perf_counter() - started:.0f} s; everything is in {config.run}/")
 

@@ -16,6 +16,13 @@ disk — costs at most the stage it stopped in. Once a stage has run, the stages
 run again too: their outputs were made from what it replaced. The whole config is kept in the run
 directory, and a different config is refused there before any work starts.
 
+With `seeds: [0, 1, 2]` the shared stages (generate, label, agreement, pairs) run once, as
+above, and the rest once per seed in RUN/seed-N/ with seed N, a run directory of its own
+reading the shared pairs; then RUN/summary.json gathers the seeds' evaluations against the
+config's `targets`, and RUN/report/ shows them side by side (`rlhfkit.seeds`). The seed list
+and the targets are not part of the config a run directory is checked against: adding a
+seed runs only that seed.
+
 The run directory must be new, empty, or made by rlhfkit (its `.rlhfkit` marker file says
 so; each stage's folder has its own), and nothing is written in it until every check has
 passed: a folder of the user's is never overwritten or deleted.
@@ -29,10 +36,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from rlhfkit.config import StageConfig, read_yaml_settings
 from rlhfkit.errors import RlhfkitError
@@ -44,6 +51,7 @@ from rlhfkit.files import (
     remove_ours,
 )
 from rlhfkit.progress import Progress
+from rlhfkit.seeds import Target, check_targets, seed_train_rm_stage
 from rlhfkit.stages.evaluate import eval_stage, report_stage
 from rlhfkit.stages.generate import GenerateStage, generate_stage
 from rlhfkit.stages.label import LabelStage, label_stage
@@ -59,6 +67,10 @@ NEEDS = {  # stage → stages whose outputs it reads
     "train-rm": ["pairs"],
     "eval": ["ppo"],
 }
+SHARED_STAGES = ["generate", "label", "agreement", "pairs"]  # once per run, whatever the seeds
+# Settings a run directory is not checked against: adding a seed or a target is the same run.
+NOT_COMPARED = {"stages", "seeds", "targets"}
+Seed = Annotated[int, Field(strict=True, ge=0)]
 
 
 class PipelineConfig(StageConfig):
@@ -73,12 +85,18 @@ class PipelineConfig(StageConfig):
     prompts: str = "builtin:rtp"
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="prompts held out for eval")
     seed: int = 0
+    seeds: list[Seed] | None = Field(
+        None, min_length=1, description="run the stages after pairs once per seed, in seed-N/"
+    )
+    targets: list[Target] = Field(default_factory=list, description="checked over the seeds")
     generate: GenerateStage = Field(default_factory=GenerateStage)
     label: LabelStage = Field(default_factory=LabelStage)
     pairs: PairsStage = Field(default_factory=PairsStage)
     train_rm: dict[str, Any] = Field(default_factory=dict, alias="train-rm")
     ppo: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
+    # Set on one seed's config only: the run directory holding the shared stages' outputs.
+    _shared_dir: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _in_order(self) -> PipelineConfig:
@@ -87,9 +105,34 @@ class PipelineConfig(StageConfig):
         self.stages = sorted(self.stages, key=STAGES.index)
         return self
 
+    @model_validator(mode="after")
+    def _seeds_apart(self) -> PipelineConfig:
+        if self.seeds is None:
+            return self
+        twice = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if twice:
+            raise ValueError(f"seed {twice[0]} is listed twice")
+        for section in ("train-rm", "ppo", "eval"):
+            if "seed" in getattr(self, section.replace("-", "_")):
+                raise ValueError(f"with seeds, each seed sets {section}'s seed: remove it")
+        return self
+
     @property
     def run(self) -> Path:
         return Path(self.run_dir)
+
+    def stage_dir(self, stage: str) -> Path:
+        """The run directory a stage's folder is in: a seed's own, or the shared one."""
+        shared = self._shared_dir if stage in SHARED_STAGES else None
+        return shared or self.run
+
+    @property
+    def own_stages(self) -> list[str]:
+        """The stages that run in this run directory: with seeds, only the shared ones here
+        (the rest run in each seed's); in a seed's, only the rest."""
+        if self.seeds is not None:
+            return [s for s in self.stages if s in SHARED_STAGES]
+        return [s for s in self.stages if self.stage_dir(s) == self.run]
 
     def rm_config(self):
         from rlhfkit.reward.train import RMConfig
@@ -134,7 +177,9 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     values = read_yaml_settings(path, "pipeline settings")
     try:
         config = PipelineConfig.make(**values)
-        config.rm_config(), config.ppo_config(), config.eval_config()
+        config.rm_config(), config.ppo_config()
+        evaluation = config.eval_config()
+        check_targets(config.targets, evaluation.scorers, evaluation.reward is not None)
     except RlhfkitError as e:
         raise RlhfkitError(f"{path}: {e}") from None
     return config
@@ -143,6 +188,37 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
 def with_stages(config: PipelineConfig, stages: list[str]) -> PipelineConfig:
     """The config with another list of stages (checked, and put in order)."""
     return PipelineConfig.make(**{**config.model_dump(by_alias=True), "stages": stages})
+
+
+def with_seeds(config: PipelineConfig, seeds: list[int]) -> PipelineConfig:
+    """The config with another list of seeds (checked)."""
+    return PipelineConfig.make(**{**config.model_dump(by_alias=True), "seeds": seeds})
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0,1,2` as a list of seeds; anything but whole numbers is a one-line error."""
+    parts = [part.strip() for part in text.split(",")]
+    if parts == [""]:
+        raise RlhfkitError("--seeds: no seeds given (for example --seeds 0,1,2)")
+    for part in parts:
+        if not part.isdigit():
+            raise RlhfkitError(f"--seeds: '{part}' is not a whole number (for example 0,1,2)")
+    return [int(part) for part in parts]
+
+
+def seed_config(config: PipelineConfig, seed: int) -> PipelineConfig:
+    """One seed's run: the stages after the shared ones, in RUN/seed-N/, with seed N for the
+    reward model, PPO and eval, reading the shared stages' outputs from RUN."""
+    one = config.model_copy(
+        update={"run_dir": str(config.run / f"seed-{seed}"), "seed": seed, "seeds": None}
+    )
+    one._shared_dir = config.run
+    return one
+
+
+def _parts(config: PipelineConfig) -> list[PipelineConfig]:
+    """The run directories a run works in: its own, then each seed's."""
+    return [config, *(seed_config(config, seed) for seed in config.seeds or [])]
 
 
 # Stages whose folder is their domain function's output directory, which that function
@@ -184,7 +260,7 @@ def check_run_dir(config: PipelineConfig) -> None:
 
 
 def _settings(config: PipelineConfig) -> dict:
-    return config.model_dump(mode="json", by_alias=True, exclude={"stages"})
+    return config.model_dump(mode="json", by_alias=True, exclude=NOT_COMPARED)
 
 
 def start_run_dir(config: PipelineConfig, config_path: str | None = None) -> None:
@@ -207,13 +283,14 @@ def preflight(config: PipelineConfig) -> None:
     from rlhfkit.models import resolve_model
     from rlhfkit.reward import load_reward
 
-    todo = [s for s in config.stages if not is_done(config.run, s)]
+    todo = [s for s in config.own_stages if not is_done(config.run, s)]
     for stage in todo:
         for need in NEEDS.get(stage, []):
-            if need not in config.stages and not is_done(config.run, need):
+            where = config.stage_dir(need)
+            if need not in config.stages and not is_done(where, need):
                 raise RlhfkitError(
                     f"stage {stage} needs the output of {need}, which is neither in this run's "
-                    f"stages nor done in {config.run}"
+                    f"stages nor done in {where}"
                 )
     rm_dir = config.run / "rm"
     if "ppo" in todo:
@@ -242,39 +319,82 @@ def run_pipeline(
     config: PipelineConfig, config_path: str | None = None, progress: Progress | None = None
 ):
     """Run the config's stages in order, skipping those done; returns one row per stage:
-    (stage, "ran" | "skipped", seconds, summary). Each stage's start and end is a note and
-    a `done` of `progress`, which the stages report their own work to."""
+    (stage, "ran" | "skipped", seconds, summary), a seed's stages named `seed-N/STAGE`. Each
+    stage's start and end is a note and a `done` of `progress`, which the stages report
+    their own work to. With seeds, the shared stages run first, then each seed's, then the
+    summary over the seeds and its report."""
     progress = progress or Progress()
-    check_run_dir(config)
-    preflight(config)
+    parts = _parts(config)
+    for part in parts:  # every directory is checked before any is written in
+        check_run_dir(part)
+    for part in parts:
+        try:
+            preflight(part)
+        except RlhfkitError as e:
+            raise RlhfkitError(f"{part.run.name}: {e}" if part is not config else str(e)) from None
     start_run_dir(config, config_path)  # nothing is written before the checks pass
+    for part in parts[1:]:
+        start_run_dir(part)
+    rows, shared_ran = _run_stages(config, progress, upstream_ran=False)
+    for part in parts[1:]:
+        rows += _run_stages(part, progress, upstream_ran=shared_ran, prefix=f"{part.run.name}/")[0]
+    if config.seeds is not None:
+        rows += _over_seeds(config, progress)
+    return rows
+
+
+def _run_stages(
+    config: PipelineConfig, progress: Progress, upstream_ran: bool, prefix: str = ""
+) -> tuple[list, bool]:
+    """The stages of one run directory; returns their rows and whether any of them ran.
+    `upstream_ran`: a stage this directory reads from ran before, so its done stages are
+    made from outputs now replaced."""
+    run = config.run
     rows = []
-    upstream_ran = False
-    for stage in config.stages:
-        if upstream_ran and is_done(config.run, stage):  # made from outputs now replaced
-            remove_ours(config.run / stage, stage)
-        if is_done(config.run, stage):
-            summary = json.loads(_done_file(config.run, stage).read_text())["summary"]
-            progress.note(f"== {stage}: done before, skipped")
-            rows.append((stage, "skipped", 0.0, summary))
+    for stage in config.own_stages:
+        name = prefix + stage
+        if upstream_ran and is_done(run, stage):
+            remove_ours(run / stage, stage)
+        if is_done(run, stage):
+            summary = json.loads(_done_file(run, stage).read_text())["summary"]
+            progress.note(f"== {name}: done before, skipped")
+            rows.append((name, "skipped", 0.0, summary))
             continue
-        progress.note(f"== {stage}")
+        progress.note(f"== {name}")
         if stage not in CLAIM_THEIR_OWN:
-            claim_directory(config.run / stage, stage)
+            claim_directory(run / stage, stage)
         started = time.perf_counter()
         try:
             summary = run_stage(config, stage, progress)
         except BaseException:
-            remove_if_unused(config.run / stage)  # a stage that failed at once leaves no folder
+            remove_if_unused(run / stage)  # a stage that failed at once leaves no folder
             raise
         seconds = time.perf_counter() - started
         atomic_write(
-            _done_file(config.run, stage),
+            _done_file(run, stage),
             json.dumps({"summary": summary, "seconds": round(seconds, 1)}),
         )
         progress.done(f"   {summary} ({seconds:.0f} s)")
-        rows.append((stage, "ran", seconds, summary))
+        rows.append((name, "ran", seconds, summary))
         upstream_ran = True
+    return rows, upstream_ran
+
+
+def _over_seeds(config: PipelineConfig, progress: Progress) -> list:
+    """RUN/summary.json over the seeds and, with the report stage, RUN/report/: made afresh
+    each time (in seconds), so they always show the seeds listed now."""
+    from rlhfkit.seeds import build_seeds_report, summary_line, write_summary
+
+    progress.note("== summary over the seeds")
+    summary = write_summary(config.run, config.seeds, config.targets)
+    rows = [("summary", "ran", 0.0, summary_line(summary))]
+    if "report" in config.stages:
+        progress.note("== report over the seeds")
+        # A report done here by a run without seeds is replaced: let such a run redo it.
+        _done_file(config.run, "report").unlink(missing_ok=True)
+        started = time.perf_counter()
+        path = build_seeds_report(config.run, summary)
+        rows.append(("report", "ran", time.perf_counter() - started, str(path)))
     return rows
 
 
@@ -298,6 +418,8 @@ def run_stage(config: PipelineConfig, stage: str, progress: Progress) -> str:
             return agreement_stage(run, config.pairs, progress)
         case "pairs":
             return pairs_stage(run, config.pairs, progress)
+        case "train-rm" if config.stage_dir("pairs") != run:  # a seed's, on the shared pairs
+            return seed_train_rm_stage(config.stage_dir("pairs"), run, config.rm_config(), progress)
         case "train-rm":
             return train_rm_stage(run, config.rm_config(), progress)
         case "ppo":
