@@ -51,7 +51,7 @@ from rlhfkit.files import (
     remove_ours,
 )
 from rlhfkit.progress import Progress
-from rlhfkit.seeds import Target, check_targets, seed_train_rm_stage
+from rlhfkit.seeds import Target, check_targets
 from rlhfkit.stages.evaluate import eval_stage, report_stage
 from rlhfkit.stages.generate import GenerateStage, generate_stage
 from rlhfkit.stages.label import LabelStage, label_stage
@@ -418,10 +418,9 @@ def run_stage(config: PipelineConfig, stage: str, progress: Progress) -> str:
             return agreement_stage(run, config.pairs, progress)
         case "pairs":
             return pairs_stage(run, config.pairs, progress)
-        case "train-rm" if config.stage_dir("pairs") != run:  # a seed's, on the shared pairs
-            return seed_train_rm_stage(config.stage_dir("pairs"), run, config.rm_config(), progress)
-        case "train-rm":
-            return train_rm_stage(run, config.rm_config(), progress)
+        case "train-rm":  # a seed's reads the pairs its seeds share
+            pairs = config.stage_dir("pairs") / "pairs" / "pairs.jsonl"
+            return train_rm_stage(run, pairs, config.rm_config(), progress)
         case "ppo":
             return ppo_stage(run, config.ppo_config(), progress)
         case "eval":

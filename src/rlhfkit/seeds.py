@@ -16,17 +16,12 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
 from rlhfkit.config import StageConfig
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.files import atomic_write, claim_directory, remove_ours
-from rlhfkit.progress import Progress
-
-if TYPE_CHECKING:
-    from rlhfkit.reward.train import RMConfig
+from rlhfkit.files import atomic_write, claim_directory
 
 SCORER_NUMBERS = ("mean", "toxic_share")  # each scorer's entries in eval.json's `change`
 MODEL_NUMBERS = ("perplexity", "distinct_2", "length")
@@ -102,18 +97,6 @@ def metrics_of(change: dict) -> list[str]:
 
 def seed_dir(run: Path, seed: int) -> Path:
     return run / f"seed-{seed}"
-
-
-def seed_train_rm_stage(shared: Path, run: Path, config: RMConfig, progress: Progress) -> str:
-    """One seed's train-rm stage: a reward model on the shared SHARED/pairs/pairs.jsonl into
-    RUN/rm (as stages.train.train_rm_stage does on a run's own pairs)."""
-    from rlhfkit.reward.train import train_reward_model
-
-    out = run / "rm"
-    remove_ours(out, "train-rm")  # a half-trained model from an interrupted run
-    summary = train_reward_model(shared / "pairs" / "pairs.jsonl", out, config, progress)
-    accuracy = summary.get("metrics", {}).get("eval_accuracy")
-    return "held-out pair accuracy " + ("–" if accuracy is None else f"{accuracy:.3f}")
 
 
 def _evaluation(run: Path, seed: int) -> tuple[Path, dict] | None:

@@ -13,13 +13,14 @@ if TYPE_CHECKING:
     from rlhfkit.rl.ppo import PPOConfig
 
 
-def train_rm_stage(run: Path, config: RMConfig, progress: Progress) -> str:
-    """Trains a reward model on RUN/pairs/pairs.jsonl into RUN/rm."""
+def train_rm_stage(run: Path, pairs: Path, config: RMConfig, progress: Progress) -> str:
+    """Trains a reward model on `pairs` into RUN/rm: the run's own RUN/pairs/pairs.jsonl or,
+    for one seed of a run over seeds, the pairs its seeds share."""
     from rlhfkit.reward.train import train_reward_model
 
     out = run / "rm"
     remove_ours(out, "train-rm")  # a half-trained model from an interrupted run
-    summary = train_reward_model(run / "pairs" / "pairs.jsonl", out, config, progress)
+    summary = train_reward_model(pairs, out, config, progress)
     accuracy = summary.get("metrics", {}).get("eval_accuracy")
     return "held-out pair accuracy " + ("–" if accuracy is None else f"{accuracy:.3f}")
 
