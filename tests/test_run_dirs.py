@@ -132,6 +132,19 @@ def test_a_run_refused_by_preflight_writes_nothing_so_the_fixed_config_runs(tmp_
     check_run_dir(load_pipeline(fixed))  # not "a run of a different config"
 
 
+@pytest.mark.parametrize(("seeds", "where"), [([], ""), (["seeds: [0, 1]"], "seed-0: ")])
+def test_an_eval_limit_beyond_the_split_is_one_line_before_any_work(tmp_path, cli, seeds, where):
+    run = tmp_path / "run"
+    path = _config(tmp_path, run, *seeds)
+    path.write_text(path.read_text().replace("eval: {limit: 4,", "eval: {limit: 146,"))
+    line = _one_line(cli("run", path, ok=False))
+    assert (
+        line
+        == f"error: {where}eval limit 146 is more than the 145 prompts of builtin:rtp's eval split"
+    )
+    assert not run.exists()  # refused before generate, let alone PPO
+
+
 def test_yaml_errors_are_one_line_naming_the_file_and_line(tmp_path, cli):
     broken = tmp_path / "broken.yaml"
     broken.write_text(f"run_dir: {tmp_path / 'run'}\nseed: 1\nmodel: a: b\n")

@@ -278,8 +278,9 @@ def start_run_dir(config: PipelineConfig, config_path: str | None = None) -> Non
 
 
 def preflight(config: PipelineConfig) -> None:
-    """Everything a stage needs exists or will be made earlier in this run, and the models
-    named load, before any heavy work."""
+    """Everything a stage needs exists or will be made earlier in this run, the models
+    named load, and eval's prompts are in its split, before any heavy work."""
+    from rlhfkit.eval.run import held_out_prompts
     from rlhfkit.models import resolve_model
     from rlhfkit.reward import load_reward
 
@@ -305,6 +306,8 @@ def preflight(config: PipelineConfig) -> None:
         if not ours:
             load_reward(ppo.reward)
         resolve_model(ppo.model)
+    if "eval" in todo:  # a limit beyond the split, refused now rather than after PPO
+        held_out_prompts(config.eval_config())
     if "report" in todo and not (
         {"ppo", "eval"} & set(config.stages)
         or is_done(config.run, "ppo")
