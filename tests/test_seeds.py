@@ -1,7 +1,8 @@
 """Seeds as a setting: `seeds:` in the YAML or `run --seeds 0,1,2` run the stages after pairs
 once per seed in RUN/seed-N/, on the shared pairs, each seed resumable on its own; adding a
-seed is the same run; a seed directory of another config is refused untouched; and
-RUN/summary.json holds each seed's numbers against the targets."""
+seed is the same run; a seed directory of another config is refused untouched;
+RUN/summary.json holds each seed's numbers against the targets; and `rlhfkit report RUN`
+makes the summary and the page over the seeds afresh."""
 
 import json
 import shutil
@@ -26,6 +27,7 @@ from rlhfkit.seeds import (
     summary_table,
     write_summary,
 )
+from test_run_dirs import _one_line
 
 TINY = Path(__file__).parent / "data" / "tiny_pipeline.yaml"
 HATESONAR = "scorer:hatesonar"
@@ -44,18 +46,20 @@ def _config(
     return path
 
 
-def _one_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 1 and len(lines) == 1, result.output
-    return lines[0]
-
-
 def _snapshot(folder: Path) -> dict[str, tuple]:
     """Every path under `folder` (hidden ones too): a file's bytes and modification time."""
     return {
         str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
         for p in sorted(folder.rglob("*"))
     }
+
+
+def _refused_untouched(cli, run: Path, *args) -> str:
+    """The one-line error of `rlhfkit run ARGS`, which must leave `run` as it was."""
+    before = _snapshot(run)
+    line = _one_line(cli("run", *args, ok=False))
+    assert _snapshot(run) == before
+    return line
 
 
 # --- bad input: one line, before any work ----------------------------------------------------
@@ -168,21 +172,17 @@ def test_a_seed_directory_of_another_config_is_refused_and_left_untouched(tmp_pa
     other = _started(tmp_path, "other")
     shutil.rmtree(run / "seed-1")
     shutil.copytree(other / "seed-1", run / "seed-1")  # copied from another run
-    before = _snapshot(run)
     path = _config(tmp_path, "seeds: [0, 1]", run=run)
-    line = _one_line(cli("run", path, ok=False))
+    line = _refused_untouched(cli, run, path)
     assert f"{run / 'seed-1'} holds a run of a different config (differs in run_dir)" in line
-    assert _snapshot(run) == before
 
     # The shared settings changed under seed 0 (its copy of the config says 12 prompts).
     saved = json.loads((run / "seed-0" / "pipeline.json").read_text())
     saved["generate"]["limit"] = 12
     (run / "seed-0" / "pipeline.json").write_text(json.dumps(saved))
     shutil.rmtree(run / "seed-1")
-    before = _snapshot(run)
-    line = _one_line(cli("run", path, "--seeds", "1,0", ok=False))
+    line = _refused_untouched(cli, run, path, "--seeds", "1,0")
     assert f"{run / 'seed-0'} holds a run of a different config (differs in generate)" in line
-    assert _snapshot(run) == before
 
 
 def test_a_users_folder_where_a_seed_would_run_is_refused_and_left_untouched(tmp_path, cli):
@@ -190,10 +190,8 @@ def test_a_users_folder_where_a_seed_would_run_is_refused_and_left_untouched(tmp
     mine = run / "seed-2"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine\n")
-    before = _snapshot(run)
-    line = _one_line(cli("run", _config(tmp_path, "seeds: [0, 1, 2]", run=run), ok=False))
+    line = _refused_untouched(cli, run, _config(tmp_path, "seeds: [0, 1, 2]", run=run))
     assert f"{mine} is not empty and was not made by rlhfkit" in line
-    assert _snapshot(run) == before
 
 
 def test_every_seed_is_checked_before_any_work(tmp_path, cli):
@@ -202,11 +200,9 @@ def test_every_seed_is_checked_before_any_work(tmp_path, cli):
         folder = run / stage if stage == "pairs" else run / "seed-0" / stage
         claim_directory(folder, stage)
         (folder / "done.json").write_text('{"summary": "", "seconds": 0}')
-    before = _snapshot(run)
     path = _config(tmp_path, "seeds: [0, 1]", run=run)
-    line = _one_line(cli("run", path, "--stages", "ppo", ok=False))
+    line = _refused_untouched(cli, run, path, "--stages", "ppo")
     assert "seed-1: stage ppo needs the reward model of train-rm" in line
-    assert _snapshot(run) == before
 
 
 # --- the summary over seeds -----------------------------------------------------------------
@@ -352,6 +348,49 @@ def test_the_report_over_seeds_is_one_escaped_self_contained_page(tmp_path):
     assert (run / "report" / "training.png").read_bytes()[:4] == b"\x89PNG"
     assert "<b>run" not in page and "&lt;b&gt;run" in page  # nothing from a run is markup
     assert "src=" not in page.replace('src="data:image/png', "")  # nothing fetched
+
+
+def test_report_on_a_run_over_seeds_makes_its_summary_and_page_afresh(tmp_path, cli):
+    run = tmp_path / "run"
+    for seed in (0, 1, 2):
+        claim_directory(run / f"seed-{seed}", "run")
+    (run / "seed-9").mkdir()  # a folder of the user's: no seed's
+    _evaluated(run, 0, _eval_json(-0.6, 0.1, [-0.8, -0.4]))
+    page = run / "report" / "report.html"
+
+    # Before the run's first summary: every seed directory it holds, without targets.
+    assert cli("report", run).output.strip() == f"report: {page}"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1, 2] and summary["all_met"] is None
+    assert "Seed 2" in page.read_text()
+
+    # After: the seeds and targets of the summary the run wrote last, with the evaluations
+    # made since (seed 1's).
+    write_summary(run, [1, 0], TARGETS[:1])
+    _evaluated(run, 1, _eval_json(-0.4, 0.2, None))
+    cli("report", run)
+    summary = json.loads((run / "summary.json").read_text())
+    (share,) = [row for row in summary["metrics"] if row["target"]]
+    assert summary["seeds"] == [1, 0] and share["target"] == {"at_most": -0.5}
+    assert [s["value"] for s in share["seeds"]] == [-0.4, -0.6] and summary["all_met"] is False
+    text = page.read_text()
+    assert "Not every target was met on every seed" in text and "Seed 2" not in text
+    assert "-60.0% [-80.0%, -40.0%]" in text
+
+
+@pytest.mark.parametrize(
+    "text", ["{", "[]", '{"seeds": [], "metrics": []}', '{"seeds": [0], "metrics": [{}]}']
+)
+def test_report_on_a_malformed_summary_is_one_line_naming_it(tmp_path, cli, text):
+    run = tmp_path / "run"
+    _evaluated(run, 0, _eval_json(-0.6, 0.1, [-0.8, -0.4]))
+    (run / "summary.json").write_text(text)
+    line = _one_line(cli("report", run, ok=False))
+    assert (
+        line
+        == f"error: {run / 'summary.json'}: not a summary over seeds as `rlhfkit run` writes it"
+    )
+    assert not (run / "report").exists()
 
 
 # --- a miniature run over seeds, end to end ---------------------------------------------------

@@ -618,11 +618,17 @@ def eval_table(result: dict) -> Table:
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A pipeline run or a PPO/eval directory.")):
-    """One self-contained HTML page of a run: curves, toxicity before vs after, samples."""
+def report(
+    run_dir: Path = typer.Argument(
+        ..., help="A pipeline run (over seeds too) or a PPO/eval directory."
+    ),
+):
+    """One self-contained HTML page of a run: curves, toxicity before vs after, samples; for a
+    run over seeds, its summary.json made afresh and the page over the seeds."""
     from rlhfkit.report import build_report
+    from rlhfkit.seeds import report_over_seeds
 
-    out.print(f"report: {build_report(run_dir)}")
+    out.print(f"report: {report_over_seeds(run_dir) or build_report(run_dir)}")
 
 
 @app.command("run")

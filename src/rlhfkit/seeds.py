@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from rlhfkit.config import StageConfig
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.files import atomic_write, claim_directory
+from rlhfkit.files import atomic_write, claim_directory, owner, read_text
 
 SCORER_NUMBERS = ("mean", "toxic_share")  # each scorer's entries in eval.json's `change`
 MODEL_NUMBERS = ("perplexity", "distinct_2", "length")
@@ -344,3 +344,38 @@ def build_seeds_report(run: Path, summary: dict) -> Path:
     path = out / "report.html"
     atomic_write(path, page)
     return path
+
+
+def seeds_held(run: Path) -> list[int]:
+    """The seeds whose run directories RUN holds: RUN/seed-N/ made by `rlhfkit run`."""
+    names = [p.name.removeprefix("seed-") for p in run.glob("seed-*")]
+    seeds = {int(n) for n in names if n.isdigit()}
+    return sorted(s for s in seeds if owner(seed_dir(run, s)) == "run")
+
+
+def _last_summary(run: Path) -> tuple[list[int], list[Target]]:
+    """The seeds and targets of RUN/summary.json, the summary the run wrote last."""
+    path = run / "summary.json"
+    try:
+        summary = json.loads(read_text(path))
+        seeds, rows = summary["seeds"], summary["metrics"]
+        targets = [Target(metric=row["metric"], **row["target"]) for row in rows if row["target"]]
+        if not seeds or not all(type(s) is int and s >= 0 for s in seeds):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):  # pydantic's ValidationError is a ValueError
+        raise RlhfkitError(f"{path}: not a summary over seeds as `rlhfkit run` writes it") from None
+    return seeds, targets
+
+
+def report_over_seeds(run: Path) -> Path | None:
+    """`rlhfkit report RUN` on a run over seeds: RUN/summary.json and RUN/report/ made afresh
+    from the seeds' evaluations, as the run makes them, for the seeds and targets of the
+    summary the run wrote last (before its first: every seed directory RUN holds, without
+    targets). None when RUN holds no run over seeds."""
+    if (run / "summary.json").is_file():
+        seeds, targets = _last_summary(run)
+    else:
+        seeds, targets = seeds_held(run), []
+    if not seeds:
+        return None
+    return build_seeds_report(run, write_summary(run, seeds, targets))
