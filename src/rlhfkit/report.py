@@ -328,8 +328,8 @@ def _heatmap(path: Path | None) -> dict | None:
     return _image(path.read_bytes(), "labeler agreement heatmap")
 
 
-def render(**context) -> str:
-    """The page, from the packaged template; autoescaping escapes every value."""
+def render(template: str = "report.html.j2", **context) -> str:
+    """A page from a packaged template; autoescaping escapes every value."""
     import jinja2
 
     env = jinja2.Environment(
@@ -337,7 +337,7 @@ def render(**context) -> str:
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a misspelt name fails, not renders as nothing
     )
-    return env.get_template("report.html.j2").render(**context)
+    return env.get_template(template).render(**context)
 
 
 def build_report(run_dir: str | Path) -> Path:

@@ -301,24 +301,12 @@ def _seed_sections(run: Path, summary: dict) -> list[dict]:
     return sections
 
 
-def render(**context) -> str:
-    """The page, from the packaged template; autoescaping escapes every value."""
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("rlhfkit", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    return env.get_template("seeds.html.j2").render(**context)
-
-
 def build_seeds_report(run: Path, summary: dict) -> Path:
     """RUN/report/report.html over the seeds: the summary table, the training curves with a
     line per seed, each seed's before/after table, the labelers' agreement, and links to
     each seed's own report. Self-contained: plots are embedded PNGs."""
     from rlhfkit.plots import plot_curves_by_seed
-    from rlhfkit.report import curves_logged
+    from rlhfkit.report import curves_logged, render
 
     # Read and check every input before writing anything.
     training = _training(run, summary["seeds"])
@@ -332,6 +320,7 @@ def build_seeds_report(run: Path, summary: dict) -> Path:
         atomic_write(out / "training.png", curves_png)
     header, rows = summary_table(summary)
     page = render(
+        "seeds.html.j2",
         run_path=str(run),
         seeds=summary["seeds"],
         all_met=summary["all_met"],
