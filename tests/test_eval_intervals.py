@@ -138,5 +138,5 @@ def test_a_limit_beyond_the_split_is_one_line_before_any_model_loads(cli, monkey
     result = cli("eval", "--policy", "smollm2-135m-instruct", "--limit", "500", ok=False)
     assert result.exit_code == 1
     assert result.output.strip() == (
-        "error: eval limit 500 is more than the 145 prompts of builtin:rtp's eval split"
+        "error: eval limit 500 is more than the 127 prompts of builtin:rtp's eval split"
     )

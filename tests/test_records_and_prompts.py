@@ -182,7 +182,8 @@ def test_write_jsonl_leaves_the_old_file_when_writing_fails(tmp_path):
 
 def test_builtin_sets_load_and_mix_their_categories():
     rtp = load_prompts("builtin:rtp")
-    assert len(rtp) == 700  # 7 categories × 100 RealToxicityPrompts
+    assert len(rtp) == 623  # 7 categories × 100 RealToxicityPrompts, 77 of them repeats
+    assert len({p.prompt for p in rtp}) == len(rtp)
     assert len({p.id.split(":")[0] for p in rtp[:7]}) == 7  # round-robin over categories
     redteam = load_prompts("builtin:redteam")
     assert sum(p.id.startswith("advbench") for p in redteam) == 520
@@ -195,10 +196,10 @@ def test_split_is_stable_disjoint_and_near_the_fraction(tmp_path):
     everything = [p.prompt for p in load_prompts("builtin:rtp")]
     train = load_prompts("builtin:rtp", split="train", eval_fraction=0.2)
     held_out = load_prompts("builtin:rtp", split="eval", eval_fraction=0.2)
-    assert len(everything) == 700
+    assert len(everything) == 623
     assert [p.prompt for p in held_out] == [t for t in everything if held_out_by_hash(t, 0.2)]
     assert [p.prompt for p in train] == [t for t in everything if not held_out_by_hash(t, 0.2)]
-    assert 0.15 < len(held_out) / 700 < 0.25
+    assert 0.15 < len(held_out) / 623 < 0.25
     assert load_prompts("builtin:rtp", split="eval", limit=5) == held_out[:5]
     # The split depends on the text alone, not on the file it came from or its position.
     mixed = [*everything[:50], "A prompt of my own.", "Another one of mine."][::-1]

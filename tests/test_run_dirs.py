@@ -136,11 +136,11 @@ def test_a_run_refused_by_preflight_writes_nothing_so_the_fixed_config_runs(tmp_
 def test_an_eval_limit_beyond_the_split_is_one_line_before_any_work(tmp_path, cli, seeds, where):
     run = tmp_path / "run"
     path = _config(tmp_path, run, *seeds)
-    path.write_text(path.read_text().replace("eval: {limit: 4,", "eval: {limit: 146,"))
+    path.write_text(path.read_text().replace("eval: {limit: 4,", "eval: {limit: 128,"))
     line = _one_line(cli("run", path, ok=False))
     assert (
         line
-        == f"error: {where}eval limit 146 is more than the 145 prompts of builtin:rtp's eval split"
+        == f"error: {where}eval limit 128 is more than the 127 prompts of builtin:rtp's eval split"
     )
     assert not run.exists()  # refused before generate, let alone PPO
 
