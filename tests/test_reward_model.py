@@ -171,3 +171,17 @@ def test_inputs_longer_than_max_length_are_counted_not_those_that_fit():
     assert reward.token_lengths(["a", "a"], [fits, too_long]) == [12, 13]
     groups = group_pairs([Pair("a", fits, too_long)])
     assert _count_truncated(reward, groups) == (1, 2)
+
+
+def test_a_model_that_reads_the_completion_alone_ignores_the_prompt(tmp_path):
+    path = pairs_file(tmp_path / "pairs.jsonl", relevance_pairs(k=3)[:24])
+    config = RMConfig(reads="completion", epochs=1, eval_fraction=0.0, max_length=64)
+    info = train_reward_model(path, tmp_path / "rm", config)
+    assert info["reads"] == "completion"
+    model = RewardModel.load(tmp_path / "rm")  # the setting travels with the model
+    replies = ["Hello there.", "Go away."]
+    assert torch.equal(model(["Hi", "Hi"], replies), model(["What is 2+2?", "x"], replies))
+    # [CLS] two words . [SEP]: the prompt is not read, so it cannot be truncated either
+    assert model.token_lengths(["a long prompt " * 20], ["Hello there."]) == [5]
+    both = RewardModel.from_base("minilm-l6", max_length=64)  # the default reads both
+    assert not torch.equal(both(["Hi", "Hi"], replies), both(["What is 2+2?", "x"], replies))

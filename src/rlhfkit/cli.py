@@ -386,6 +386,10 @@ def train_rm(
     warmup_ratio: float = typer.Option(0.1),
     max_grad_norm: float = typer.Option(1.0),
     max_length: int = typer.Option(128, help="Tokens of prompt + completion; longer truncated."),
+    reads: str = typer.Option(
+        "prompt_and_completion",
+        help="prompt_and_completion | completion (the response alone, e.g. for toxicity).",
+    ),
     eval_fraction: float = typer.Option(0.1, help="Share of prompts held out (never pairs)."),
     eval_every: int | None = typer.Option(None, help="Evaluate every N steps [default: epoch]."),
     patience: int = typer.Option(2, help="Stop after N evaluations without improvement."),
@@ -411,6 +415,7 @@ def train_rm(
         warmup_ratio=warmup_ratio,
         max_grad_norm=max_grad_norm,
         max_length=max_length,
+        reads=reads,
         eval_fraction=eval_fraction,
         eval_every=eval_every,
         patience=patience,

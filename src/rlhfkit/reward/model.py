@@ -3,7 +3,9 @@
 beside the training's metrics.jsonl and TensorBoard logs.
 
 Encoders (MiniLM) read (prompt, completion) as a sentence pair; causal LMs (SmolLM2) read
-prompt + completion + EOS and score the last non-pad token.
+prompt + completion + EOS and score the last non-pad token. A model trained with
+`reads: completion` reads the completion alone (its reward.json says so), for criteria that
+are properties of the response itself, such as toxicity.
 """
 
 from __future__ import annotations
@@ -39,10 +41,21 @@ class RewardModel:
     def max_length(self) -> int:
         return int(self.info.get("max_length", 256))
 
+    @property
+    def reads_prompt(self) -> bool:
+        return self.info.get("reads", "prompt_and_completion") == "prompt_and_completion"
+
     @classmethod
-    def from_base(cls, base: str, max_length: int = 256, lora: dict | None = None) -> RewardModel:
+    def from_base(
+        cls,
+        base: str,
+        max_length: int = 256,
+        lora: dict | None = None,
+        reads: str = "prompt_and_completion",
+    ) -> RewardModel:
         """A new reward head on `base` (short name, dir or hub id); `lora` = peft LoraConfig
-        arguments to train an adapter instead of every weight (causal bases)."""
+        arguments to train an adapter instead of every weight (causal bases); `reads`:
+        prompt_and_completion, or completion alone."""
         from rlhfkit.models import is_causal, load_classifier, with_lora
 
         model, tokenizer = load_classifier(base, num_labels=1)
@@ -54,15 +67,21 @@ class RewardModel:
                 )
             model = with_lora(model, "SEQ_CLS", **lora)
         return cls(
-            model, tokenizer, {"base": base, "kind": kind, "max_length": max_length, "lora": lora}
+            model,
+            tokenizer,
+            {"base": base, "kind": kind, "max_length": max_length, "lora": lora, "reads": reads},
         )
 
     def _tokenize(self, prompts: Sequence[str], completions: Sequence[str], **kwargs):
+        if not self.reads_prompt:
+            prompts = [""] * len(completions)
         if self.causal:
             eos = self.tokenizer.eos_token or ""
             texts = [p + c + eos for p, c in zip(prompts, completions, strict=True)]
             self.tokenizer.truncation_side = "left"  # keep the completion and its end
             return self.tokenizer(texts, **kwargs)
+        if not self.reads_prompt:
+            return self.tokenizer(list(completions), **kwargs)
         return self.tokenizer(list(prompts), list(completions), **kwargs)
 
     def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -52,6 +52,10 @@ class RMConfig(StageConfig):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(128, ge=8)
+    reads: Literal["prompt_and_completion", "completion"] = Field(
+        "prompt_and_completion",
+        description="completion: score the response alone (criteria such as toxicity)",
+    )
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     eval_every: int | None = Field(None, ge=1, description="steps; default once per epoch")
     patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
@@ -184,7 +188,7 @@ def _new_model(config: RMConfig, groups: list[PromptPairs], progress: Progress) 
         if config.lora
         else None
     )
-    reward = RewardModel.from_base(config.base, config.max_length, lora)
+    reward = RewardModel.from_base(config.base, config.max_length, lora, config.reads)
     truncated, total = _count_truncated(reward, groups)
     if truncated:
         progress.warn(
