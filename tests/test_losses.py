@@ -8,6 +8,7 @@ import torch
 from rlhfkit.reward.losses import pairwise_loss
 from rlhfkit.rl.kl import AdaptiveKL, FixedKL
 from rlhfkit.rl.losses import (
+    entropy_anchor_loss,
     entropy_from_logits,
     gae,
     kl_penalty,
@@ -141,6 +142,23 @@ def test_entropy_from_logits():
     h = entropy_from_logits(torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]]))
     # uniform over 2: ln 2; p = (0.25, 0.75): −(0.25 ln 0.25 + 0.75 ln 0.75) = 0.562335.
     assert close(h, [math.log(2), 0.562335])
+
+
+def test_the_entropy_anchor_pulls_the_entropy_back_to_the_reference_s():
+    assert entropy_anchor_loss(torch.tensor(0.3), 2.0).item() == pytest.approx(2.0 * 0.09)
+    reference = torch.tensor([[2.0, 0.5, -1.0, 0.0]])
+    target = entropy_from_logits(reference).mean()
+    for temperature in (0.5, 2.0):  # sharper and flatter than the reference
+        logits = reference / temperature
+        gaps = []
+        for _ in range(20):  # gradient descent on the anchor alone
+            logits = logits.detach().requires_grad_()
+            gap = entropy_from_logits(logits).mean() - target
+            entropy_anchor_loss(gap, 1.0).backward()
+            gaps.append(gap.item())
+            logits = logits - 1.0 * logits.grad
+        assert all(abs(b) < abs(a) and a * b > 0 for a, b in zip(gaps, gaps[1:], strict=False))
+        assert abs(gaps[-1]) < 0.5 * abs(gaps[0])
 
 
 def test_ppo_loss_signs():

@@ -14,7 +14,7 @@ import torch
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.generation import truncate_after_eos
-from rlhfkit.rl.losses import kl_penalty
+from rlhfkit.rl.losses import entropy_from_logits, kl_penalty
 from rlhfkit.rl.policy import Policy
 from rlhfkit.rl.ppo import PPOConfig, RewardScale, ppo_update, response_forward, with_old_logp
 from rlhfkit.rl.rollout import response_logits, rollout, token_logp
@@ -149,6 +149,54 @@ def test_one_minibatch_takes_the_old_log_probs_from_its_first_forward_pass(polic
         ppo_update(
             policy, None, dataclasses.replace(eager, logp=None, values=None), scores, 0.1, two
         )
+
+
+@pytest.mark.slow
+def test_the_entropy_anchor_holds_the_policy_s_entropy_near_the_reference_s(policy):
+    """Updates that favour the samples' own tokens sharpen the policy; the anchor, on the
+    same updates, keeps its entropy closer to the reference's. The gap it acts on is logged."""
+    prompts = ["Tell me about owls.", "What is snow?", "Name a fruit.", "Good morning."]
+    torch.manual_seed(7)
+    batch = rollout(policy, prompts, "chat", max_new_tokens=8)
+    start = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    keep = batch.response_ids.shape[1] + 1
+    real = batch.response_mask.bool()
+    scores = torch.full((4,), 3.0)  # every sample rewarded, advantages not whitened
+
+    def reset():
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if name in start:
+                    p.copy_(start[name])
+
+    def entropy_gap() -> float:
+        with torch.no_grad():
+            logits, _ = policy(batch.input_ids, batch.attention_mask, keep)
+            ref = policy.reference_logits(batch.input_ids, batch.attention_mask, keep)
+        h = entropy_from_logits(response_logits(logits, keep - 1, 1.0).float())[real].mean()
+        h_ref = entropy_from_logits(response_logits(ref, keep - 1, 1.0).float())[real].mean()
+        return (h - h_ref).item()
+
+    def after_updates(anchor: float) -> tuple[float, dict]:
+        reset()
+        config = PPOConfig(
+            batch_size=4, minibatches=1, ppo_epochs=1, lr=3e-3, whiten_advantages=False
+        ).model_copy(update={"entropy_anchor": anchor})
+        optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=config.lr)
+        first = ppo_update(policy, optimizer, batch, scores, 0.0, config)
+        for _ in range(12):
+            ppo_update(policy, optimizer, batch, scores, 0.0, config)
+        return entropy_gap(), first
+
+    before = entropy_gap()
+    free, first_free = after_updates(0.0)
+    held, first_held = after_updates(50.0)
+    reset()
+    assert "entropy_gap" not in first_free
+    # Masked means by token over the minibatch, as the loss takes them, before any update.
+    assert first_held["entropy_gap"] == pytest.approx(before, abs=1e-4)
+    assert free < before - 0.05  # rewarded for its own tokens, the policy grows surer
+    assert abs(held) < 0.5 * abs(free)
 
 
 @pytest.mark.slow

@@ -134,6 +134,13 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (probabilities * logits).sum(dim=-1)
 
 
+def entropy_anchor_loss(gap: torch.Tensor, coef: float) -> torch.Tensor:
+    """c·(H(π) − H(π_ref))². Log-perplexity under the reference is H(π) + KL(π‖π_ref) a
+    token; a change of temperature moves H in the first order but the KL only in the
+    second, so the KL penalty alone lets the policy drift sharper or flatter almost for free."""
+    return coef * gap**2
+
+
 def ppo_loss(
     policy: torch.Tensor,
     value: torch.Tensor,

@@ -23,6 +23,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.rl.distributed import Processes, clip_grad_norm, resolve_device
 from rlhfkit.rl.kl import AdaptiveKL, FixedKL
 from rlhfkit.rl.losses import (
+    entropy_anchor_loss,
     entropy_from_logits,
     gae,
     kl_penalty,
@@ -73,6 +74,12 @@ class PPOConfig(StageConfig):
     value_clip: float | None = Field(0.2, gt=0)
     vf_coef: float = Field(0.1, ge=0)
     ent_coef: float = Field(0.0, ge=0)
+    entropy_anchor: float = Field(
+        0.0,
+        ge=0,
+        description="c·(H(π) − H(π_ref))², mean entropies over a minibatch's response tokens: "
+        "holds the policy's entropy at the reference's, which the KL leash does not",
+    )
     gamma: float = Field(1.0, gt=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -238,12 +245,17 @@ def ppo_update(
         optimizer.zero_grad()
         for rows in micro_batches:
             logits, logp, values = response_forward(policy, batch, rows, config.temperature)
+            ref_entropy = (
+                reference_entropy(policy, batch, rows, config.temperature)
+                if config.entropy_anchor
+                else None
+            )
             if batch.logp is None:  # rows is every rollout, under the sampling weights
                 batch = with_old_logp(batch, rows, logp, values)
                 targets = advantages_and_returns(batch, scores, beta, config)
             _, advantages, returns = targets
             loss, stats = minibatch_loss(
-                logits, logp, values, batch, rows, advantages, returns, config
+                logits, logp, values, batch, rows, advantages, returns, config, ref_entropy
             )
             (loss / config.grad_accumulation).backward()
             for key, value in stats.items():
@@ -280,6 +292,17 @@ def response_forward(
     return logits, token_logp(logits, batch.response_ids[rows]), values
 
 
+@torch.no_grad()
+def reference_entropy(
+    policy: Policy, batch: Rollout, rows: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """The reference's entropy at each response position of rollouts `rows` (the states the
+    policy visited)."""
+    length = batch.response_mask.shape[1]
+    logits = policy.reference_logits(batch.input_ids[rows], batch.attention_mask[rows], length + 1)
+    return entropy_from_logits(response_logits(logits, length, temperature).float())
+
+
 def with_old_logp(
     batch: Rollout, rows: torch.Tensor, logp: torch.Tensor, values: torch.Tensor
 ) -> Rollout:
@@ -301,15 +324,21 @@ def minibatch_loss(
     advantages: torch.Tensor,
     returns: torch.Tensor,
     config: PPOConfig,
+    ref_entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = L_policy + c1·L_value − c2·H on rollouts `rows`, and its parts to watch."""
+    """L = L_policy + c1·L_value − c2·H (+ the entropy anchor, given the reference's entropy
+    at the same positions) on rollouts `rows`, and its parts to watch."""
     mask = batch.response_mask[rows]
     pg, stats = policy_loss(logp, batch.logp[rows], advantages[rows], mask, config.clip_eps)
     vf = value_loss(values, batch.values[rows], returns[rows], mask, config.value_clip)
     # Without a coefficient the entropy is only watched: no graph for it.
-    with nullcontext() if config.ent_coef else torch.no_grad():
+    with nullcontext() if config.ent_coef or ref_entropy is not None else torch.no_grad():
         entropy = masked_mean(entropy_from_logits(logits.float()), mask)
     loss = ppo_loss(pg, vf, entropy, config.vf_coef, config.ent_coef)
+    if ref_entropy is not None:
+        gap = entropy - masked_mean(ref_entropy, mask)
+        loss = loss + entropy_anchor_loss(gap, config.entropy_anchor)
+        stats["entropy_gap"] = gap.detach()
     return loss, {"policy_loss": pg, "value_loss": vf, "entropy": entropy, **stats}
 
 
