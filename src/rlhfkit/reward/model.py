@@ -73,16 +73,15 @@ class RewardModel:
         )
 
     def _tokenize(self, prompts: Sequence[str], completions: Sequence[str], **kwargs):
-        if not self.reads_prompt:
-            prompts = [""] * len(completions)
         if self.causal:
             eos = self.tokenizer.eos_token or ""
-            texts = [p + c + eos for p, c in zip(prompts, completions, strict=True)]
+            starts = prompts if self.reads_prompt else [""] * len(completions)
+            texts = [p + c + eos for p, c in zip(starts, completions, strict=True)]
             self.tokenizer.truncation_side = "left"  # keep the completion and its end
             return self.tokenizer(texts, **kwargs)
-        if not self.reads_prompt:
-            return self.tokenizer(list(completions), **kwargs)
-        return self.tokenizer(list(prompts), list(completions), **kwargs)
+        if self.reads_prompt:  # a sentence pair
+            return self.tokenizer(list(prompts), list(completions), **kwargs)
+        return self.tokenizer(list(completions), **kwargs)
 
     def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device

@@ -241,21 +241,28 @@ def ppo_update(
     totals: dict[str, float] = {}
     updates = 0
     device = batch.response_mask.device
+    # The reference does not change during the update: its entropy is computed once.
+    ref_entropy = (
+        reference_entropy(policy, batch, config.temperature) if config.entropy_anchor else None
+    )
     for micro_batches in shuffled_minibatches(len(batch.prompts), config, generator, device):
         optimizer.zero_grad()
         for rows in micro_batches:
             logits, logp, values = response_forward(policy, batch, rows, config.temperature)
-            ref_entropy = (
-                reference_entropy(policy, batch, rows, config.temperature)
-                if config.entropy_anchor
-                else None
-            )
             if batch.logp is None:  # rows is every rollout, under the sampling weights
                 batch = with_old_logp(batch, rows, logp, values)
                 targets = advantages_and_returns(batch, scores, beta, config)
             _, advantages, returns = targets
             loss, stats = minibatch_loss(
-                logits, logp, values, batch, rows, advantages, returns, config, ref_entropy
+                logits,
+                logp,
+                values,
+                batch,
+                rows,
+                advantages,
+                returns,
+                config,
+                None if ref_entropy is None else ref_entropy[rows],
             )
             (loss / config.grad_accumulation).backward()
             for key, value in stats.items():
@@ -293,13 +300,11 @@ def response_forward(
 
 
 @torch.no_grad()
-def reference_entropy(
-    policy: Policy, batch: Rollout, rows: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """The reference's entropy at each response position of rollouts `rows` (the states the
-    policy visited)."""
+def reference_entropy(policy: Policy, batch: Rollout, temperature: float) -> torch.Tensor:
+    """The reference's entropy at each response position of the rollouts (the states the
+    policy visited), [rollouts, response length]."""
     length = batch.response_mask.shape[1]
-    logits = policy.reference_logits(batch.input_ids[rows], batch.attention_mask[rows], length + 1)
+    logits = policy.reference_logits(batch.input_ids, batch.attention_mask, length + 1)
     return entropy_from_logits(response_logits(logits, length, temperature).float())
 
 
