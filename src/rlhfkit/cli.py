@@ -67,6 +67,7 @@ feedback_app = typer.Typer(
 examples_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Worked examples.")
 label_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Automatic labelers.")
 project_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Labeling projects.")
+user_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Accounts of the labeling app.")
 
 
 def _version(value: bool) -> None:
@@ -90,6 +91,7 @@ app.add_typer(feedback_app, name="feedback")
 app.add_typer(project_app, name="project")
 app.add_typer(label_app, name="label")
 app.add_typer(examples_app, name="examples")
+app.add_typer(user_app, name="user")
 
 StoreOpt = typer.Option(
     None,
@@ -702,6 +704,56 @@ def tictactoe(
 
         plot_history(history, plot)
         out.print(f"learning curve: {plot}")
+
+
+@user_app.command("add")
+def user_add(
+    name: str,
+    role: str = typer.Option("labeler", help="admin | labeler"),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from the first line of stdin."
+    ),
+    store: str | None = StoreOpt,
+):
+    """Make an account for the labeling app (the first admin is made this way)."""
+    from rlhfkit.web.accounts import check_password, create_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    check_password(password)  # before the store is opened or created
+    create_user(_store(store), name, role, password)
+    console.print(f"user '{name}' ({role}) added")
+
+
+@app.command()
+def serve(
+    store: str | None = StoreOpt,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    lease_minutes: float = typer.Option(15.0, help="How long a labeler holds an item."),
+    max_upload_mb: int = typer.Option(20, help="Largest upload of prompts, in MB."),
+    trust_proxy: str | None = typer.Option(
+        None,
+        help="Addresses of a reverse proxy whose X-Forwarded-For/-Proto headers to believe "
+        "(comma-separated, or *); without it they are ignored.",
+    ),
+):
+    """The labeling web app: people rank completions in a browser."""
+    import uvicorn
+
+    from rlhfkit.web.app import Settings, create_app, proxy
+
+    if lease_minutes <= 0 or max_upload_mb <= 0:
+        raise RlhfkitError("--lease-minutes and --max-upload-mb must be positive")
+    settings = Settings(
+        store_url=store, lease_minutes=lease_minutes, max_upload_bytes=max_upload_mb << 20
+    )
+    application = create_app(settings)  # opens (and migrates) the store before listening
+    where = application.state.web.store.display_url
+    console.print(f"labeling app on http://{host}:{port} (store {where})")
+    uvicorn.run(application, host=host, port=port, log_level="warning", **proxy(trust_proxy))
 
 
 def main() -> None:

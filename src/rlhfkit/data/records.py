@@ -119,6 +119,20 @@ def _common_prefix_length(a: str, b: str) -> int:
     return low
 
 
+def check_completions(obj: dict[str, Any]) -> tuple[str, list[str]]:
+    """The prompt and completions of a record that lists a prompt's completions."""
+    prompt = _text(obj, "prompt")
+    completions = obj.get("completions")
+    if not isinstance(completions, list) or not completions:
+        raise RecordError("'completions' must be a non-empty list of strings")
+    for i, c in enumerate(completions):
+        if not isinstance(c, str) or not c.strip():
+            raise RecordError(f"completion {i + 1} is empty or not a string")
+    if len(set(completions)) != len(completions):
+        raise RecordError("'completions' holds the same text twice")
+    return prompt, completions
+
+
 def parse_record(
     obj: dict[str, Any], default_labeler: str | None = None, require_labeler: bool = False
 ) -> Record:
@@ -126,15 +140,7 @@ def parse_record(
     `require_labeler`: a ranking, thumbs or pair must name its labeler, or `default_labeler`
     names it (an import needs one; training on a file of pairs does not)."""
     if "ranks" in obj or "completions" in obj:
-        prompt = _text(obj, "prompt")
-        completions = obj.get("completions")
-        if not isinstance(completions, list) or not completions:
-            raise RecordError("'completions' must be a non-empty list of strings")
-        for i, c in enumerate(completions):
-            if not isinstance(c, str) or not c.strip():
-                raise RecordError(f"completion {i + 1} is empty or not a string")
-        if len(set(completions)) != len(completions):
-            raise RecordError("'completions' holds the same text twice")
+        prompt, completions = check_completions(obj)
         ranks = check_ranks(obj.get("ranks"), len(completions))
         labeler, kind = _labeler(obj, default_labeler, require_labeler)
         return RankingRecord(prompt, tuple(completions), ranks, labeler, kind)

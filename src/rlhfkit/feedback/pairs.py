@@ -2,7 +2,9 @@
 
 A ranking of n completions gives its C(n, 2) pairs, the better-ranked one as `chosen`, ties
 skipped. Several labelers' rankings of one prompt are first merged into a consensus over
-the labelers that are not flagged as poor (agreement.py).
+the labelers that are not flagged as poor (agreement.py); an admin's adjudication of a
+prompt, made in the labeling app, replaces that consensus. Gold prompts, whose ranking is
+known and which serve to measure labelers, give no pairs and count in no agreement.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.agreement import Rankings, flagged_labelers
 from rlhfkit.feedback.consensus import METHODS, Ranking
 from rlhfkit.feedback.store import (
+    Adjudication,
     Completion,
+    Gold,
     Labeler,
     Preference,
     Project,
@@ -48,14 +52,19 @@ def ranking_pairs(order: Sequence[Hashable], ranking: Ranking) -> tuple[list[tup
     return pairs, ties
 
 
-def load_rankings(session: Session, project: Project) -> Rankings:
-    """prompt id -> labeler name -> completion id -> rank."""
+def _is_gold():
+    return exists().where(Gold.prompt_id == Prompt.id)
+
+
+def load_rankings(session: Session, project: Project, gold: bool = False) -> Rankings:
+    """prompt id -> labeler name -> completion id -> rank, of the ordinary prompts (or, with
+    `gold`, of the gold prompts only)."""
     rows = session.execute(
         select(RankingRow.prompt_id, Labeler.name, RankingItem.completion_id, RankingItem.rank)
         .join(RankingItem, RankingItem.ranking_id == RankingRow.id)
         .join(Labeler, RankingRow.labeler_id == Labeler.id)
         .join(Prompt, RankingRow.prompt_id == Prompt.id)
-        .where(Prompt.project_id == project.id)
+        .where(Prompt.project_id == project.id, _is_gold() if gold else ~_is_gold())
         .order_by(RankingRow.prompt_id, Labeler.name, RankingItem.completion_id)
     ).all()
     rankings: Rankings = defaultdict(dict)
@@ -128,21 +137,23 @@ def build_pairs(
         record["labeler" if per_labeler else "labelers"] = labelers[0] if per_labeler else labelers
         result.pairs.append(record)
 
-    for prompt_id, by_labeler in sorted(rankings.items()):
-        kept = {name: r for name, r in by_labeler.items() if name not in excluded}
-        if not kept:
+    adjudicated = {} if per_labeler else latest_adjudications(session, project)
+    for prompt_id in sorted(rankings.keys() | adjudicated.keys()):
+        kept = {name: r for name, r in rankings.get(prompt_id, {}).items() if name not in excluded}
+        if prompt_id in adjudicated:
+            ranking = adjudicated[prompt_id]
+            groups = [(ranking, sorted(kept), "adjudication")]
+        elif per_labeler:
+            groups = [(r, [name], "ranking") for name, r in sorted(kept.items())]
+        elif kept:
+            groups = [(METHODS[method](list(kept.values())), sorted(kept), "ranking")]
+        else:
             continue
-        order = sorted({item for r in kept.values() for item in r})  # completion id order
-        groups = (
-            [(r, [name]) for name, r in sorted(kept.items())]
-            if per_labeler
-            else [(METHODS[method](list(kept.values())), sorted(kept))]
-        )
-        for ranking, labelers in groups:
-            pairs, ties = ranking_pairs(order, ranking)
+        for ranking, labelers, source in groups:
+            pairs, ties = ranking_pairs(sorted(ranking), ranking)  # in completion id order
             result.ties += ties
             for chosen, rejected in pairs:
-                emit(prompt_id, chosen, rejected, "ranking", labelers)
+                emit(prompt_id, chosen, rejected, source, labelers)
 
     for prompt_id, chosen, rejected, labelers in _thumbs_pairs(
         session, project, excluded, per_labeler
@@ -154,6 +165,17 @@ def build_pairs(
         emit(prompt_id, chosen, rejected, "pair", labelers)
     result.prompts = len(used_prompts)
     return result
+
+
+def latest_adjudications(session: Session, project: Project) -> dict[int, Ranking]:
+    """prompt id -> the ranks of its newest adjudication (completion id -> rank)."""
+    rows = session.execute(
+        select(Adjudication.prompt_id, Adjudication.ranks)
+        .join(Prompt)
+        .where(Prompt.project_id == project.id, ~_is_gold())
+        .order_by(Adjudication.id)
+    ).all()
+    return {prompt_id: {int(c): r for c, r in ranks.items()} for prompt_id, ranks in rows}
 
 
 def _majority(votes: dict[Any, list[str]]) -> Any | None:
@@ -172,7 +194,11 @@ def _thumbs_pairs(session, project, excluded, per_labeler) -> Iterator[tuple]:
         .join(Thumb, Thumb.completion_id == Completion.id)
         .join(Labeler, Thumb.labeler_id == Labeler.id)
         .join(Prompt, Completion.prompt_id == Prompt.id)
-        .where(Prompt.project_id == project.id, Labeler.name.not_in(sorted(excluded)))
+        .where(
+            Prompt.project_id == project.id,
+            Labeler.name.not_in(sorted(excluded)),
+            ~_is_gold(),
+        )
         .order_by(Completion.prompt_id, Completion.id)
     ).all()
     # group -> completion -> label -> labelers; a group is a prompt (or prompt and labeler)
@@ -201,7 +227,11 @@ def _imported_pairs(session, project, excluded, per_labeler) -> Iterator[tuple]:
         .join(Completion, Preference.chosen_id == Completion.id)
         .join(Labeler, Preference.labeler_id == Labeler.id)
         .join(Prompt, Completion.prompt_id == Prompt.id)
-        .where(Prompt.project_id == project.id, Labeler.name.not_in(sorted(excluded)))
+        .where(
+            Prompt.project_id == project.id,
+            Labeler.name.not_in(sorted(excluded)),
+            ~_is_gold(),
+        )
         .order_by(Preference.id)
     ).all()
     if per_labeler:

@@ -20,7 +20,9 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -69,6 +71,12 @@ class Project(Base):
     criterion: Mapped[str] = mapped_column(String(200), default="helpfulness")
     instructions: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # How the labeling app hands the project's prompts out (rankings imported from files
+    # need none of these): rank each prompt's completions, or thumbs up/down on each;
+    # `overlap` distinct labelers per prompt; whether two completions may share a rank.
+    mode: Mapped[str] = mapped_column(String(16), default="ranking")
+    overlap: Mapped[int] = mapped_column(Integer, default=1)
+    allow_ties: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Prompt(Base):
@@ -120,6 +128,7 @@ class Ranking(Base):
         ForeignKey("labelers.id", ondelete="CASCADE"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    seconds: Mapped[float | None] = mapped_column(Float)  # labeling time; None: imported
     items: Mapped[list[RankingItem]] = relationship(
         cascade="all, delete-orphan", order_by="RankingItem.completion_id"
     )
@@ -172,6 +181,111 @@ class Preference(Base):
     labeler: Mapped[Labeler] = relationship()
 
 
+# --- the labeling app's tables (rlhfkit.web) ---------------------------------------------
+
+
+class Setting(Base):
+    """Values the app keeps with its data, such as the key it signs tokens with."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class User(Base):
+    """A person who logs in: a labeler of kind human, who may also be an admin."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    labeler_id: Mapped[int] = mapped_column(
+        ForeignKey("labelers.id", ondelete="CASCADE"), unique=True
+    )
+    role: Mapped[str] = mapped_column(String(16))  # "admin" | "labeler"
+    password_hash: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    labeler: Mapped[Labeler] = relationship(lazy="joined")
+
+
+class WebSession(Base):
+    """A login. The cookie holds a random token; only its SHA-256 is stored, so a copy of
+    the database logs nobody in."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Member(Base):
+    """A labeler assigned to a project: the only projects whose prompts they see."""
+
+    __tablename__ = "members"
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    labeler_id: Mapped[int] = mapped_column(
+        ForeignKey("labelers.id", ondelete="CASCADE"), primary_key=True
+    )
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # instructions
+
+
+class Lease(Base):
+    """A prompt handed to a labeler until `expires_at`: it counts toward the prompt's overlap
+    while it lasts, so two labelers asking at once never push a prompt past it."""
+
+    __tablename__ = "leases"
+    __table_args__ = (UniqueConstraint("prompt_id", "labeler_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    labeler_id: Mapped[int] = mapped_column(
+        ForeignKey("labelers.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Skip(Base):
+    """A labeler passed on a prompt ("skip") or reported it as unrankable ("flag")."""
+
+    __tablename__ = "skips"
+    __table_args__ = (UniqueConstraint("prompt_id", "labeler_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    labeler_id: Mapped[int] = mapped_column(
+        ForeignKey("labelers.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Adjudication(Base):
+    """An admin's ranking that settles a prompt: it replaces the labelers' consensus in the
+    pairs. Never deleted; a prompt's newest one counts, the rest are its history."""
+
+    __tablename__ = "adjudications"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    ranks: Mapped[dict[str, int]] = mapped_column(JSON)  # completion id (as text) -> rank
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Gold(Base):
+    """A prompt whose ranking is known: handed to each labeler once, unannounced, to measure
+    them; it counts toward no overlap, no agreement between labelers and no pairs."""
+
+    __tablename__ = "gold"
+    prompt_id: Mapped[int] = mapped_column(
+        ForeignKey("prompts.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    ranks: Mapped[dict[str, int]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another writer's transaction
 READ_ONLY = "rlhfkit_read_only"  # execution option: an SQLite transaction that only reads
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -192,7 +306,7 @@ STORE_TABLES = frozenset(
 _MIGRATION_LOCK = 0x726C68666B6974  # a PostgreSQL advisory lock key ("rlhfkit")
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL for a message, its password hidden (even in a URL that does not parse)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -229,9 +343,11 @@ def _create_engine(url: str) -> Engine:
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S} if sqlite else {}
         )
     except (ArgumentError, NoSuchModuleError, ImportError) as e:
-        raise RlhfkitError(f"cannot open store '{_safe(url)}': {e}") from None
+        raise RlhfkitError(f"cannot open store '{safe_url(url)}': {e}") from None
     except ValueError:  # raised by the URL parser only for a port that is not a number
-        raise RlhfkitError(f"cannot open store '{_safe(url)}': its port is not a number") from None
+        raise RlhfkitError(
+            f"cannot open store '{safe_url(url)}': its port is not a number"
+        ) from None
     if sqlite:
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
@@ -267,7 +383,7 @@ def check_store(connection: Connection, url: str) -> set[str]:
         unknown = sorted(marks - {s.revision for s in _migrations().walk_revisions()})
         if unknown:
             raise RlhfkitError(
-                f"store '{_safe(url)}' is marked with migration '{unknown[0]}', which this "
+                f"store '{safe_url(url)}' is marked with migration '{unknown[0]}', which this "
                 "rlhfkit does not know (a newer rlhfkit made it, or it is not an rlhfkit "
                 "store); nothing was changed"
             )
@@ -275,7 +391,7 @@ def check_store(connection: Connection, url: str) -> set[str]:
         shown = sorted(tables)
         listing = ", ".join(shown[:5]) + (", …" if len(shown) > 5 else "")
         raise RlhfkitError(
-            f"'{_safe(url)}' is not an rlhfkit feedback store (it holds other tables: "
+            f"'{safe_url(url)}' is not an rlhfkit feedback store (it holds other tables: "
             f"{listing}); nothing was changed"
         )
     return marks
@@ -328,10 +444,15 @@ class Store:
                 migrate(self.engine)  # takes the write lock: only when there is work
         except (SQLAlchemyError, sqlite3.Error) as e:  # sqlite3's: from _use_wal
             self.engine.dispose()
-            raise RlhfkitError(f"cannot open store '{_safe(self.url)}': {_reason(e)}") from None
+            raise RlhfkitError(f"cannot open store '{safe_url(self.url)}': {_reason(e)}") from None
         except RlhfkitError:
             self.engine.dispose()
             raise
+
+    @property
+    def display_url(self) -> str:
+        """The URL to show people: its password hidden."""
+        return safe_url(self.url)
 
     @contextmanager
     def session(self, read_only: bool = False) -> Iterator[Session]:
@@ -342,7 +463,7 @@ class Store:
             with Session(bind, expire_on_commit=False) as session, session.begin():
                 yield session
         except SQLAlchemyError as e:
-            raise RlhfkitError(f"store '{_safe(self.url)}': {_reason(e)}") from None
+            raise RlhfkitError(f"store '{safe_url(self.url)}': {_reason(e)}") from None
 
     def close(self) -> None:
         self.engine.dispose()

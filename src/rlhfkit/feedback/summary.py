@@ -31,11 +31,20 @@ def agreement_summary(
 ) -> dict[str, Any]:
     with store.session(read_only=True) as session:
         rankings = load_rankings(session, get_project(session, project_name))
+    summary = {"project": project_name, **labelers_summary(rankings, method, min_tau)}
+    if heatmap:
+        save_heatmap(rankings, heatmap)
+        summary["heatmap"] = str(heatmap)
+    return summary
+
+
+def labelers_summary(rankings: Rankings, method: str, min_tau: float) -> dict[str, Any]:
+    """Agreement over all labelers (α, pairwise rate), each labeler's against the others'
+    consensus, and each pair of labelers' rate."""
     matrix = pairwise_matrix(rankings)
     agree = sum(a for a, _ in matrix.values())
     comparisons = sum(t for _, t in matrix.values())
-    summary = {
-        "project": project_name,
+    return {
         "prompts": len(rankings),
         "krippendorff_alpha": _clean(krippendorff_alpha_ordinal(rankings)),
         "pairwise_agreement": agree / comparisons if comparisons else None,
@@ -48,10 +57,6 @@ def agreement_summary(
             for (a, b), (n, t) in sorted(matrix.items())
         ],
     }
-    if heatmap:
-        save_heatmap(rankings, heatmap)
-        summary["heatmap"] = str(heatmap)
-    return summary
 
 
 def save_heatmap(rankings: Rankings, path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The labeling web app (`rlhfkit serve`)."""
