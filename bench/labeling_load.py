@@ -2,13 +2,16 @@
 of its own, on SQLite and (when a server is reachable) PostgreSQL, each alone and with a
 bulk `rlhfkit feedback import` writing to the same store at the same time.
 
-    .venv/bin/python bench/labeling_load.py [--labelers 20] [--seconds 30] [--postgres URL]
+    .venv/bin/python bench/labeling_load.py [--labelers 20] [--seconds 30] [--think 1.0]
+                                           [--postgres URL]
 
 Prints, for each store and mode: rankings stored per second, the p50/p95 latency of a
 submission (POST, committed before it answers) and of fetching the next item (GET), errors,
 and a check that every acknowledged ranking is stored exactly once and no prompt went past
-its overlap. Each labeler submits as fast as the server answers (no think time), so this is
-the most the machine sustains; the load generator shares the machine's cores with the server.
+its overlap. Two paces: each labeler reading an item for `--think` seconds before ranking it
+(people take far longer; this is the latency a labeler feels), and as fast as the server
+answers (no think time: the most the machine sustains, and a queue of 20 waiting requests).
+The load generator shares the machine's cores with the server.
 `--postgres` (or RLHFKIT_TEST_POSTGRES) names a server on which a database may be created.
 """
 
@@ -109,8 +112,9 @@ def serve(url: str) -> tuple[subprocess.Popen, str]:
 class Labeling:
     """One labeler's loop: fetch the next item, rank it, until the deadline."""
 
-    def __init__(self, base: str, name: str, project_id: int, deadline: float):
+    def __init__(self, base: str, name: str, project_id: int, deadline: float, think: float):
         self.base, self.name, self.project_id, self.deadline = base, name, project_id, deadline
+        self.think = think
         self.posts: list[float] = []
         self.gets: list[float] = []
         self.acknowledged: list[int] = []
@@ -137,6 +141,7 @@ class Labeling:
                 ids = re.findall(r'name="rank_(\d+)"', answer.text)
                 data = {"csrf_token": csrf(answer.text)}
                 data.update({f"rank_{c}": str(i + 1) for i, c in enumerate(ids)})
+                time.sleep(self.think * random.uniform(0.5, 1.5))  # reading the item
                 started = time.perf_counter()
                 posted = client.post(f"/p/{self.project_id}/label/{prompt_id}", data=data)
                 self.posts.append(time.perf_counter() - started)
@@ -150,7 +155,7 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else float("nan")
 
 
-def measure(url: str, label: str, args, bulk: Path | None) -> None:
+def measure(url: str, label: str, args, bulk: Path | None, think: float) -> None:
     project_id = prepare(url, args.labelers, args.prompts)
     server, base = serve(url)
     importer = None
@@ -163,7 +168,8 @@ def measure(url: str, label: str, args, bulk: Path | None) -> None:
             )
         deadline = time.monotonic() + args.seconds
         runs = [
-            Labeling(base, f"labeler{i:02d}", project_id, deadline) for i in range(args.labelers)
+            Labeling(base, f"labeler{i:02d}", project_id, deadline, think)
+            for i in range(args.labelers)
         ]
         threads = [threading.Thread(target=r.run) for r in runs]
         started = time.monotonic()
@@ -194,7 +200,7 @@ def measure(url: str, label: str, args, bulk: Path | None) -> None:
     errors = [e for r in runs for e in r.errors]
     exact = sorted(stored) == acknowledged
     print(
-        f"{label:<28} {len(acknowledged) / elapsed:7.1f} rankings/s   "
+        f"{label:<40} {len(acknowledged) / elapsed:7.1f} rankings/s   "
         f"POST p50 {percentile(posts, 50):6.1f} ms  p95 {percentile(posts, 95):6.1f} ms   "
         f"GET p50 {percentile(gets, 50):6.1f} ms  p95 {percentile(gets, 95):6.1f} ms   "
         f"errors {len(errors)}   stored exactly once: {'yes' if exact else 'NO'}   "
@@ -215,6 +221,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labelers", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--think", type=float, default=1.0)
     parser.add_argument("--prompts", type=int, default=5000)
     parser.add_argument("--import-rankings", type=int, default=40000)
     parser.add_argument("--postgres", default=os.environ.get("RLHFKIT_TEST_POSTGRES"))
@@ -222,21 +229,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         bulk = import_file(Path(folder), args.import_rankings)
         print(
-            f"{args.labelers} labelers ranking 4 completions as fast as answered, "
+            f"{args.labelers} labelers ranking 4 completions, "
             f"{args.seconds:g} s each run; the import: {args.import_rankings} rankings"
         )
-        for with_import in (False, True):
-            mode = "with import" if with_import else "alone"
-            url = f"sqlite:///{Path(folder) / f'store-{with_import}.db'}"
-            measure(url, f"SQLite, {mode}", args, bulk if with_import else None)
-            if args.postgres:
-                admin, name, url = postgres_database(args.postgres)
-                try:
-                    measure(url, f"PostgreSQL, {mode}", args, bulk if with_import else None)
-                finally:
-                    with admin.connect() as connection:
-                        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                    admin.dispose()
+        for think in (args.think, 0.0):
+            for with_import in (False, True):
+                pace = f"think {think:g} s" if think else "no think time"
+                mode = f"{pace}, {'with import' if with_import else 'alone'}"
+                stores = [("SQLite", f"sqlite:///{Path(folder) / f'{think}-{with_import}.db'}")]
+                if args.postgres:
+                    stores.append(("PostgreSQL", None))
+                for kind, url in stores:
+                    extra = bulk if with_import else None
+                    if url is not None:
+                        measure(url, f"{kind}, {mode}", args, extra, think)
+                        continue
+                    admin, name, url = postgres_database(args.postgres)
+                    try:
+                        measure(url, f"{kind}, {mode}", args, extra, think)
+                    finally:
+                        with admin.connect() as connection:
+                            connection.execute(
+                                text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                            )
+                        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def current_item(session: Session, project: Project, labeler_id: int) -> Item | 
     )
     if lease is None:
         return None
-    gold = lease.prompt_id in _gold_ids(session, project)
+    gold = session.get(Gold, lease.prompt_id) is not None
     return _item(session, lease.prompt_id, labeler_id, lease, gold)
 
 
@@ -147,7 +147,7 @@ def next_item(
     )
     if prompt_id is None:
         return None
-    gold = prompt_id in _gold_ids(session, project)
+    gold = session.get(Gold, prompt_id) is not None
     session.execute(
         delete(Lease).where(Lease.prompt_id == prompt_id, Lease.labeler_id == labeler_id)
     )
@@ -168,12 +168,18 @@ def _enough_completions():
     ).scalar_subquery() >= 2
 
 
-def _untouched_by(labeler_id: int, labeled):
-    mine = labeled.where(labeled.selected_columns[1] == labeler_id).subquery()
-    return and_(
-        Prompt.id.not_in(select(mine.c[0])),
-        ~exists().where(Skip.prompt_id == Prompt.id, Skip.labeler_id == labeler_id),
-    )
+def _untouched_by(labeler_id: int, project: Project):
+    """The prompt of the enclosing query is neither labeled nor skipped by this labeler."""
+    if project.mode == "thumbs":
+        mine = exists().where(
+            Completion.prompt_id == Prompt.id,
+            Thumb.completion_id == Completion.id,
+            Thumb.labeler_id == labeler_id,
+        )
+    else:
+        mine = exists().where(Ranking.prompt_id == Prompt.id, Ranking.labeler_id == labeler_id)
+    skipped = exists().where(Skip.prompt_id == Prompt.id, Skip.labeler_id == labeler_id)
+    return and_(~mine, ~skipped)
 
 
 def _due_gold(session: Session, project: Project, labeler_id: int) -> int | None:
@@ -181,6 +187,8 @@ def _due_gold(session: Session, project: Project, labeler_id: int) -> int | None
     ordinary items (and as their first item but one), so they cannot be told apart by when
     they come."""
     golds = select(Gold.prompt_id).join(Prompt).where(Prompt.project_id == project.id)
+    if session.scalar(golds.limit(1)) is None:
+        return None  # most projects have none: one query, not four
     labeled = _labeled_by(project).subquery()
     mine = select(labeled.c[0]).where(labeled.c[1] == labeler_id)
     done_all = session.scalar(select(func.count()).select_from(mine.subquery()))
@@ -191,45 +199,52 @@ def _due_gold(session: Session, project: Project, labeler_id: int) -> int | None
     if done_gold >= (done_ordinary + GOLD_EVERY - 1) // GOLD_EVERY:
         return None
     candidates = session.scalars(
-        golds.where(_untouched_by(labeler_id, _labeled_by(project)), _enough_completions())
+        golds.where(_untouched_by(labeler_id, project), _enough_completions())
     ).all()
     if not candidates:
         return None
     return min(candidates, key=lambda p: hashlib.sha256(f"{labeler_id}:{p}".encode()).digest())
 
 
+def _label_count(project: Project):
+    """How many labelers have labeled the prompt of the enclosing query (a correlated count:
+    an index lookup per prompt the query looks at, never an aggregate over the project)."""
+    if project.mode == "thumbs":
+        return (
+            select(func.count(func.distinct(Thumb.labeler_id)))
+            .join(Completion, Thumb.completion_id == Completion.id)
+            .where(Completion.prompt_id == Prompt.id)
+            .scalar_subquery()
+        )
+    return select(func.count()).where(Ranking.prompt_id == Prompt.id).scalar_subquery()
+
+
 def _next_prompt(session: Session, project: Project, labeler_id: int) -> int | None:
-    """The ordinary prompt that needs a label most: among those this labeler has not labeled
-    or skipped, that few have skipped, and that are below the overlap counting live leases,
-    the one closest to done (so finished prompts accumulate), then the oldest."""
-    labeled = _labeled_by(project).subquery()
-    done = (
-        select(labeled.c[0].label("prompt_id"), func.count().label("n"))
-        .group_by(labeled.c[0])
-        .subquery()
+    """The oldest ordinary prompt this labeler has not labeled or skipped, that fewer than
+    RETIRE_AFTER labelers passed on, and that is below the overlap counting live leases.
+    Everyone takes the oldest open prompt, so prompts fill up in order, and the scan, which
+    stops at the first match, passes over the finished ones only."""
+    live_leases = (
+        select(func.count())
+        .where(
+            Lease.prompt_id == Prompt.id,
+            Lease.expires_at > now(),
+            Lease.labeler_id != labeler_id,
+        )
+        .scalar_subquery()
     )
-    leased = (
-        select(Lease.prompt_id, func.count().label("n"))
-        .where(Lease.expires_at > now(), Lease.labeler_id != labeler_id)
-        .group_by(Lease.prompt_id)
-        .subquery()
-    )
-    skipped = select(Skip.prompt_id, func.count().label("n")).group_by(Skip.prompt_id).subquery()
-    n_done = func.coalesce(done.c.n, 0)
+    skips = select(func.count()).where(Skip.prompt_id == Prompt.id).scalar_subquery()
     query = (
         select(Prompt.id)
-        .outerjoin(done, done.c.prompt_id == Prompt.id)
-        .outerjoin(leased, leased.c.prompt_id == Prompt.id)
-        .outerjoin(skipped, skipped.c.prompt_id == Prompt.id)
         .where(
             Prompt.project_id == project.id,
             ~exists().where(Gold.prompt_id == Prompt.id),
-            _untouched_by(labeler_id, _labeled_by(project)),
-            func.coalesce(skipped.c.n, 0) < RETIRE_AFTER,
-            n_done + func.coalesce(leased.c.n, 0) < project.overlap,
+            _label_count(project) + live_leases < project.overlap,
+            _untouched_by(labeler_id, project),
+            skips < RETIRE_AFTER,
             _enough_completions(),
         )
-        .order_by(n_done.desc(), Prompt.id)
+        .order_by(Prompt.id)
         .limit(1)
     )
     return session.scalar(query)
