@@ -117,6 +117,15 @@ def add_prompts(session, project: Project, rows, model: str | None = None) -> tu
     return after - before, registry.created_completions
 
 
+def added_page(web: Web, request: Request, project_id: int, added: tuple[int, int]):
+    return web.page(
+        request,
+        "message.html",
+        message=f"added {added[0]} prompts, {added[1]} completions",
+        back=f"/admin/p/{project_id}",
+    )
+
+
 def disagreements(session, project: Project, limit: int = 50) -> list[dict[str, Any]]:
     """The prompts ranked by two or more labelers, those whose labelers agree least first:
     the share of (labeler pair, completion pair) comparisons on which they disagree."""
@@ -353,12 +362,7 @@ def register_admin_routes(app: FastAPI, web: Web) -> None:
                 if p.completions
             ]
             added = add_prompts(session, project, rows)
-        return web.page(
-            request,
-            "message.html",
-            message=f"added {added[0]} prompts, {added[1]} completions",
-            back=f"/admin/p/{project_id}",
-        )
+        return added_page(web, request, project_id, added)
 
     @app.post("/admin/p/{project_id}/upload")
     def upload(request: Request, project_id: int, form: Posted):
@@ -373,12 +377,7 @@ def register_admin_routes(app: FastAPI, web: Web) -> None:
         rows = read_completions_upload(data, Path(upload.filename or "upload").name)
         with web.store.session() as session:
             added = add_prompts(session, _project(session, project_id), rows)
-        return web.page(
-            request,
-            "message.html",
-            message=f"added {added[0]} prompts, {added[1]} completions",
-            back=f"/admin/p/{project_id}",
-        )
+        return added_page(web, request, project_id, added)
 
     @app.get("/admin/p/{project_id}/agreement")
     def agreement_page(request: Request, project_id: int, method: str = "borda", min_tau: str = ""):

@@ -92,6 +92,17 @@ class Web:
         return HTMLResponse(html, status_code=status)
 
 
+def set_login_cookie(response, request: Request, token: str, hours: float) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(hours * 3600),
+        httponly=True,
+        samesite="lax",
+        secure=secure_cookie(request),
+    )
+
+
 def proxy(trusted: str | None) -> dict[str, object]:
     """uvicorn's settings for a reverse proxy: its X-Forwarded-For/-Proto headers are believed
     from the `trusted` addresses only (comma-separated, or *), and from nobody without them."""
@@ -194,14 +205,7 @@ def register_account_routes(app: FastAPI, web: Web) -> None:
             web.limiter.failed(*keys)
             return login_form(request, "wrong name or password, or the account is off", 401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(
-            SESSION_COOKIE,
-            token,
-            max_age=int(web.settings.session_hours * 3600),
-            httponly=True,
-            samesite="lax",
-            secure=secure_cookie(request),
-        )
+        set_login_cookie(response, request, token, web.settings.session_hours)
         response.delete_cookie(LOGIN_COOKIE)
         return response
 
@@ -242,14 +246,7 @@ def register_account_routes(app: FastAPI, web: Web) -> None:
                 return web.page(request, "account.html", 400, message=str(e))
             token = accounts.start_session(session, me, web.settings.session_hours)
         response = web.page(request, "account.html", message="password changed")
-        response.set_cookie(
-            SESSION_COOKIE,
-            token,
-            max_age=int(web.settings.session_hours * 3600),
-            httponly=True,
-            samesite="lax",
-            secure=secure_cookie(request),
-        )
+        set_login_cookie(response, request, token, web.settings.session_hours)
         return response
 
 

@@ -457,39 +457,33 @@ def _member_progress(session, project, gold, labels, skips, leases) -> list[dict
     return rows
 
 
+def _project_prompt(session: Session, project: Project, prompt_id: int) -> Prompt:
+    prompt = session.get(Prompt, prompt_id)
+    if prompt is None or prompt.project_id != project.id:
+        raise LabelingError("that prompt is not in this project", 404)
+    return prompt
+
+
+def _known_ranks(prompt: Prompt, ranks: dict[int, int]) -> dict[str, int]:
+    """An admin's ranks for the prompt, checked (ties allowed), as stored: JSON keys."""
+    check_item_ranks(ranks, [c.id for c in prompt.completions], allow_ties=True)
+    return {str(c): r for c, r in ranks.items()}
+
+
 def adjudicate(
     session: Session, project: Project, user: User, prompt_id: int, ranks: dict[int, int]
 ) -> None:
     """Record an admin's ranking as the one that settles the prompt (logged, never a vote)."""
-    prompt = session.get(Prompt, prompt_id)
-    if prompt is None or prompt.project_id != project.id:
-        raise LabelingError("that prompt is not in this project", 404)
-    check_item_ranks(ranks, [c.id for c in prompt.completions], allow_ties=True)
-    session.add(
-        Adjudication(
-            prompt_id=prompt_id,
-            user_id=user.id,
-            ranks={str(c): r for c, r in ranks.items()},
-            created_at=now(),
-        )
-    )
+    settled = _known_ranks(_project_prompt(session, project, prompt_id), ranks)
+    session.add(Adjudication(prompt_id=prompt_id, user_id=user.id, ranks=settled, created_at=now()))
 
 
 def set_gold(
     session: Session, project: Project, user: User, prompt_id: int, ranks: dict[int, int] | None
 ) -> None:
     """Mark a prompt's ranking as known (or, with None, unmark it)."""
-    prompt = session.get(Prompt, prompt_id)
-    if prompt is None or prompt.project_id != project.id:
-        raise LabelingError("that prompt is not in this project", 404)
+    prompt = _project_prompt(session, project, prompt_id)
     session.execute(delete(Gold).where(Gold.prompt_id == prompt_id))
     if ranks is not None:
-        check_item_ranks(ranks, [c.id for c in prompt.completions], allow_ties=True)
-        session.add(
-            Gold(
-                prompt_id=prompt_id,
-                user_id=user.id,
-                ranks={str(c): r for c, r in ranks.items()},
-                created_at=now(),
-            )
-        )
+        known = _known_ranks(prompt, ranks)
+        session.add(Gold(prompt_id=prompt_id, user_id=user.id, ranks=known, created_at=now()))
