@@ -11,7 +11,12 @@ from typing import Any
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_write
 
-__all__ = ["atomic_write", "read_jsonl", "write_jsonl"]  # atomic_write lives in files.py
+__all__ = [
+    "atomic_write",
+    "parse_jsonl_lines",
+    "read_jsonl",
+    "write_jsonl",
+]  # atomic_write lives in files.py
 
 
 def read_jsonl(
@@ -25,21 +30,28 @@ def read_jsonl(
     except OSError as e:
         raise RlhfkitError(f"{path}: cannot read ({e.strerror or e})") from None
     with handle:
-        for number, raw in enumerate(handle, start=1):
-            if on_bytes:
-                on_bytes(len(raw))
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise RlhfkitError(
-                    f"{path}:{number}: not UTF-8 text (byte {e.start + 1} of the line)"
-                ) from None
-            if not line.strip():
-                continue
-            obj = _decode(line, f"{path}:{number}")
-            if not isinstance(obj, dict):
-                raise RlhfkitError(f"{path}:{number}: expected a JSON object")
-            yield number, obj
+        yield from parse_jsonl_lines(handle, str(path), on_bytes)
+
+
+def parse_jsonl_lines(
+    lines: Iterable[bytes], name: str, on_bytes: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`read_jsonl` for lines of bytes from anywhere (a file, an upload); errors name `name`."""
+    for number, raw in enumerate(lines, start=1):
+        if on_bytes:
+            on_bytes(len(raw))
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RlhfkitError(
+                f"{name}:{number}: not UTF-8 text (byte {e.start + 1} of the line)"
+            ) from None
+        if not line.strip():
+            continue
+        obj = _decode(line, f"{name}:{number}")
+        if not isinstance(obj, dict):
+            raise RlhfkitError(f"{name}:{number}: expected a JSON object")
+        yield number, obj
 
 
 def _decode(line: str, where: str) -> Any:

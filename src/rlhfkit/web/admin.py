@@ -3,7 +3,6 @@ agreement, disagreements and their adjudication, gold items, and downloads."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import delete, func, select
 
-from rlhfkit.data.jsonl import write_jsonl
+from rlhfkit.data.jsonl import parse_jsonl_lines, write_jsonl
 from rlhfkit.data.records import RecordError, check_completions
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.agreement import compare
@@ -75,20 +74,7 @@ def read_completions_upload(data: bytes, name: str) -> list[tuple[str, list[str]
     """(prompt, completions, id) of each line of an uploaded JSONL file, all checked before
     any is stored, as `rlhfkit feedback import` checks its files."""
     rows = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        where = f"{name}:{number}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RlhfkitError(f"{where}: not UTF-8 text") from None
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError, ValueError):
-            raise RlhfkitError(f"{where}: invalid JSON") from None
-        if not isinstance(obj, dict):
-            raise RlhfkitError(f"{where}: expected a JSON object")
+    for number, obj in parse_jsonl_lines(data.splitlines(keepends=True), name):
         try:
             if "ranks" in obj or "labeler" in obj:
                 raise RecordError(
@@ -97,7 +83,7 @@ def read_completions_upload(data: bytes, name: str) -> list[tuple[str, list[str]
                 )
             prompt, completions = check_completions(obj)
         except RecordError as e:
-            raise RlhfkitError(f"{where}: {e}") from None
+            raise RlhfkitError(f"{name}:{number}: {e}") from None
         external = obj.get("id")
         rows.append((prompt, completions, None if external is None else str(external)))
     if not rows:
@@ -466,9 +452,7 @@ def register_admin_routes(app: FastAPI, web: Web) -> None:
         require_admin(request)
         with web.store.session(read_only=True) as session:
             project = _project(session, project_id)
-            prompt = session.get(Prompt, prompt_id)
-            if prompt is None or prompt.project_id != project_id:
-                raise HTTPException(404, "no such prompt in this project")
+            prompt = labeling.project_prompt(session, project, prompt_id)
             completions = [(c.id, c.text) for c in prompt.completions]
             gold = session.get(Gold, prompt_id)
             history = session.execute(

@@ -59,8 +59,6 @@ class Item:
     prompt_id: int
     prompt: str
     completions: list[tuple[int, str]]  # in this labeler's order
-    expires_at: Any
-    gold: bool  # never shown to the labeler
 
 
 def lock_project(session: Session, project: Project) -> None:
@@ -103,16 +101,10 @@ def _gold_ids(session: Session, project: Project) -> set[int]:
     )
 
 
-def _item(session: Session, prompt_id: int, labeler_id: int, lease: Lease, gold: bool) -> Item:
+def _item(session: Session, prompt_id: int, labeler_id: int) -> Item:
     prompt = session.get(Prompt, prompt_id)
     completions = [(c.id, c.text) for c in prompt.completions]
-    return Item(
-        prompt_id,
-        prompt.text,
-        shuffled(completions, labeler_id, prompt_id),
-        aware(lease.expires_at),
-        gold,
-    )
+    return Item(prompt_id, prompt.text, shuffled(completions, labeler_id, prompt_id))
 
 
 def current_item(session: Session, project: Project, labeler_id: int) -> Item | None:
@@ -128,10 +120,7 @@ def current_item(session: Session, project: Project, labeler_id: int) -> Item | 
         .order_by(Lease.id)
         .limit(1)
     )
-    if lease is None:
-        return None
-    gold = session.get(Gold, lease.prompt_id) is not None
-    return _item(session, lease.prompt_id, labeler_id, lease, gold)
+    return None if lease is None else _item(session, lease.prompt_id, labeler_id)
 
 
 def next_item(
@@ -147,7 +136,6 @@ def next_item(
     )
     if prompt_id is None:
         return None
-    gold = session.get(Gold, prompt_id) is not None
     session.execute(
         delete(Lease).where(Lease.prompt_id == prompt_id, Lease.labeler_id == labeler_id)
     )
@@ -159,7 +147,7 @@ def next_item(
     )
     session.add(lease)
     session.flush()
-    return _item(session, prompt_id, labeler_id, lease, gold)
+    return _item(session, prompt_id, labeler_id)
 
 
 def _enough_completions():
@@ -168,18 +156,21 @@ def _enough_completions():
     ).scalar_subquery() >= 2
 
 
-def _untouched_by(labeler_id: int, project: Project):
-    """The prompt of the enclosing query is neither labeled nor skipped by this labeler."""
+def _labeled_by_labeler(labeler_id: int, project: Project):
+    """The prompt of the enclosing query has this labeler's label, in the project's mode."""
     if project.mode == "thumbs":
-        mine = exists().where(
+        return exists().where(
             Completion.prompt_id == Prompt.id,
             Thumb.completion_id == Completion.id,
             Thumb.labeler_id == labeler_id,
         )
-    else:
-        mine = exists().where(Ranking.prompt_id == Prompt.id, Ranking.labeler_id == labeler_id)
+    return exists().where(Ranking.prompt_id == Prompt.id, Ranking.labeler_id == labeler_id)
+
+
+def _untouched_by(labeler_id: int, project: Project):
+    """The prompt of the enclosing query is neither labeled nor skipped by this labeler."""
     skipped = exists().where(Skip.prompt_id == Prompt.id, Skip.labeler_id == labeler_id)
-    return and_(~mine, ~skipped)
+    return and_(~_labeled_by_labeler(labeler_id, project), ~skipped)
 
 
 def _due_gold(session: Session, project: Project, labeler_id: int) -> int | None:
@@ -252,12 +243,10 @@ def _next_prompt(session: Session, project: Project, labeler_id: int) -> int | N
 
 def _take_lease(session: Session, project: Project, labeler_id: int, prompt_id: int) -> Lease:
     """The labeler's live lease on the prompt, removed; or the reason there is none."""
+    project_prompt(session, project, prompt_id)
     lease = session.scalar(
         select(Lease).where(Lease.prompt_id == prompt_id, Lease.labeler_id == labeler_id)
     )
-    prompt = session.get(Prompt, prompt_id)
-    if prompt is None or prompt.project_id != project.id:
-        raise LabelingError("that item is not in this project", 404)
     if lease is None:
         raise LabelingError("that item was not handed to you; take the next one", 409)
     if aware(lease.expires_at) <= now():  # left in place: the next hand-out replaces it
@@ -271,15 +260,10 @@ def _take_lease(session: Session, project: Project, labeler_id: int, prompt_id: 
 
 
 def _already_labeled(session: Session, project: Project, labeler_id: int, prompt_id: int) -> bool:
-    labeled = _labeled_by(project).subquery()
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(labeled)
-            .where(labeled.c[0] == prompt_id, labeled.c[1] == labeler_id)
-        )
-        > 0
+    query = select(Prompt.id).where(
+        Prompt.id == prompt_id, _labeled_by_labeler(labeler_id, project)
     )
+    return session.scalar(query) is not None
 
 
 def check_item_ranks(
@@ -457,7 +441,8 @@ def _member_progress(session, project, gold, labels, skips, leases) -> list[dict
     return rows
 
 
-def _project_prompt(session: Session, project: Project, prompt_id: int) -> Prompt:
+def project_prompt(session: Session, project: Project, prompt_id: int) -> Prompt:
+    """The prompt, if it is the project's; else a 404 that does not say whose it is."""
     prompt = session.get(Prompt, prompt_id)
     if prompt is None or prompt.project_id != project.id:
         raise LabelingError("that prompt is not in this project", 404)
@@ -474,7 +459,7 @@ def adjudicate(
     session: Session, project: Project, user: User, prompt_id: int, ranks: dict[int, int]
 ) -> None:
     """Record an admin's ranking as the one that settles the prompt (logged, never a vote)."""
-    settled = _known_ranks(_project_prompt(session, project, prompt_id), ranks)
+    settled = _known_ranks(project_prompt(session, project, prompt_id), ranks)
     session.add(Adjudication(prompt_id=prompt_id, user_id=user.id, ranks=settled, created_at=now()))
 
 
@@ -482,7 +467,7 @@ def set_gold(
     session: Session, project: Project, user: User, prompt_id: int, ranks: dict[int, int] | None
 ) -> None:
     """Mark a prompt's ranking as known (or, with None, unmark it)."""
-    prompt = _project_prompt(session, project, prompt_id)
+    prompt = project_prompt(session, project, prompt_id)
     session.execute(delete(Gold).where(Gold.prompt_id == prompt_id))
     if ranks is not None:
         known = _known_ranks(prompt, ranks)

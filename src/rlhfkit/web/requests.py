@@ -62,27 +62,24 @@ def require_admin(request: Request) -> User:
     return user
 
 
-def posted_ranks(form: dict[str, Any]) -> dict[int, int]:
-    """rank_<completion id> = <rank> fields as {completion id: rank}."""
-    ranks = {}
+def _numbered_fields(form: FormData, prefix: str, read, error: str) -> dict[int, Any]:
+    """`<prefix><completion id>` fields as {completion id: read(value)}."""
+    fields = {}
     for key, value in form.items():
-        if key.startswith("rank_"):
+        if key.startswith(prefix):
             try:
-                ranks[int(key[5:])] = int(str(value))
+                fields[int(key[len(prefix) :])] = read(str(value))
             except ValueError:
-                raise LabelingError("every rank must be a whole number", 422) from None
-    return ranks
+                raise LabelingError(error, 422) from None
+    return fields
 
 
-def posted_thumbs(form: dict[str, Any]) -> dict[int, str]:
-    labels = {}
-    for key, value in form.items():
-        if key.startswith("thumb_"):
-            try:
-                labels[int(key[6:])] = str(value)
-            except ValueError:
-                raise LabelingError("malformed thumbs", 422) from None
-    return labels
+def posted_ranks(form: FormData) -> dict[int, int]:
+    return _numbered_fields(form, "rank_", int, "every rank must be a whole number")
+
+
+def posted_thumbs(form: FormData) -> dict[int, str]:
+    return _numbered_fields(form, "thumb_", str, "malformed thumbs")
 
 
 def csv_bytes(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
