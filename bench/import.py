@@ -18,9 +18,9 @@ import random
 import string
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
+from rlhfkit.feedback.scratch import scratch_database
 from rlhfkit.feedback.store import Store
 from rlhfkit.feedback.transfer import import_file
 
@@ -84,23 +84,6 @@ def timed_imports(url: str, name: str, files: dict[str, tuple[Path, int]]) -> No
     store.close()
 
 
-def postgres_database(server: str):
-    """A fresh database on the server, or None when it cannot be reached."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
-
-    name = f"rlhfkit_bench_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = create_engine(server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except SQLAlchemyError as e:
-        print(f"PostgreSQL at {make_url(server).render_as_string()} not reachable: {e.orig}")
-        return None, None
-    return admin, make_url(server).set(database=name).render_as_string(hide_password=False)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rankings", type=int, default=20_000)
@@ -122,17 +105,8 @@ def main() -> None:
             print(f"{kind}: {n} records, {path.stat().st_size / 1e6:.1f} MB")
         timed_imports(f"sqlite:///{Path(tmp) / 'bench.db'}", "sqlite", files)
         if args.postgres:
-            admin, url = postgres_database(args.postgres)
-            if url:
-                try:
-                    timed_imports(url, "postgresql", files)
-                finally:
-                    from sqlalchemy import text
-
-                    name = url.rsplit("/", 1)[1]
-                    with admin.connect() as connection:
-                        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                    admin.dispose()
+            with scratch_database(args.postgres, "rlhfkit_bench") as url:
+                timed_imports(url, "postgresql", files)
         else:
             print("PostgreSQL: not measured (give --postgres URL or set RLHFKIT_TEST_POSTGRES)")
 

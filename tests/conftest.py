@@ -7,14 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
+from rlhfkit.feedback.scratch import scratch_database
 from rlhfkit.feedback.store import Store
 
 POSTGRES = os.environ.get("RLHFKIT_TEST_POSTGRES")  # e.g. postgresql+psycopg://u:p@host/db
@@ -27,16 +25,8 @@ def _postgres_database():
         if REQUIRE_POSTGRES:
             pytest.fail("RLHFKIT_REQUIRE_POSTGRES=1 but RLHFKIT_TEST_POSTGRES is not set")
         pytest.skip("no PostgreSQL server (set RLHFKIT_TEST_POSTGRES; .ci/run does)")
-    name = f"rlhfkit_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(POSTGRES, "rlhfkit_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

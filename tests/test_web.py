@@ -16,6 +16,7 @@ from rlhfkit.feedback.store import (
     Lease,
     Prompt,
     Ranking,
+    RankingItem,
     Store,
     Thumb,
     User,
@@ -442,6 +443,41 @@ def test_skips_and_flags_retire_a_prompt_and_show_on_the_dashboard(app, store):
     assert "1 retired" in dashboard.text and "answers &lt;cut&gt; off" in dashboard.text
 
 
+def _closed(store: Store) -> dict[str, bool]:
+    with store.session(read_only=True) as session:
+        return {p.text: p.closed_at is not None for p in session.scalars(select(Prompt))}
+
+
+def test_finished_prompts_are_closed_and_a_higher_overlap_opens_them_again(app, store):
+    project_id = make_project(store, prompts=2, overlap=1, labelers=("ann", "ben"))
+    ann, ben = client_for(app, "ann"), client_for(app, "ben")
+    first, _ = item_of(start(ann, project_id))
+    rank(ann, project_id, start(ann, project_id))
+    assert _closed(store) == {"harm prompt 0": True, "harm prompt 1": False}
+    admin = client_for(app, "root")
+    page = admin.get(f"/admin/p/{project_id}")
+    form = {"criterion": "harmlessness", "mode": "ranking", "overlap": "2"}
+    admin.post(f"/admin/p/{project_id}/settings", data={"csrf_token": csrf(page), **form})
+    assert _closed(store) == {"harm prompt 0": False, "harm prompt 1": False}
+    assert item_of(start(ben, project_id))[0] == first  # open again: it needs a second label
+
+
+def test_labels_stored_outside_the_app_count_before_their_prompt_is_closed(app, store):
+    project_id = make_project(store, prompts=1, overlap=1)
+    with store.session() as session:  # as `rlhfkit feedback import` stores a ranking
+        prompt = session.scalar(select(Prompt))
+        ranking = Ranking(prompt_id=prompt.id, labeler_id=labeler_id(store, "ben"))
+        ranking.items = [
+            RankingItem(completion_id=c.id, rank=i + 1) for i, c in enumerate(prompt.completions)
+        ]
+        session.add(ranking)
+    assert "Nothing left" in start(client_for(app, "ann"), project_id).text
+    assert _closed(store) == {"harm prompt 0": False}
+    restarted = create_app(Settings(store_url=store.url))
+    assert _closed(store) == {"harm prompt 0": True}
+    restarted.state.web.store.close()
+
+
 def test_thumbs_mode(app, store):
     project_id = make_project(store, mode="thumbs", overlap=1, prompts=1)
     ann = client_for(app, "ann")
@@ -454,6 +490,24 @@ def test_thumbs_mode(app, store):
         labels = {t.completion_id: t.label for t in session.scalars(select(Thumb))}
     assert labels == {c: ("down" if c == shown[0] else "up") for c in shown}
     assert "Nothing left" in ann.get(f"/p/{project_id}/label").text
+
+
+def test_thumbs_agreement_counts_up_down_contrasts(app, store):
+    project_id = make_project(store, mode="thumbs", overlap=2, prompts=1, completions=3)
+    votes = {"ann": ["up", "down", "down"], "ben": ["up", "up", "down"]}  # by completion order
+    for name, labels in votes.items():
+        client = client_for(app, name)
+        page = start(client, project_id)
+        prompt_id, shown = item_of(page)
+        with store.session(read_only=True) as session:
+            ids = [c.id for c in session.get(Prompt, prompt_id).completions]
+        data = {"csrf_token": csrf(page), **{f"thumb_{c}": labels[ids.index(c)] for c in shown}}
+        assert client.post(f"/p/{project_id}/label/{prompt_id}", data=data).status_code == 200
+    summary = client_for(app, "root").get(f"/admin/p/{project_id}/agreement.json").json()
+    # ann orders (0 > 1) and (0 > 2); ben orders (0 > 2) and (1 > 2): both order only (0, 2),
+    # and the same way round
+    assert summary["comparisons"] == 1 and summary["pairwise_agreement"] == 1.0
+    assert {row["labeler"] for row in summary["labelers"]} == {"ann", "ben"}
 
 
 # --- gold, adjudication and downloads -----------------------------------------------------
@@ -590,6 +644,21 @@ def test_the_admin_copies_prompts_from_another_project_of_the_store(app, store):
         data={"csrf_token": csrf(page), "source": "generated", "limit": "2"},
     )
     assert "added 2 prompts, 6 completions" in answer.text
+
+
+def test_the_dashboard_lists_every_prompt_a_page_at_a_time(app, store, monkeypatch):
+    monkeypatch.setattr("rlhfkit.web.admin.PROMPTS_A_PAGE", 2)
+    project_id = make_project(store, prompts=5)
+    admin = client_for(app, "root")
+    listed, path = [], f"/admin/p/{project_id}"
+    while path:
+        page = admin.get(path)
+        listed += re.findall(
+            r"<li><a href=\"/admin/p/\d+/prompt/\d+\">\d+</a>: ([^<]*)</li>", page.text
+        )
+        more = re.search(r'id="more-prompts" href="([^"]+)"', page.text)
+        path = more.group(1).replace("&amp;", "&") if more else None
+    assert listed == [f"harm prompt {i}" for i in range(5)]
 
 
 # --- untrusted text and who may reach what ------------------------------------------------

@@ -190,6 +190,57 @@ def test_a_labeling_round_by_keyboard_from_new_project_to_pairs(browser, served,
     admin.close()
 
 
+def test_ranking_by_drag_and_drop_then_undo_and_submit(browser, served):
+    app, url = served
+    store = app.state.web.store
+    from sqlalchemy import select
+
+    from rlhfkit.feedback.store import Completion, Ranking
+    from web_support import make_project
+
+    project_id = make_project(store, prompts=1, completions=4, overlap=1, labelers=("ann",))
+    page = browser.new_page(viewport={"width": 1000, "height": 1200})
+    log_in(page, url, "ann")
+    page.goto(f"{url}/p/{project_id}/label")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")  # the instructions, read
+
+    def order() -> list[str]:
+        return [page.text_content(f"#cards li:nth-child({i}) pre") for i in range(1, 5)]
+
+    def ranks() -> list[str]:
+        return [page.input_value(f"#cards li:nth-child({i}) input") for i in range(1, 5)]
+
+    def drag(source: int, target: int, fraction: float) -> None:
+        """Drag card `source` by the mouse onto card `target`, at `fraction` of its height."""
+        start = page.locator(f"#cards li:nth-child({source})").bounding_box()
+        end = page.locator(f"#cards li:nth-child({target})").bounding_box()
+        page.mouse.move(start["x"] + 40, start["y"] + start["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(end["x"] + 40, end["y"] + end["height"] * fraction, steps=8)
+        page.mouse.up()
+
+    shown = order()
+    # the last card dropped on the top edge of the first: it becomes rank 1, the rest follow
+    drag(4, 1, 0.05)
+    assert order() == [shown[3], *shown[:3]]
+    assert ranks() == ["1", "2", "3", "4"]
+    # the second card dropped on the bottom edge of the third, then that undone with Z
+    drag(2, 3, 0.95)
+    assert order() == [shown[3], shown[1], shown[0], shown[2]]
+    assert ranks() == ["1", "2", "3", "4"]
+    page.keyboard.press("z")
+    assert order() == [shown[3], *shown[:3]] and ranks() == ["1", "2", "3", "4"]
+    with page.expect_navigation():
+        page.click("#submit")
+    assert page.is_visible("#all-done")
+    with store.session(read_only=True) as session:
+        ranking = session.scalar(select(Ranking))
+        stored = {session.get(Completion, i.completion_id).text: i.rank for i in ranking.items}
+    assert stored == {shown[3]: 1, shown[0]: 2, shown[1]: 3, shown[2]: 4}
+    page.close()
+
+
 PAYLOAD = (
     '<script>alert(1)</script><img src="/probe-img" onerror="alert(2)"><svg onload="alert(3)">'
 )

@@ -73,6 +73,31 @@ def load_rankings(session: Session, project: Project, gold: bool = False) -> Ran
     return dict(rankings)
 
 
+def load_thumbs_as_ranks(session: Session, project: Project) -> Rankings:
+    """prompt id -> labeler name -> completion id -> 1 (up) or 2 (down), of the ordinary
+    prompts: thumbs read as rankings with ties, so the agreement measures apply unchanged
+    (a comparison is a completion one labeler put up and another down)."""
+    rows = session.execute(
+        select(Completion.prompt_id, Labeler.name, Completion.id, Thumb.label)
+        .join(Thumb, Thumb.completion_id == Completion.id)
+        .join(Labeler, Thumb.labeler_id == Labeler.id)
+        .join(Prompt, Completion.prompt_id == Prompt.id)
+        .where(Prompt.project_id == project.id, ~_is_gold())
+        .order_by(Completion.prompt_id, Labeler.name, Completion.id)
+    ).all()
+    rankings: Rankings = defaultdict(dict)
+    for prompt_id, labeler, completion_id, label in rows:
+        rankings[prompt_id].setdefault(labeler, {})[completion_id] = 1 if label == "up" else 2
+    return dict(rankings)
+
+
+def load_labels(session: Session, project: Project) -> Rankings:
+    """The labels a project collects, as rankings: its rankings, or its thumbs as ranks."""
+    if project.mode == "thumbs":
+        return load_thumbs_as_ranks(session, project)
+    return load_rankings(session, project)
+
+
 @dataclass
 class PairsResult:
     pairs: list[dict[str, Any]] = field(default_factory=list)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Table,
@@ -82,7 +83,19 @@ class Project(Base):
 
 class Prompt(Base):
     __tablename__ = "prompts"
-    __table_args__ = (UniqueConstraint("project_id", "text_key"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "text_key"),
+        # The labeling queue scans a project's open prompts in id order and stops at the
+        # first it can hand out: this index holds those and only those, so the scan never
+        # walks over the finished ones.
+        Index(
+            "ix_prompts_open",
+            "project_id",
+            "id",
+            sqlite_where=text("closed_at IS NULL"),
+            postgresql_where=text("closed_at IS NULL"),
+        ),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
@@ -92,6 +105,9 @@ class Prompt(Base):
     external_id: Mapped[str | None] = mapped_column(String(200))
     split: Mapped[str | None] = mapped_column(String(16))  # "train" | "eval" | None
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # When the labeling queue stopped handing the prompt out (its project's overlap reached,
+    # or passed on by enough labelers); None while it may still need labels.
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completions: Mapped[list[Completion]] = relationship(
         back_populates="prompt", order_by="Completion.id"
     )

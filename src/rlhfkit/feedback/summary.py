@@ -77,6 +77,11 @@ def save_heatmap(rankings: Rankings, path: Path) -> None:
                 rates[i, j], counts[i, j] = agree / total, total
     size = max(4.0, 0.6 * len(names) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
+    if not names:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no rankings yet", ha="center", va="center")
+        atomic_write(path, png_bytes(fig, dpi=120))
+        return
     image = ax.imshow(rates, vmin=0, vmax=1, cmap="RdYlGn")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)

@@ -15,7 +15,12 @@ from rlhfkit.data.jsonl import parse_jsonl_lines, write_jsonl
 from rlhfkit.data.records import RecordError, check_completions
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.agreement import compare
-from rlhfkit.feedback.pairs import build_pairs, latest_adjudications, load_rankings
+from rlhfkit.feedback.pairs import (
+    build_pairs,
+    latest_adjudications,
+    load_labels,
+    load_rankings,
+)
 from rlhfkit.feedback.store import (
     Adjudication,
     Gold,
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
     from rlhfkit.web.app import Web
 
 MODES = ("ranking", "thumbs")
+PROMPTS_A_PAGE = 200
 
 
 def _project(session, project_id: int) -> Project:
@@ -183,7 +189,7 @@ def gold_agreement(session, project: Project) -> dict[str, dict[str, float | Non
 
 
 def agreement_rows(session, project: Project, method: str, min_tau: float) -> dict[str, Any]:
-    rankings = load_rankings(session, project)
+    rankings = load_labels(session, project)
     summary = labelers_summary(rankings, method, min_tau)
     gold = gold_agreement(session, project)
     for row in summary["labelers"]:
@@ -268,7 +274,9 @@ def register_admin_routes(app: FastAPI, web: Web) -> None:
         return RedirectResponse(f"/admin/p/{project_id}", status_code=303)
 
     @app.get("/admin/p/{project_id}")
-    def project_page(request: Request, project_id: int):
+    def project_page(request: Request, project_id: int, after: int = 0):
+        """The project's dashboard; its prompts are listed PROMPTS_A_PAGE at a time, from the
+        first with an id above `after`."""
         require_admin(request)
         with web.store.session(read_only=True) as session:
             project = _project(session, project_id)
@@ -281,7 +289,10 @@ def register_admin_routes(app: FastAPI, web: Web) -> None:
                 select(Project.name).where(Project.id != project_id).order_by(Project.name)
             ).all()
             prompts = session.scalars(
-                select(Prompt).where(Prompt.project_id == project_id).order_by(Prompt.id).limit(200)
+                select(Prompt)
+                .where(Prompt.project_id == project_id, Prompt.id > after)
+                .order_by(Prompt.id)
+                .limit(PROMPTS_A_PAGE + 1)
             ).all()
             gold = set(
                 session.scalars(
@@ -296,7 +307,8 @@ def register_admin_routes(app: FastAPI, web: Web) -> None:
             members=members,
             users=users,
             others=others,
-            prompts=prompts,
+            prompts=prompts[:PROMPTS_A_PAGE],
+            more=len(prompts) > PROMPTS_A_PAGE,
             gold=gold,
         )
 
@@ -308,6 +320,8 @@ def register_admin_routes(app: FastAPI, web: Web) -> None:
             project = _project(session, project_id)
             for key, value in fields.items():
                 setattr(project, key, value)
+            labeling.lock_project(session, project)
+            labeling.close_finished(session, project)  # a new overlap or mode
         return RedirectResponse(f"/admin/p/{project_id}", status_code=303)
 
     @app.post("/admin/p/{project_id}/members")
@@ -377,7 +391,7 @@ def register_admin_routes(app: FastAPI, web: Web) -> None:
     def heatmap(request: Request, project_id: int):
         require_admin(request)
         with web.store.session(read_only=True) as session:
-            rankings = load_rankings(session, _project(session, project_id))
+            rankings = load_labels(session, _project(session, project_id))
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder, "heatmap.png")
             save_heatmap(rankings, path)

@@ -73,6 +73,9 @@ class Web:
             autoescape=select_autoescape(default=True),
         )
         self.templates.filters["markdown"] = render_markdown
+        with self.store.session() as session:  # prompts labeled by `feedback import` meanwhile
+            for project in session.scalars(select(Project)):
+                labeling.close_finished(session, project)
 
     def user_of(self, token: str) -> tuple[User, str] | None:
         with self.store.session(read_only=True) as session:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, select, text
+from sqlalchemy import and_, case, delete, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from rlhfkit.data.records import RecordError, check_ranks
@@ -210,11 +210,28 @@ def _label_count(project: Project):
     return select(func.count()).where(Ranking.prompt_id == Prompt.id).scalar_subquery()
 
 
+def _skip_count():
+    return select(func.count()).where(Skip.prompt_id == Prompt.id).scalar_subquery()
+
+
+def close_finished(session: Session, project: Project, prompt_ids: list[int] | None = None) -> None:
+    """Mark the project's prompts (or these of them) closed when they need no more labels:
+    `overlap` labelers labeled them, or RETIRE_AFTER passed on them; and open again those that
+    do (after the overlap or the mode changed). The queue scans open prompts only."""
+    finished = or_(_label_count(project) >= project.overlap, _skip_count() >= RETIRE_AFTER)
+    query = update(Prompt).where(Prompt.project_id == project.id)
+    if prompt_ids is not None:
+        query = query.where(Prompt.id.in_(prompt_ids))
+    closed_at = case((finished, func.coalesce(Prompt.closed_at, now())), else_=None)
+    session.execute(query.values(closed_at=closed_at).execution_options(synchronize_session=False))
+
+
 def _next_prompt(session: Session, project: Project, labeler_id: int) -> int | None:
     """The oldest ordinary prompt this labeler has not labeled or skipped, that fewer than
     RETIRE_AFTER labelers passed on, and that is below the overlap counting live leases.
-    Everyone takes the oldest open prompt, so prompts fill up in order, and the scan, which
-    stops at the first match, passes over the finished ones only."""
+    Only open prompts are looked at (an index holds them in id order), and the labels are
+    counted all the same, so a prompt labeled outside the app (`feedback import`) is right
+    before it is closed."""
     live_leases = (
         select(func.count())
         .where(
@@ -224,15 +241,15 @@ def _next_prompt(session: Session, project: Project, labeler_id: int) -> int | N
         )
         .scalar_subquery()
     )
-    skips = select(func.count()).where(Skip.prompt_id == Prompt.id).scalar_subquery()
     query = (
         select(Prompt.id)
         .where(
             Prompt.project_id == project.id,
+            Prompt.closed_at.is_(None),
             ~exists().where(Gold.prompt_id == Prompt.id),
             _label_count(project) + live_leases < project.overlap,
             _untouched_by(labeler_id, project),
-            skips < RETIRE_AFTER,
+            _skip_count() < RETIRE_AFTER,
             _enough_completions(),
         )
         .order_by(Prompt.id)
@@ -307,6 +324,8 @@ def submit_ranking(
             items=[RankingItem(completion_id=c, rank=r) for c, r in sorted(ranks.items())],
         )
     )
+    session.flush()
+    close_finished(session, project, [prompt_id])
     return True
 
 
@@ -327,6 +346,8 @@ def submit_thumbs(
         session.add(
             Thumb(completion_id=completion_id, labeler_id=labeler_id, label=label, created_at=now())
         )
+    session.flush()
+    close_finished(session, project, [prompt_id])
     return True
 
 
@@ -349,6 +370,8 @@ def skip_item(
             created_at=now(),
         )
     )
+    session.flush()
+    close_finished(session, project, [prompt_id])
 
 
 def own_progress(session: Session, project: Project, labeler_id: int) -> dict[str, int]:

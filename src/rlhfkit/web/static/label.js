@@ -30,6 +30,7 @@
   }
 
   function restore(state) {
+    state.labels.forEach(([card]) => list.appendChild(card)); // the order, as it was
     select(state.selected);
     state.labels.forEach(([card, value]) => {
       if (thumbs) {
@@ -107,13 +108,12 @@
 
   // Drag and drop: the order of the cards becomes the ranking, top = 1.
   let dragged = null;
+  let before = null; // the state when the drag began, for Z
   list.addEventListener("dragstart", (event) => {
     dragged = event.target.closest(".card");
-    if (dragged) dragged.classList.add("dragging");
-  });
-  list.addEventListener("dragend", () => {
-    if (dragged) dragged.classList.remove("dragging");
-    dragged = null;
+    if (!dragged) return;
+    before = snapshot();
+    dragged.classList.add("dragging");
   });
   list.addEventListener("dragover", (event) => {
     event.preventDefault();
@@ -122,11 +122,17 @@
     const box = over.getBoundingClientRect();
     list.insertBefore(dragged, event.clientY < box.top + box.height / 2 ? over : over.nextSibling);
   });
-  list.addEventListener("drop", (event) => {
-    event.preventDefault();
-    if (thumbs) return;
-    history.push(snapshot());
-    cards().forEach((card, i) => { rankInput(card).value = String(i + 1); });
+  list.addEventListener("drop", (event) => event.preventDefault());
+  list.addEventListener("dragend", () => {
+    if (!dragged) return;
+    dragged.classList.remove("dragging");
+    const moved = cards().some((card, i) => card !== before.labels[i][0]);
+    if (moved) {
+      history.push(before);
+      cards().forEach((card, i) => { rankInput(card).value = String(i + 1); });
+      select(cards().indexOf(dragged));
+    }
+    dragged = null;
   });
   list.addEventListener("click", (event) => {
     const card = event.target.closest(".card");
