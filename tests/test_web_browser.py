@@ -68,6 +68,15 @@ def log_in(page, url: str, name: str, password: str = PASSWORD) -> None:
     page.wait_for_load_state()
 
 
+def start_labeling(page) -> None:
+    """Press Enter on the instructions page: its autofocused button says they were read.
+    Autofocus lands when the page is next drawn, which on a busy machine can be after the
+    load event, so wait for the focus first."""
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'start'")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+
+
 def test_the_playwright_release_drives_this_chromium(browser):
     major = int(browser.version.split(".")[0])
     page = browser.new_page()
@@ -136,8 +145,7 @@ def test_a_labeling_round_by_keyboard_from_new_project_to_pairs(browser, served,
         page.goto(f"{url}/projects")
         page.click("a:has-text('helpful')")
         assert "most helpful" in page.text_content("article")
-        with page.expect_navigation():
-            page.keyboard.press("Enter")  # the focused "I have read the instructions" button
+        start_labeling(page)
         ranked = 0
         while page.query_selector("#label-form"):
             if name == "ann" and ranked == 0:
@@ -202,8 +210,7 @@ def test_ranking_by_drag_and_drop_then_undo_and_submit(browser, served):
     page = browser.new_page(viewport={"width": 1000, "height": 1200})
     log_in(page, url, "ann")
     page.goto(f"{url}/p/{project_id}/label")
-    with page.expect_navigation():
-        page.keyboard.press("Enter")  # the instructions, read
+    start_labeling(page)
 
     def order() -> list[str]:
         return [page.text_content(f"#cards li:nth-child({i}) pre") for i in range(1, 5)]
@@ -282,8 +289,7 @@ def test_untrusted_text_shows_as_text_and_runs_nothing(browser, served):
     log_in(page, url, PAYLOAD)
     page.goto(f"{url}/p/{project_id}/instructions")
     assert PAYLOAD in page.text_content("main")
-    with page.expect_navigation():
-        page.keyboard.press("Enter")
+    start_labeling(page)
     assert page.text_content("#prompt") == PAYLOAD
     assert PAYLOAD + " A" in page.text_content("#cards")
     assert PAYLOAD in page.text_content("header")  # the labeler's name
