@@ -68,6 +68,7 @@ examples_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Worked exampl
 label_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Automatic labelers.")
 project_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Labeling projects.")
 user_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Accounts of the labeling app.")
+cai_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Constitutional AI, stage 1.")
 
 
 def _version(value: bool) -> None:
@@ -92,6 +93,7 @@ app.add_typer(project_app, name="project")
 app.add_typer(label_app, name="label")
 app.add_typer(examples_app, name="examples")
 app.add_typer(user_app, name="user")
+app.add_typer(cai_app, name="cai")
 
 StoreOpt = typer.Option(
     None,
@@ -490,6 +492,184 @@ def label_auto(
     console.print(f"{labeler} ({reward}, noise {noise}) in '{project}': {_counts(counts)}")
 
 
+@label_app.command("judge")
+def label_judge(
+    project: str = ProjectOpt,
+    judge: str = typer.Option(
+        "smollm2-135m-instruct",
+        help="The judge: a packaged short name, a model directory, or the base URL of an "
+        "OpenAI-compatible endpoint (http://host:port/v1).",
+    ),
+    judge_model: str | None = typer.Option(
+        None, help="The model to ask at an endpoint (default: the one it lists)."
+    ),
+    constitution: str = typer.Option("builtin:default", help="builtin:NAME or a YAML file."),
+    labeler: str = typer.Option("ai-judge", help="Name of this AI labeler in the store."),
+    reference: str = typer.Option(
+        "scorer:profanity",
+        help="What the judge is checked against before it labels: a reward spec (a scorer), "
+        "or 'people' (the project's human rankings).",
+    ),
+    reference_margin: float = typer.Option(
+        1.0, min=0, help="A scorer prefers one answer only when their scores differ this much."
+    ),
+    min_agreement: float = typer.Option(
+        0.55, min=0, max=1, help="Refuse a judge that agrees with the reference no more."
+    ),
+    check_prompts: int = typer.Option(32, min=1, help="Prompts the judge is checked on."),
+    force: bool = typer.Option(False, help="Label even with a judge that fails the check."),
+    seed: int = typer.Option(0, help="Seeds which principle each pair is judged by."),
+    split: str | None = typer.Option(None, help="Only prompts of this split."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N prompts."),
+    batch_size: int = typer.Option(8, min=1, help="A local judge's texts read at once."),
+    concurrency: int = typer.Option(8, min=1, help="An endpoint's requests at once."),
+    timeout: float = typer.Option(60.0, min=0.1, help="Seconds an endpoint may take."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable of the key."),
+    report: Path | None = typer.Option(None, help="Write the judge's report here (JSON)."),
+    store: str | None = StoreOpt,
+):
+    """Rank each prompt's completions with an AI judge reading a constitution: both orders of
+    every pair, the choice read from the probabilities of "A" and "B"."""
+    from rlhfkit.cai.backends import open_backend
+    from rlhfkit.cai.constitution import load_constitution
+    from rlhfkit.cai.label import judge_label
+    from rlhfkit.files import atomic_write
+
+    principles = load_constitution(constitution)
+    feedback_store = _store(store)
+    with console.status(f"loading the judge {judge}"):
+        backend = open_backend(
+            judge,
+            judge_model,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            timeout=timeout,
+            api_key_env=api_key_env,
+        )
+    with _progress() as progress:
+        result = judge_label(
+            feedback_store,
+            project,
+            backend,
+            principles,
+            labeler=labeler,
+            reference=reference,
+            min_agreement=min_agreement,
+            reference_margin=reference_margin,
+            check_prompts=check_prompts,
+            force=force,
+            seed=seed,
+            split=split,
+            limit=limit,
+            progress=progress,
+        )
+    if report:
+        atomic_write(report, (json.dumps(result.as_dict(), indent=2) + "\n").encode())
+    agreement = "–" if result.agreement is None else f"{result.agreement:.0%}"
+    console.print(
+        f"{labeler} ({backend.name}) in '{project}': {result.prompts_ranked} prompts ranked"
+        f" ({result.prompts_already_ranked} before); agreement with {reference} {agreement} of "
+        f"{result.comparisons} pairs; position bias {result.position_bias:+.2f}; "
+        f"{result.unanswered} of {result.pairs} pairs unanswered"
+    )
+
+
+@cai_app.command("revise")
+def cai_revise(
+    out_dir: Path = typer.Option(..., "--out", help="Where revisions.jsonl and chains.jsonl go."),
+    prompts: str = typer.Option("builtin:redteam", help="builtin:NAME or a JSONL of prompts."),
+    split: str = typer.Option("train", help="train, eval or all (the held-out rule)."),
+    eval_fraction: float = typer.Option(0.2, help="Share of prompts held out for evaluation."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N prompts."),
+    model: str = typer.Option(
+        "smollm2-135m-instruct",
+        help="The model that answers, criticises and revises: a packaged short name, a "
+        "directory, or an OpenAI-compatible endpoint's base URL.",
+    ),
+    endpoint_model: str | None = typer.Option(None, help="The model to ask at an endpoint."),
+    constitution: str = typer.Option("builtin:default", help="builtin:NAME or a YAML file."),
+    rounds: int = typer.Option(1, min=1, help="Critique-and-revision rounds per prompt."),
+    max_new_tokens: int = typer.Option(96, min=1, help="Longest answer, critique or revision."),
+    temperature: float = typer.Option(0.7, min=0.0),
+    batch_size: int = typer.Option(8, min=1, help="Prompts worked on at once."),
+    filter_reward: str | None = typer.Option(
+        "scorer:profanity",
+        help="Keep a revision only if it scores no worse than the first answer under this "
+        "reward spec ('none': no such check).",
+    ),
+    project: str = typer.Option("cai-revise", "--project", "-p", help="Project in the store."),
+    seed: int = typer.Option(0),
+    store: str | None = StoreOpt,
+):
+    """Answer red-team prompts, criticise and revise each answer under the constitution, and
+    write the revisions that pass the filter as fine-tuning data. Resumable: every round is
+    stored as it is done, and a rerun continues."""
+    from rlhfkit.cai.backends import open_backend
+    from rlhfkit.cai.constitution import load_constitution
+    from rlhfkit.cai.revise import ReviseSettings, export_revisions, revise
+    from rlhfkit.data.prompts import load_prompts
+
+    principles = load_constitution(constitution)
+    chosen = load_prompts(prompts, split, eval_fraction, limit)
+    settings = ReviseSettings(rounds, max_new_tokens, temperature, batch_size, seed)
+    reward = None if (filter_reward or "").lower() in ("", "none") else filter_reward
+    feedback_store = _store(store)
+    with console.status(f"loading {model}"):
+        backend = open_backend(model, endpoint_model, batch_size=batch_size)
+    with _progress() as progress:
+        counts = revise(feedback_store, project, chosen, backend, principles, settings, progress)
+    kept = export_revisions(feedback_store, project, out_dir, reward, rounds)
+    console.print(
+        f"{len(chosen)} prompts in '{project}': {_counts(counts)}; "
+        f"{_counts(kept)} -> {out_dir / 'revisions.jsonl'}"
+    )
+
+
+@app.command()
+def sft(
+    data: Path = typer.Option(..., "--data", help="JSONL of {prompt, response} (cai revise)."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML of SFT settings."),
+    model: str | None = typer.Option(None, help="Model or policy directory to start from."),
+    epochs: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None),
+    lr: float | None = typer.Option(None),
+    max_length: int | None = typer.Option(None, help="Tokens of prompt and response."),
+    eval_fraction: float | None = typer.Option(None, help="Share of prompts held out."),
+    lora: bool | None = typer.Option(None, help="Train a LoRA adapter (default) or every weight."),
+    seed: int | None = typer.Option(None),
+):
+    """Supervised fine-tuning on (prompt, response) pairs, the loss on the response only."""
+    from rlhfkit.config import read_yaml_settings
+    from rlhfkit.sft import SFTConfig, train_sft
+
+    values = read_yaml_settings(config_file, "SFT settings") if config_file else {}
+    flags = dict(
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        max_length=max_length,
+        eval_fraction=eval_fraction,
+        lora=lora,
+        seed=seed,
+    )
+    config = SFTConfig.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
+    with _progress() as progress:
+        summary = train_sft(data, out_dir, config, resume, progress)
+    loss = summary["held_out_loss"]
+    held = (
+        f"held-out loss {loss['before']:.3f} -> {loss['after']:.3f}"
+        if loss["before"] is not None and loss["after"] is not None
+        else "no held-out examples"
+    )
+    console.print(
+        f"SFT on {summary['examples']['train']} examples, {summary['steps']} steps: {held}; "
+        f"policy in {out_dir / 'policy'}"
+    )
+
+
 @app.command()
 def ppo(
     out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
@@ -754,6 +934,30 @@ def serve(
     where = application.state.web.store.display_url
     console.print(f"labeling app on http://{host}:{port} (store {where})")
     uvicorn.run(application, host=host, port=port, log_level="warning", **proxy(trust_proxy))
+
+
+@app.command("serve-model")
+def serve_model(
+    model: str = typer.Argument(
+        ..., help="A packaged short name, a model directory or a policy directory rlhfkit wrote."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8001, help="Port to listen on."),
+    name: str | None = typer.Option(None, help="The model's name for clients (default MODEL)."),
+    batch_size: int = typer.Option(8, min=1, help="Sequences generated at once."),
+):
+    """An OpenAI-compatible server (/v1/models, /v1/chat/completions, /v1/completions, with
+    logprobs) around a local model."""
+    import uvicorn
+
+    from rlhfkit.cai.backends import LocalBackend
+    from rlhfkit.models.server import create_model_app
+
+    with console.status(f"loading {model}"):
+        backend = LocalBackend(model, batch_size=batch_size)
+    application = create_model_app(backend, name)
+    console.print(f"OpenAI-compatible server for {name or model} on http://{host}:{port}/v1")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 def main() -> None:

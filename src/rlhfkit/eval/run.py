@@ -28,9 +28,9 @@ from rlhfkit.eval.metrics import (
     prompt_numbers,
     sequence_kl,
 )
+from rlhfkit.models.stack import load_policy_model as load_model
+from rlhfkit.models.stack import read_policy_info
 from rlhfkit.progress import Progress
-
-POLICY_INFO = "rlhfkit_policy.json"  # written by the PPO trainer next to the adapter
 
 
 class EvalConfig(StageConfig):
@@ -56,32 +56,6 @@ class EvalConfig(StageConfig):
     reward: str | None = Field(None, description="a reward spec to average too")
     batch_size: int = Field(64, ge=1, description="sequences sampled at once")
     seed: int = 0
-
-
-def read_policy_info(policy: str) -> dict | None:
-    path = Path(policy) / POLICY_INFO
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def load_model(name: str):
-    """A causal LM by name, or a PPO policy directory with its adapter merged in (sampling
-    from merged weights is as fast as from the base model)."""
-    from rlhfkit.models import load_causal_lm
-
-    info = read_policy_info(name)
-    if info is None:
-        return load_causal_lm(name)
-    if not info.get("lora"):
-        return load_causal_lm(name)  # a full fine-tune saved its own weights
-    import warnings
-
-    from peft import PeftModel
-
-    model, tokenizer = load_causal_lm(info["base"])
-    with warnings.catch_warnings():  # peft asks transformers a deprecated question
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        merged = PeftModel.from_pretrained(model, name).merge_and_unload()
-    return merged.eval(), tokenizer
 
 
 def check_held_out(prompts: list[str], info: dict | None) -> int:

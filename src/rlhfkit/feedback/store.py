@@ -303,6 +303,24 @@ class Gold(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class Revision(Base):
+    """One round of Constitutional AI's stage 1 on a prompt: the answer criticised (the
+    model's first answer in round 1, the previous revision after), the principle drawn, the
+    model's critique and its revision."""
+
+    __tablename__ = "revisions"
+    __table_args__ = (UniqueConstraint("prompt_id", "round"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    round: Mapped[int] = mapped_column(Integer)  # 1, 2, …
+    principle: Mapped[str] = mapped_column(String(200))
+    response: Mapped[str] = mapped_column(Text)
+    critique: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another writer's transaction
 READ_ONLY = "rlhfkit_read_only"  # execution option: an SQLite transaction that only reads
 MIGRATIONS = Path(__file__).parent / "migrations"

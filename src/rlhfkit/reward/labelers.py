@@ -28,6 +28,27 @@ def noisy_ranks(rewards: np.ndarray, noise: float, rng: np.random.Generator) -> 
     return list(ranks_from_scores(dict(enumerate(noisy.tolist()))).values())
 
 
+def project_prompts(
+    store: Store, project: str, split: str | None = None
+) -> list[tuple[str, list[str]]]:
+    """(prompt, completions) of the project's prompts (of one split, if given) that have two
+    or more completions, in the order they were added; an error when there is none."""
+    with store.session(read_only=True) as session:
+        query = (
+            select(Prompt)
+            .where(Prompt.project_id == get_project(session, project).id)
+            .options(selectinload(Prompt.completions))  # in one query, not one per prompt
+            .order_by(Prompt.id)
+        )
+        if split:
+            query = query.where(Prompt.split == split)
+        prompts = [(p.text, [c.text for c in p.completions]) for p in session.scalars(query)]
+    prompts = [p for p in prompts if len(p[1]) >= 2]
+    if not prompts:
+        raise RlhfkitError(f"project '{project}' has no prompt with two or more completions")
+    return prompts
+
+
 def auto_label(
     store: Store,
     project: str,
@@ -47,19 +68,7 @@ def auto_label(
     unchanged`."""
     if noise < 0:
         raise RlhfkitError("noise must be >= 0")
-    with store.session(read_only=True) as session:
-        query = (
-            select(Prompt)
-            .where(Prompt.project_id == get_project(session, project).id)
-            .options(selectinload(Prompt.completions))  # in one query, not one per prompt
-            .order_by(Prompt.id)
-        )
-        if split:
-            query = query.where(Prompt.split == split)
-        prompts = [(p.text, [c.text for c in p.completions]) for p in session.scalars(query)]
-    prompts = [p for p in prompts if len(p[1]) >= 2]
-    if not prompts:
-        raise RlhfkitError(f"project '{project}' has no prompt with two or more completions")
+    prompts = project_prompts(store, project, split)
     texts = [(text, completion) for text, completions in prompts for completion in completions]
     rewards = reward([t[0] for t in texts], [t[1] for t in texts]).double().numpy()
     if not np.isfinite(rewards).all():

@@ -13,7 +13,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
-from rlhfkit.models import load_causal_lm, with_lora
+from rlhfkit.models import with_lora
+from rlhfkit.models.stack import load_policy_model
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -68,7 +69,7 @@ class Policy(nn.Module):
     def load(
         cls, name: str, lora: dict | None = None, device: str = "cpu", precision: str = "fp32"
     ) -> Policy:
-        model, tokenizer = load_causal_lm(name)
+        model, tokenizer = load_policy_model(name)  # a stack's adapters merged in
         return cls(model, tokenizer, lora, precision).to(device)
 
     @property

@@ -27,6 +27,7 @@ import torch
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_directory, atomic_write, check_ours, claim_directory
+from rlhfkit.models.stack import POLICY_INFO
 from rlhfkit.progress import Progress
 from rlhfkit.rl.checkpoint import (
     CHECKPOINT,
@@ -444,8 +445,8 @@ def save_policy(policy: Policy, path: Path, config: PPOConfig, write: bool = Tru
         write_tensors(tmp / VALUE_HEAD, value_head)
         # What evaluation needs: the base model, and the prompts trained on, to keep them out.
         keys = ("lora", "mode", "prompts", "split", "eval_fraction", "reward")
-        info = {"base": config.model, **{k: getattr(config, k) for k in keys}}
-        (tmp / "rlhfkit_policy.json").write_text(json.dumps(info, indent=2))
+        info = {"base": config.model, "stage": "ppo", **{k: getattr(config, k) for k in keys}}
+        (tmp / POLICY_INFO).write_text(json.dumps(info, indent=2))
 
 
 def read_value_head(policy_dir: Path) -> dict[str, torch.Tensor]:

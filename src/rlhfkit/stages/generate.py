@@ -151,7 +151,7 @@ def run_generate(
     """Sample `n` completions for each prompt of `prompts` (a JSONL file or builtin:NAME) into
     `project`; `progress` counts the prompts left to sample. `params.mode` "auto" picks the
     prompt set's natural mode."""
-    from rlhfkit.models import load_causal_lm
+    from rlhfkit.models.stack import load_policy_model
 
     params = params or SamplingParams(mode="auto")
     if params.mode == "auto":
@@ -166,7 +166,7 @@ def run_generate(
     tokens = stored = empty = 0
     started = time.perf_counter()
     if todo:
-        lm, tokenizer = load_causal_lm(model)
+        lm, tokenizer = load_policy_model(model)  # a policy directory too
 
         def save(indices: list[int], samples: list[list[Sample]]) -> None:
             nonlocal tokens, stored, empty

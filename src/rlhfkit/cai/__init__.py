@@ -1,0 +1,1 @@
+"""Constitutional AI: constitutions, chat backends, critique and revision, the AI judge."""

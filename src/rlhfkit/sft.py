@@ -1,0 +1,261 @@
+"""`rlhfkit sft`: supervised fine-tuning of a causal LM on (prompt, response) pairs, the loss
+on the response tokens only: Constitutional AI's stage 1 trains on its revisions with it.
+
+Each example is the prompt as a user turn in the model's chat template, then the response
+and the end-of-turn token; the loss is the mean negative log-likelihood of the response's
+tokens (the prompt's are masked). Examples are split into train and held out by their
+prompt's hash (the rule every stage uses), and the held-out loss is measured before
+training and after each epoch. LoRA by default. A checkpoint after every epoch (and every
+`checkpoint_every` steps) lets `--resume` continue; the result is a policy directory
+(models/stack.py) that `eval`, `ppo --model`, `serve-model` and `cai`/`label judge` load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from rlhfkit.config import StageConfig
+from rlhfkit.data.jsonl import read_jsonl
+from rlhfkit.data.prompts import split_of
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.files import atomic_directory, atomic_write, check_ours, claim_directory
+from rlhfkit.models.stack import POLICY_INFO, load_policy_model
+from rlhfkit.progress import Progress
+from rlhfkit.rl.checkpoint import CHECKPOINT, read_state, rng_state, set_rng_state, write_state
+from rlhfkit.rl.distributed import load_optimizer_state, optimizer_state
+from rlhfkit.training import MetricsLog, adamw
+
+MADE_BY = "sft"
+IGNORE = -100  # label of a position the loss skips
+
+
+class SFTConfig(StageConfig):
+    setting = "SFT setting"
+
+    model: str = "smollm2-135m-instruct"
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(256, ge=8, description="tokens of prompt and response together")
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    lora: bool = True
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1, description="steps; default each epoch")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    response: str
+
+
+def read_examples(path: str | Path) -> tuple[list[Example], int]:
+    """(prompt, response) examples of a JSONL file, and how many had an empty response
+    (skipped); a line without text in `prompt` or `response` is an error naming it."""
+    examples, empty = [], 0
+    for number, obj in read_jsonl(path):
+        prompt, response = obj.get("prompt"), obj.get("response")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RlhfkitError(f"{path}:{number}: 'prompt' must be a non-empty string")
+        if not isinstance(response, str):
+            raise RlhfkitError(f"{path}:{number}: 'response' must be a string")
+        if not response.strip():
+            empty += 1
+            continue
+        examples.append(Example(prompt, response.strip()))
+    if not examples:
+        raise RlhfkitError(f"{path}: no example with a non-empty response")
+    return examples, empty
+
+
+def encode(tokenizer, example: Example, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels: the prompt's positions labelled IGNORE, the response's (and the
+    end-of-turn token's) with their own ids; cut to `max_length` from the end of the
+    response, so the prompt is kept whole where it fits."""
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": example.prompt}], tokenize=False, add_generation_prompt=True
+    )
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    response_ids = tokenizer(example.response, add_special_tokens=False).input_ids
+    response_ids.append(tokenizer.eos_token_id)
+    ids = (prompt_ids + response_ids)[:max_length]
+    labels = ([IGNORE] * len(prompt_ids) + response_ids)[:max_length]
+    return ids, labels
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids, attention mask and labels (IGNORE on padding)."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    labels = torch.full((len(rows), width), IGNORE)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row_ids, row_labels) in enumerate(rows):
+        ids[i, : len(row_ids)] = torch.tensor(row_ids)
+        labels[i, : len(row_labels)] = torch.tensor(row_labels)
+        mask[i, : len(row_ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed negative log-likelihood of the labelled tokens, and how many there are: token
+    t is predicted from the positions before it."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    logprobs = logits[:, :-1].float().log_softmax(-1)
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    real = targets != IGNORE
+    return -(picked * real).sum(), int(real.sum())
+
+
+@torch.no_grad()
+def held_out_loss(model, rows, pad_id: int, batch_size: int) -> float | None:
+    """Mean NLL per response token over the held-out examples (None without any)."""
+    if not rows:
+        return None
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        nll, n = response_nll(model, collate(rows[start : start + batch_size], pad_id))
+        total, tokens = total + float(nll), tokens + n
+    return total / max(tokens, 1)
+
+
+def train_sft(
+    data: str | Path,
+    out: str | Path,
+    config: SFTConfig | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Fine-tune, write `out/policy` and `out/sft.json` (held-out loss before and after, the
+    counts); returns that summary."""
+    config = config or SFTConfig()
+    out = Path(out)
+    check_ours(out, MADE_BY)
+    examples, empty = read_examples(data)
+    progress = progress or Progress()
+    checkpoint = out / CHECKPOINT
+    if not resume and checkpoint.exists():
+        raise RlhfkitError(f"{out} holds an SFT run already: pass --resume, or another --out")
+    claim_directory(out, MADE_BY)
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_policy_model(config.model)
+    if config.lora:
+        from rlhfkit.models import with_lora
+        from rlhfkit.rl.policy import LORA_TARGETS
+
+        model = with_lora(
+            model,
+            "CAUSAL_LM",
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=LORA_TARGETS,
+        )
+    train, held = [], []
+    for example in examples:
+        row = encode(tokenizer, example, config.max_length)
+        if not any(label != IGNORE for label in row[1][1:]):
+            continue  # the prompt filled max_length: nothing of the response is left
+        (held if split_of(example.prompt, config.eval_fraction) == "eval" else train).append(row)
+    if not train:
+        raise RlhfkitError(f"{data}: every example is held out; lower --eval-fraction")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = adamw(params, config.lr)
+    pad = tokenizer.pad_token_id
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    state = {"step": 0, "before": None, "evals": []}
+    generator = torch.Generator().manual_seed(config.seed)
+    if resume and checkpoint.exists():
+        saved = read_state(checkpoint)
+        model.load_state_dict(saved["weights"], strict=False)
+        load_optimizer_state(model, optimizer, saved["optimizer"])
+        set_rng_state(saved["rng"], generator)
+        state = saved["state"]
+    else:
+        state["before"] = held_out_loss(model, held, pad, config.batch_size)
+    log = MetricsLog(out)
+    progress.start("supervised fine-tuning", total_steps, completed=state["step"])
+    started = time.monotonic()
+    try:
+        while state["step"] < total_steps:
+            epoch, within = divmod(state["step"], steps_per_epoch)
+            order = list(range(len(train)))
+            random.Random(f"{config.seed}:{epoch}").shuffle(order)  # the same on a resume
+            start = within * config.batch_size
+            batch = collate([train[i] for i in order[start : start + config.batch_size]], pad)
+            model.train()
+            nll, tokens = response_nll(model, batch)
+            loss = nll / max(tokens, 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            state["step"] += 1
+            record = {"step": state["step"], "loss": loss.item(), "grad_norm": norm.item()}
+            if not math.isfinite(record["loss"]):
+                raise RlhfkitError(f"the loss became {record['loss']} at step {state['step']}")
+            end_of_epoch = state["step"] % steps_per_epoch == 0
+            if end_of_epoch:
+                record["held_out_loss"] = held_out_loss(model, held, pad, config.batch_size)
+                state["evals"].append({"step": state["step"], "loss": record["held_out_loss"]})
+            log.write(record)
+            progress.advance(1)
+            every = config.checkpoint_every
+            if end_of_epoch or (every and state["step"] % every == 0):
+                # trained weights only (the adapter's, with LoRA), each once: named_parameters
+                # lists a tied weight once, where state_dict repeats it
+                trainable = {k: p for k, p in model.named_parameters() if p.requires_grad}
+                write_state(
+                    checkpoint,
+                    {
+                        "weights": trainable,
+                        "optimizer": optimizer_state(model, optimizer),
+                        "rng": rng_state(generator),
+                        "state": state,
+                    },
+                )
+    finally:
+        log.close()
+    after = state["evals"][-1]["loss"] if state["evals"] else None
+    summary = {
+        "data": str(data),
+        "model": config.model,
+        "examples": {"train": len(train), "held_out": len(held), "empty_skipped": empty},
+        "held_out_loss": {"before": state["before"], "after": after},
+        "steps": state["step"],
+        "seconds": round(time.monotonic() - started, 1),
+        "config": config.model_dump(),
+    }
+    save_sft_policy(model, tokenizer, out / "policy", config, summary)
+    atomic_write(out / "sft.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def save_sft_policy(model, tokenizer, path: Path, config: SFTConfig, summary: dict) -> None:
+    """The policy directory: weights (the adapter, or the whole model), tokenizer, and what it
+    sits on and what trained it."""
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {
+            "base": config.model,
+            "stage": "sft",
+            "lora": config.lora,
+            "data": summary["data"],
+            "eval_fraction": config.eval_fraction,
+            "held_out_loss": summary["held_out_loss"],
+        }
+        (tmp / POLICY_INFO).write_text(json.dumps(info, indent=2))

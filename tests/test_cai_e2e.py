@@ -1,0 +1,125 @@
+"""Constitutional AI end to end on the packaged SmolLM2 (slow): stage 1 makes a dataset of
+revisions and an SFT adapter whose loss on held-out revisions went down; stage 2 has the
+same small model judge completions of the SFT policy, and its `ai` rankings flow through
+pairs, a reward model and two PPO steps that start from the SFT policy and are held to it
+(KL 0 at the first step)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_constitutional_ai_stage_1_then_stage_2(tmp_path, cli):
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    revise = tmp_path / "revise"
+    stage1 = cli(
+        "cai",
+        "revise",
+        "--out",
+        revise,
+        "--prompts",
+        "builtin:redteam",
+        "--limit",
+        "24",
+        "--max-new-tokens",
+        "40",
+        "--batch-size",
+        "12",
+        "--filter-reward",
+        "none",
+        "--store",
+        store,
+    )
+    assert "24 prompts in 'cai-revise'" in stage1.output
+    chains = [json.loads(line) for line in (revise / "chains.jsonl").read_text().splitlines()]
+    assert len(chains) == 24 and all(c["steps"][0]["critique"] for c in chains)
+    kept = (revise / "revisions.jsonl").read_text().splitlines()
+    assert len(kept) >= 12, stage1.output
+
+    sft = tmp_path / "sft"
+    cli(
+        "sft",
+        "--data",
+        revise / "revisions.jsonl",
+        "--out",
+        sft,
+        "--epochs",
+        "3",
+        "--eval-fraction",
+        "0.25",
+        "--lr",
+        "3e-4",
+    )
+    summary = json.loads((sft / "sft.json").read_text())
+    loss = summary["held_out_loss"]
+    assert summary["examples"]["held_out"] >= 2
+    assert loss["after"] < loss["before"], loss
+
+    policy = sft / "policy"
+    cli(
+        "generate",
+        "--prompts",
+        "builtin:rtp",
+        "--split",
+        "train",
+        "--limit",
+        "6",
+        "-n",
+        "3",
+        "--model",
+        policy,
+        "--max-new-tokens",
+        "16",
+        "--project",
+        "judged",
+        "--store",
+        store,
+    )
+    report = tmp_path / "judge.json"
+    cli(
+        "label",
+        "judge",
+        "-p",
+        "judged",
+        "--force",
+        "--check-prompts",
+        "6",
+        "--report",
+        report,
+        "--store",
+        store,
+    )
+    judged = json.loads(report.read_text())
+    assert judged["prompts_ranked"] == 6 and judged["pairs"] == 6 * 3
+    pairs = tmp_path / "pairs.jsonl"
+    cli("feedback", "pairs", "-p", "judged", "--out", pairs, "--store", store)
+    rm = tmp_path / "rm"
+    cli("train-rm", "--pairs", pairs, "--out", rm, "--epochs", "1", "--reads", "completion")
+    ppo = tmp_path / "ppo"
+    cli(
+        "ppo",
+        "--out",
+        ppo,
+        "--model",
+        policy,
+        "--reward",
+        f"rm:{rm}",
+        "--prompts",
+        "builtin:rtp",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--minibatches",
+        "1",
+        "--max-new-tokens",
+        "8",
+    )
+    steps = [json.loads(line) for line in (ppo / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # held to the SFT model
+    info = json.loads((ppo / "policy" / "rlhfkit_policy.json").read_text())
+    assert info["base"] == str(policy) and info["stage"] == "ppo"

@@ -1,0 +1,107 @@
+"""Supervised fine-tuning: the loss on the response tokens only (hand-checked), training that
+lowers the held-out loss, a resume that continues the same run, and a policy directory that
+stacks: PPO started from it is held to it (KL 0 at the first step)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import write_jsonl
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.sft import IGNORE, Example, SFTConfig, collate, encode, read_examples, response_nll
+
+
+def test_only_the_response_and_its_end_token_are_labelled(tiny_model):
+    from rlhfkit.models import load_causal_lm
+
+    _, tokenizer = load_causal_lm(tiny_model)
+    ids, labels = encode(tokenizer, Example("Say hi.", "Hello there."), 256)
+    response = tokenizer("Hello there.", add_special_tokens=False).input_ids
+    n = len(response) + 1
+    assert labels[-n:] == [*response, tokenizer.eos_token_id] == ids[-n:]
+    assert labels[:-n] == [IGNORE] * (len(ids) - n)
+    cut_ids, cut_labels = encode(tokenizer, Example("Say hi.", "Hello there."), len(ids) - 2)
+    assert cut_ids == ids[:-2] and cut_labels == labels[:-2]
+
+
+def test_the_loss_is_the_mean_nll_of_labelled_tokens():
+    class Fixed(torch.nn.Module):
+        """Logits that give token t probability p[t] at every position."""
+
+        def forward(self, input_ids, attention_mask):
+            p = torch.tensor([0.5, 0.25, 0.25])
+            logits = p.log().expand(*input_ids.shape, 3)
+            return type("Out", (), {"logits": logits})()
+
+    batch = collate([([0, 1, 2], [IGNORE, 1, 0]), ([2, 0], [IGNORE, 2])], pad_id=0)
+    nll, tokens = response_nll(Fixed(), batch)
+    # labelled: token 1 (p .25), token 0 (p .5), token 2 (p .25)
+    assert tokens == 3
+    assert float(nll) == pytest.approx(-(2 * torch.tensor(0.25).log() + torch.tensor(0.5).log()))
+
+
+def test_empty_revisions_are_skipped_and_counted_and_bad_lines_named(tmp_path):
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "  "}]
+    )
+    examples, empty = read_examples(path)
+    assert examples == [Example("a", "b")] and empty == 1
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "response": 3}])
+    with pytest.raises(RlhfkitError, match=r"bad.jsonl:1: 'response' must be a string"):
+        read_examples(bad)
+
+
+def _data(tmp_path, n: int = 40):
+    rows = [
+        {"prompt": f"Question {i}: how are you?", "response": "I am well, thank you."}
+        for i in range(n)
+    ]
+    return write_jsonl(tmp_path / "revisions.jsonl", rows)
+
+
+def test_sft_lowers_the_held_out_loss_and_resumes(tmp_path, tiny_model, cli):
+    data = _data(tmp_path)
+    out = tmp_path / "sft"
+    config = SFTConfig(
+        model=tiny_model, epochs=2, batch_size=8, lr=1e-2, eval_fraction=0.25, lora=False
+    )
+    from rlhfkit.sft import train_sft
+
+    summary = train_sft(data, out, config)
+    loss = summary["held_out_loss"]
+    assert summary["examples"]["held_out"] > 0 and loss["after"] < loss["before"] - 0.5
+    info = json.loads((out / "policy" / "rlhfkit_policy.json").read_text())
+    assert info["base"] == tiny_model and info["stage"] == "sft" and info["lora"] is False
+    with pytest.raises(RlhfkitError, match="--resume"):
+        train_sft(data, out, config)
+    # a longer run resumed from the first: the steps continue, the metrics append
+    longer = SFTConfig(**{**config.model_dump(), "epochs": 3})
+    resumed = train_sft(data, out, longer, resume=True)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, resumed["steps"] + 1)) and resumed["steps"] > summary["steps"]
+
+
+def test_a_policy_stacked_on_sft_starts_at_the_sft_model(tmp_path, tiny_model):
+    from rlhfkit.models.stack import lineage, load_policy_model
+    from rlhfkit.rl.policy import Policy
+    from rlhfkit.rl.ppo import PPOConfig
+    from rlhfkit.sft import train_sft
+
+    out = tmp_path / "sft"
+    train_sft(_data(tmp_path), out, SFTConfig(model=tiny_model, epochs=1, lr=1e-2))
+    sft_model, tokenizer = load_policy_model(out / "policy")
+    base, _ = load_policy_model(tiny_model)
+    ids = tokenizer("Question 1: how are you?", return_tensors="pt")
+    with torch.no_grad():
+        tuned = sft_model(**ids).logits
+        assert not torch.allclose(tuned, base(**ids).logits, atol=1e-4)  # SFT changed it
+        policy = Policy.load(str(out / "policy"), PPOConfig(model=tiny_model).lora_args())
+        with policy.model.disable_adapter():  # the reference: the adapter off
+            reference = policy.model(**ids).logits
+        current = policy.model(**ids).logits
+    # a fresh adapter starts as a no-op: policy = reference = the SFT model, KL 0
+    assert torch.allclose(current, reference) and torch.allclose(reference, tuned, atol=1e-4)
+    assert [step["stage"] for step in lineage(out / "policy")] == ["sft"]
