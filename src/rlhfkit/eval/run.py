@@ -260,6 +260,15 @@ def summary_rows(result: dict) -> list[tuple[str, str, str, str]]:
         ("mean length (tokens)", "length", 1),
     ):
         rows.append((label, num(before[key], digits), num(after[key], digits), changed(key)))
+    if result.get("mode") == "chat" and "compliance" in before:  # answers to requests
+        rows.append(
+            (
+                "share of answers that do not refuse (refusal phrases)",
+                share(before["compliance"]),
+                share(after["compliance"]),
+                changed("compliance"),
+            )
+        )
     rows.append(("KL from the reference", num(before["kl"], 2), num(after["kl"], 2), ""))
     return rows
 
