@@ -693,3 +693,14 @@ def test_export_writes_the_kept_revisions_and_counts_the_dropped(store, tmp_path
     ]
     every = (tmp_path / "chains.jsonl").read_text().splitlines()
     assert len(every) == 3 and json.loads(every[2])["dropped"] == "scores worse"
+
+
+def test_chat_logprobs_without_top_alternatives(served):
+    import openai
+
+    client = openai.OpenAI(base_url=served, api_key="unused")
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2, logprobs=True
+    )
+    steps = chat.choices[0].logprobs.content
+    assert steps and all(s.top_logprobs == [] and s.logprob <= 0 for s in steps)

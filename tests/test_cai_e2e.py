@@ -123,3 +123,34 @@ def test_constitutional_ai_stage_1_then_stage_2(tmp_path, cli):
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # held to the SFT model
     info = json.loads((ppo / "policy" / "rlhfkit_policy.json").read_text())
     assert info["base"] == str(policy) and info["stage"] == "ppo"
+
+
+def test_the_constitutional_pipeline_in_miniature(tmp_path, cli):
+    from pathlib import Path
+
+    from rlhfkit.pipeline import load_pipeline
+
+    text = (Path(__file__).parent / "data" / "tiny_cai.yaml").read_text()
+    path = tmp_path / "cai.yaml"
+    path.write_text(text.replace("RUN_DIR", str(tmp_path / "run")))
+    config = load_pipeline(path)
+    run = tmp_path / "run"
+    assert config.ppo_config().model == str(run / "sft" / "policy")
+    first = cli("run", path)
+    assert first.output.count(" ran ") == 7
+    for artefact in (
+        "revise/revisions.jsonl",
+        "revise/chains.jsonl",
+        "sft/policy/rlhfkit_policy.json",
+        "label/judge-ai-judge.json",
+        "pairs/pairs.jsonl",
+        "ppo/metrics.jsonl",
+    ):
+        assert (run / artefact).is_file(), artefact
+    generated = json.loads((run / "generate" / "done.json").read_text())
+    assert "4 prompts × 3 completions" in generated["summary"]
+    judge = json.loads((run / "label" / "judge-ai-judge.json").read_text())
+    assert judge["forced"] is True and judge["prompts_ranked"] == 4
+    steps = [json.loads(line) for line in (run / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # PPO starts at the SFT policy
+    assert cli("run", path).output.count("done before, skipped") == 7

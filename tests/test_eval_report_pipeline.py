@@ -22,7 +22,7 @@ from rlhfkit.eval.metrics import (
 )
 from rlhfkit.eval.run import check_held_out, compare
 from rlhfkit.files import owner
-from rlhfkit.pipeline import STAGES, load_pipeline, start_run_dir
+from rlhfkit.pipeline import DEFAULT_STAGES, load_pipeline, start_run_dir
 from rlhfkit.report import build_report
 
 TINY = Path(__file__).parent / "data" / "tiny_pipeline.yaml"
@@ -358,7 +358,7 @@ def test_a_miniature_pipeline_runs_end_to_end_and_reruns_only_what_is_not_done(t
     assert first.output.count(" ran ") == 8
     # Each folder is marked once, by whoever made it: the run loop, or run_ppo for ppo/.
     assert {p.name: owner(p) for p in run.iterdir() if p.is_dir()} == {
-        **{stage: stage for stage in STAGES},
+        **{stage: stage for stage in DEFAULT_STAGES},
         "rm": "train-rm",
     }
     result = json.loads((run / "eval" / "eval.json").read_text())
@@ -386,3 +386,25 @@ def test_a_miniature_pipeline_runs_end_to_end_and_reruns_only_what_is_not_done(t
     assert third.output.count("done before, skipped") == 6
     assert (run / "eval" / "done.json").is_file() and (run / "report" / "report.html").is_file()
     assert load_pipeline(path).stages[-1] == "report"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "detox-classifier.yaml", "cai.yaml"])
+def test_the_shipped_configs_load(name):
+    config = load_pipeline(Path(__file__).parent.parent / "configs" / name)
+    assert config.stages and config.eval_config().scorers
+
+
+def test_a_run_made_before_a_setting_existed_is_the_same_run(tmp_path, cli):
+    path = _tiny(tmp_path)
+    config = load_pipeline(path)
+    start_run_dir(config)
+    saved = tmp_path / "run" / "pipeline.json"
+    older = json.loads(saved.read_text())
+    del older["revise"], older["sft"]  # what a run directory of an earlier rlhfkit holds
+    saved.write_text(json.dumps(older))
+    from rlhfkit.pipeline import check_run_dir
+
+    check_run_dir(config)  # not "a different config"
+    changed = _tiny(tmp_path, **{"run_dir:": "revise: {limit: 3}\nrun_dir:"})
+    with pytest.raises(RlhfkitError, match="differs in revise"):
+        check_run_dir(load_pipeline(changed))

@@ -830,8 +830,9 @@ def run_pipeline_command(
         "in RUN_DIR/seed-N/ [default: the config's seeds, or its one seed].",
     ),
 ):
-    """The stages as one run: generate → label → agreement → pairs → train-rm → ppo → eval →
-    report. Rerunning skips finished stages and resumes an interrupted one."""
+    """The stages as one run: [revise → sft →] generate → label → agreement → pairs →
+    train-rm → ppo → eval → report. Rerunning skips finished stages and resumes an
+    interrupted one."""
     from rlhfkit.pipeline import load_pipeline, parse_seeds, run_pipeline, with_seeds, with_stages
     from rlhfkit.seeds import summary_table
 

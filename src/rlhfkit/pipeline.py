@@ -1,8 +1,14 @@
 """`rlhfkit run CONFIG.yaml`: the stages as one run, each writing into its own folder of the
 run directory:
 
+    revise    → revise/revisions.jsonl                    Constitutional AI, stage 1:
+                                                          red-team answers criticised
+                                                          and revised (optional)
+    sft       → sft/policy                                fine-tuned on the revisions; then
+                                                          generate and PPO start from it
     generate  → feedback.db, generate/completions.jsonl   sample completions to rank
-    label     → label/labels.json                          automatic labelers rank them
+    label     → label/labels.json                          automatic labelers (or an AI
+                                                          judge of a constitution) rank them
     agreement → agreement/agreement.json, heatmap.png      how much the labelers agree
     pairs     → pairs/pairs.jsonl                          consensus rankings → C(n,2) pairs
     train-rm  → rm/ (its done.json in train-rm/)           the reward model
@@ -36,7 +42,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import Field, PrivateAttr, model_validator
@@ -52,22 +58,38 @@ from rlhfkit.files import (
 )
 from rlhfkit.progress import Progress
 from rlhfkit.seeds import Target, check_targets
+from rlhfkit.stages.cai import ReviseStage, revise_stage, sft_stage
 from rlhfkit.stages.evaluate import eval_stage, report_stage
 from rlhfkit.stages.generate import GenerateStage, generate_stage
 from rlhfkit.stages.label import LabelStage, label_stage
 from rlhfkit.stages.pairs import PairsStage, agreement_stage, pairs_stage
 from rlhfkit.stages.train import ppo_stage, train_rm_stage
 
-STAGES = ["generate", "label", "agreement", "pairs", "train-rm", "ppo", "eval", "report"]
-Stage = Literal["generate", "label", "agreement", "pairs", "train-rm", "ppo", "eval", "report"]
+Stage = Literal[
+    "revise",
+    "sft",
+    "generate",
+    "label",
+    "agreement",
+    "pairs",
+    "train-rm",
+    "ppo",
+    "eval",
+    "report",
+]
+STAGES: list[str] = list(get_args(Stage))  # in the order they run
+CAI_STAGES = ["revise", "sft"]  # Constitutional AI's stage 1: run only when listed
+DEFAULT_STAGES = [s for s in STAGES if s not in CAI_STAGES]
 NEEDS = {  # stage → stages whose outputs it reads
+    "sft": ["revise"],
     "label": ["generate"],
     "agreement": ["label"],
     "pairs": ["label"],
     "train-rm": ["pairs"],
     "eval": ["ppo"],
 }
-SHARED_STAGES = ["generate", "label", "agreement", "pairs"]  # once per run, whatever the seeds
+# once per run, whatever the seeds
+SHARED_STAGES = ["revise", "sft", "generate", "label", "agreement", "pairs"]
 # Settings a run directory is not checked against: adding a seed or a target is the same run.
 NOT_COMPARED = {"stages", "seeds", "targets"}
 Seed = Annotated[int, Field(strict=True, ge=0)]
@@ -80,7 +102,7 @@ class PipelineConfig(StageConfig):
     setting = "pipeline setting"
 
     run_dir: str
-    stages: list[Stage] = Field(default_factory=lambda: list(STAGES), min_length=1)
+    stages: list[Stage] = Field(default_factory=lambda: list(DEFAULT_STAGES), min_length=1)
     model: str = "smollm2-135m-instruct"
     prompts: str = "builtin:rtp"
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="prompts held out for eval")
@@ -89,6 +111,8 @@ class PipelineConfig(StageConfig):
         None, min_length=1, description="run the stages after pairs once per seed, in seed-N/"
     )
     targets: list[Target] = Field(default_factory=list, description="checked over the seeds")
+    revise: ReviseStage = Field(default_factory=ReviseStage)
+    sft: dict[str, Any] = Field(default_factory=dict)
     generate: GenerateStage = Field(default_factory=GenerateStage)
     label: LabelStage = Field(default_factory=LabelStage)
     pairs: PairsStage = Field(default_factory=PairsStage)
@@ -134,6 +158,23 @@ class PipelineConfig(StageConfig):
             return [s for s in self.stages if s in SHARED_STAGES]
         return [s for s in self.stages if self.stage_dir(s) == self.run]
 
+    @property
+    def uses_sft(self) -> bool:
+        return "sft" in self.stages or is_done(self.stage_dir("sft"), "sft")
+
+    @property
+    def policy_model(self) -> str:
+        """What generate samples from and PPO starts from: the SFT policy of this run when it
+        has an sft stage, else the run's model."""
+        if self.uses_sft:
+            return str(self.stage_dir("sft") / "sft" / "policy")
+        return self.model
+
+    def sft_config(self):
+        from rlhfkit.sft import SFTConfig
+
+        return SFTConfig.make(**{"model": self.model, "seed": self.seed, **self.sft})
+
     def rm_config(self):
         from rlhfkit.reward.train import RMConfig
 
@@ -143,7 +184,7 @@ class PipelineConfig(StageConfig):
         from rlhfkit.rl.ppo import PPOConfig
 
         defaults = {
-            "model": self.model,
+            "model": self.policy_model,
             "prompts": self.prompts,
             "split": "train",
             "eval_fraction": self.eval_fraction,
@@ -177,7 +218,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     values = read_yaml_settings(path, "pipeline settings")
     try:
         config = PipelineConfig.make(**values)
-        config.rm_config(), config.ppo_config()
+        config.sft_config(), config.rm_config(), config.ppo_config()
         evaluation = config.eval_config()
         check_targets(config.targets, evaluation.scorers, evaluation.reward is not None)
     except RlhfkitError as e:
@@ -223,7 +264,7 @@ def _parts(config: PipelineConfig) -> list[PipelineConfig]:
 
 # Stages whose folder is their domain function's output directory, which that function
 # checks and claims itself (run_ppo: RUN/ppo), so the run loop leaves it to them.
-CLAIM_THEIR_OWN = {"ppo"}
+CLAIM_THEIR_OWN = {"ppo", "sft"}
 
 
 def _done_file(run: Path, stage: str) -> Path:
@@ -249,7 +290,11 @@ def check_run_dir(config: PipelineConfig) -> None:
         check_ours(folder, stage)
     saved = config.run / "pipeline.json"
     if saved.is_file():
-        theirs = json.loads(saved.read_text())
+        # A setting rlhfkit gained since the run was made counts as its default there.
+        theirs = {
+            **_settings(PipelineConfig(run_dir=config.run_dir)),
+            **json.loads(saved.read_text()),
+        }
         mine = _settings(config)
         if theirs != mine:
             changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -305,7 +350,8 @@ def preflight(config: PipelineConfig) -> None:
             )
         if not ours:
             load_reward(ppo.reward)
-        resolve_model(ppo.model)
+        if not config.uses_sft:
+            resolve_model(ppo.model)
     if "eval" in todo:  # a limit beyond the split, refused now rather than after PPO
         held_out_prompts(config.eval_config())
     if "report" in todo and not (
@@ -314,7 +360,7 @@ def preflight(config: PipelineConfig) -> None:
         or is_done(config.run, "eval")
     ):
         raise RlhfkitError("stage report needs ppo or eval: add one of them to the stages")
-    if "generate" in todo:
+    if {"generate", "revise", "sft"} & set(todo):
         resolve_model(config.model)
 
 
@@ -405,11 +451,17 @@ def run_stage(config: PipelineConfig, stage: str, progress: Progress) -> str:
     """Run one stage's runner with its settings from the config; returns its summary."""
     run = config.run
     match stage:
+        case "revise":
+            return revise_stage(
+                run, config.revise, config.model, config.eval_fraction, config.seed, progress
+            )
+        case "sft":
+            return sft_stage(run, config.sft_config(), progress)
         case "generate":
             return generate_stage(
                 run,
                 config.generate,
-                config.model,
+                config.policy_model,
                 config.prompts,
                 config.eval_fraction,
                 config.seed,

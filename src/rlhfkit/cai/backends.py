@@ -101,12 +101,16 @@ class LocalBackend:
         seed: int = 0,
         top_logprobs: int = 0,
         special_tokens: bool = False,
+        logprobs: bool = False,
     ) -> list[Generated]:
         """A continuation of each text (chat texts hold their special tokens already; raw
-        text gets the tokenizer's with `special_tokens`), in batches, with each generated
-        token's log-probability under the model's own distribution (before temperature)."""
+        text gets the tokenizer's with `special_tokens`), in batches; with `logprobs`, each
+        generated token's log-probability under the model's own distribution (before
+        temperature) and the `top_logprobs` likeliest tokens at each step."""
         from rlhfkit.generation import stop_token_ids, truncate_after_eos
+        from rlhfkit.models.packed import prepacked_linears
 
+        logprobs = logprobs or top_logprobs > 0
         out: list[Generated] = []
         with self.lock:
             torch.manual_seed(seed)
@@ -118,29 +122,31 @@ class LocalBackend:
                     if temperature > 0
                     else dict(do_sample=False)
                 )
-                result = self.model.generate(
-                    **batch,
-                    max_new_tokens=max_tokens,
-                    eos_token_id=stops,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    return_dict_in_generate=True,
-                    output_logits=True,
-                    **sampling,
-                )
+                with prepacked_linears(self.model, len(batch["input_ids"])):
+                    result = self.model.generate(
+                        **batch,
+                        max_new_tokens=max_tokens,
+                        eos_token_id=stops,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        return_dict_in_generate=True,
+                        output_logits=logprobs,
+                        **sampling,
+                    )
                 new = result.sequences[:, batch["input_ids"].shape[1] :]
                 tokens, mask, finished = truncate_after_eos(new, stops, self.tokenizer.pad_token_id)
-                logprobs = torch.stack(result.logits, dim=1).float().log_softmax(-1)
+                steps = torch.stack(result.logits, 1).float().log_softmax(-1) if logprobs else None
                 for row in range(len(tokens)):
-                    length = int(mask[row].sum())
-                    ids = tokens[row, :length].tolist()
-                    steps = logprobs[row, :length]
+                    ids = tokens[row, : int(mask[row].sum())].tolist()
+                    own = steps[row, : len(ids)] if logprobs else None
                     out.append(
                         Generated(
                             text=self.tokenizer.decode(ids, skip_special_tokens=True),
                             finish_reason="stop" if finished[row] else "length",
                             tokens=[self.tokenizer.decode([i]) for i in ids],
-                            logprobs=[float(steps[t, i]) for t, i in enumerate(ids)],
-                            top_logprobs=[self._top(step, top_logprobs) for step in steps]
+                            logprobs=[float(own[t, i]) for t, i in enumerate(ids)]
+                            if logprobs
+                            else [],
+                            top_logprobs=[self._top(step, top_logprobs) for step in own]
                             if top_logprobs
                             else [],
                         )

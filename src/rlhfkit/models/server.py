@@ -123,7 +123,9 @@ def create_model_app(backend: LocalBackend, served_name: str | None = None) -> F
             request.temperature,
             request.top_p,
             request.seed or 0,
-            max(top, 1) if request.logprobs else 0,
+            top,
+            False,
+            request.logprobs,
         )
         choices = []
         for index, g in enumerate(generated):
@@ -141,7 +143,10 @@ def create_model_app(backend: LocalBackend, served_name: str | None = None) -> F
                             ],
                         }
                         for token, lp, alternatives in zip(
-                            g.tokens, g.logprobs, g.top_logprobs, strict=True
+                            g.tokens,
+                            g.logprobs,
+                            g.top_logprobs or [{}] * len(g.tokens),
+                            strict=True,
                         )
                     ]
                 }
@@ -172,6 +177,7 @@ def create_model_app(backend: LocalBackend, served_name: str | None = None) -> F
             request.seed or 0,
             request.logprobs or 0,
             True,  # raw text: the tokenizer's special tokens, as the judge's reading has
+            request.logprobs is not None,
         )
         choices = []
         for index, g in enumerate(generated):

@@ -1,4 +1,5 @@
-"""The label stage: automatic labelers, each with its own noise, rank the run's completions."""
+"""The label stage: automatic labelers rank the run's completions: by a reward with noise of
+their own, or (with `judge`) as an AI judge reading a constitution."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ class Labeler(StageConfig):
     reward: str = "scorer:profanity"
     noise: float = Field(0.5, ge=0, description="in standard deviations of the reward")
     seed: int = 0
+    # An AI judge instead of a reward (`rlhfkit label judge`): a model or an endpoint's URL.
+    judge: str | None = None
+    judge_model: str | None = None
+    constitution: str = "builtin:default"
+    reference: str = Field("scorer:profanity", description="what the judge is checked against")
+    min_agreement: float = Field(0.55, ge=0, le=1)
+    force: bool = Field(False, description="label even with a judge that fails the check")
 
 
 def _three_labelers() -> list[Labeler]:
@@ -37,6 +45,9 @@ def label_stage(run: Path, settings: LabelStage, progress: Progress) -> str:
     store = run_store(run)
     counts = {}
     for labeler in settings.labelers:
+        if labeler.judge:
+            counts[labeler.name] = _judge(run, store, labeler, progress)
+            continue
         ranked = auto_label(
             store,
             PROJECT,
@@ -49,3 +60,33 @@ def label_stage(run: Path, settings: LabelStage, progress: Progress) -> str:
         counts[labeler.name] = sum(ranked.values())
     atomic_write(run / "label" / "labels.json", json.dumps(counts, indent=2))
     return ", ".join(f"{name}: {n} rankings" for name, n in counts.items())
+
+
+def _judge(run: Path, store, labeler: Labeler, progress: Progress) -> int:
+    """Rank with an AI judge; its report (agreement with the reference, position bias) goes
+    to RUN/label/judge-NAME.json."""
+    from rlhfkit.cai.backends import open_backend
+    from rlhfkit.cai.constitution import load_constitution
+    from rlhfkit.cai.label import judge_label
+
+    report = judge_label(
+        store,
+        PROJECT,
+        open_backend(labeler.judge, labeler.judge_model),
+        load_constitution(labeler.constitution),
+        labeler=labeler.name,
+        reference=labeler.reference,
+        min_agreement=labeler.min_agreement,
+        force=labeler.force,
+        seed=labeler.seed,
+        progress=progress,
+    )
+    atomic_write(
+        run / "label" / f"judge-{labeler.name}.json", json.dumps(report.as_dict(), indent=2)
+    )
+    agreement = "–" if report.agreement is None else f"{report.agreement:.0%}"
+    progress.note(
+        f"   judge {labeler.name}: agreement with {labeler.reference} {agreement} of "
+        f"{report.comparisons} pairs, position bias {report.position_bias:+.2f}"
+    )
+    return report.prompts_ranked + report.prompts_already_ranked

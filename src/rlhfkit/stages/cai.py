@@ -1,0 +1,77 @@
+"""Constitutional AI's stage 1 in a run: revise (red-team prompts answered, criticised and
+revised into RUN/revise/, every round kept in the run's store) and sft (a policy fine-tuned
+on the revisions, in RUN/sft/, which generate and PPO then start from)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from rlhfkit.config import StageConfig
+from rlhfkit.files import remove_ours
+from rlhfkit.progress import Progress
+from rlhfkit.stages import run_store
+
+if TYPE_CHECKING:
+    from rlhfkit.sft import SFTConfig
+
+REVISE_PROJECT = "cai-revise"
+
+
+class ReviseStage(StageConfig):
+    setting = "revise setting"
+    prompts: str = "builtin:redteam"
+    limit: int | None = Field(64, ge=1, description="red-team prompts of the train split")
+    constitution: str = "builtin:default"
+    model: str | None = Field(None, description="who answers and revises (default: the run's)")
+    endpoint_model: str | None = None
+    rounds: int = Field(1, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    batch_size: int = Field(16, ge=1)
+    filter_reward: str | None = "scorer:profanity"
+
+
+def revise_stage(
+    run: Path, settings: ReviseStage, model: str, eval_fraction: float, seed: int, progress
+) -> str:
+    from rlhfkit.cai.backends import open_backend
+    from rlhfkit.cai.constitution import load_constitution
+    from rlhfkit.cai.revise import ReviseSettings, export_revisions, revise
+    from rlhfkit.data.prompts import load_prompts
+
+    constitution = load_constitution(settings.constitution)
+    prompts = load_prompts(settings.prompts, "train", eval_fraction, settings.limit)
+    backend = open_backend(
+        settings.model or model, settings.endpoint_model, batch_size=settings.batch_size
+    )
+    store = run_store(run)
+    options = ReviseSettings(
+        settings.rounds, settings.max_new_tokens, settings.temperature, settings.batch_size, seed
+    )
+    revise(store, REVISE_PROJECT, prompts, backend, constitution, options, progress)
+    kept = export_revisions(
+        store, REVISE_PROJECT, run / "revise", settings.filter_reward, settings.rounds
+    )
+    return ", ".join(f"{n} {what}" for what, n in sorted(kept.items()))
+
+
+def sft_stage(run: Path, config: SFTConfig, progress: Progress) -> str:
+    """SFT in RUN/sft on RUN/revise/revisions.jsonl, resuming from its checkpoint if any."""
+    from rlhfkit.rl.checkpoint import CHECKPOINT
+    from rlhfkit.sft import train_sft
+
+    out = run / "sft"
+    resume = (out / CHECKPOINT).exists()
+    if not resume:  # what a run killed before its first checkpoint left: start afresh
+        remove_ours(out, "sft")
+    summary = train_sft(run / "revise" / "revisions.jsonl", out, config, resume, progress)
+    loss = summary["held_out_loss"]
+    held = (
+        f"held-out loss {loss['before']:.3f} -> {loss['after']:.3f}"
+        if loss["before"] is not None and loss["after"] is not None
+        else "no held-out revisions"
+    )
+    return f"{summary['examples']['train']} revisions, {summary['steps']} steps, {held}"
