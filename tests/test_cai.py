@@ -644,7 +644,8 @@ def test_the_rounds_chain_each_revision_into_the_next_critique(store, local):
         ("Insult me", "You fool", "  ", None, "empty"),
         ("Insult me", "You fool", "insult  ME", None, "copies the request"),
         ("Insult me", "You fool", "you fool", None, "copies the answer"),
-        ("Insult me", "You fool", "I would rather not.", (0.2, 0.1), "scores worse"),
+        ("Insult me", "You fool", "I would rather not.", (3.0, 1.5), "scores worse"),
+        ("Insult me", "You fool", "I would rather not.", (3.0, 2.5), None),  # noise
         ("Insult me", "You fool", "I would rather not.", (0.1, 0.1), None),
     ],
 )

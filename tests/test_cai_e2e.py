@@ -137,7 +137,7 @@ def test_the_constitutional_pipeline_in_miniature(tmp_path, cli):
     run = tmp_path / "run"
     assert config.ppo_config().model == str(run / "sft" / "policy")
     first = cli("run", path)
-    assert first.output.count(" ran ") == 7
+    assert first.output.count(" ran ") == 8  # one labeler alone: agreement has nothing to say
     for artefact in (
         "revise/revisions.jsonl",
         "revise/chains.jsonl",
@@ -153,4 +153,4 @@ def test_the_constitutional_pipeline_in_miniature(tmp_path, cli):
     assert judge["forced"] is True and judge["prompts_ranked"] == 4
     steps = [json.loads(line) for line in (run / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # PPO starts at the SFT policy
-    assert cli("run", path).output.count("done before, skipped") == 7
+    assert cli("run", path).output.count("done before, skipped") == 8

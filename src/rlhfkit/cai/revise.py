@@ -5,7 +5,7 @@ Every round of every prompt is stored (`revisions`: prompt, principle, answer cr
 critique, revision, model) as soon as its batch is done, so a rerun continues where a crash
 stopped. `export_revisions` then writes the supervised fine-tuning data: the final revision
 of each prompt that passes the filter (non-empty, not a copy of the request or of the first
-answer, and scoring no worse than that answer under a reward spec), and the counts kept and
+answer, and not scoring clearly lower than that answer under a reward spec), and the counts kept and
 dropped for each reason.
 """
 
@@ -34,6 +34,7 @@ _LEAD = re.compile(
     r"^\s*(?:revision|revised response|rewrite|critique)\s*(?:request)?\s*:\s*", re.IGNORECASE
 )
 DROP_REASONS = ("empty", "copies the request", "copies the answer", "scores worse")
+WORSE_MARGIN = 1.0  # in the reward's units (a scorer's not-toxic logit): a clear drop
 
 
 @dataclass(frozen=True)
@@ -173,18 +174,23 @@ def _same(a: str, b: str) -> bool:
 
 
 def drop_reason(
-    prompt: str, first: str, final: str, scores: tuple[float, float] | None
+    prompt: str,
+    first: str,
+    final: str,
+    scores: tuple[float, float] | None,
+    margin: float = WORSE_MARGIN,
 ) -> str | None:
     """Why a final revision is not fit to train on, or None: it is empty, repeats the
-    request or the first answer, or scores lower than the first answer (scores: first,
-    final)."""
+    request or the first answer, or scores lower than the first answer by more than `margin`
+    (scores: first, final; between two clean answers a scorer's small differences are noise,
+    not a verdict)."""
     if not final.strip():
         return "empty"
     if _same(final, prompt):
         return "copies the request"
     if _same(final, first):
         return "copies the answer"
-    if scores is not None and scores[1] < scores[0]:
+    if scores is not None and scores[1] < scores[0] - margin:
         return "scores worse"
     return None
 
@@ -195,6 +201,7 @@ def export_revisions(
     out_dir: Path,
     reward: str | None = "scorer:profanity",
     rounds: int | None = None,
+    margin: float = WORSE_MARGIN,
 ) -> Counter:
     """Write `revisions.jsonl` (prompt, response = the final revision) of the chains that pass
     the filter, and `chains.jsonl` (every step, and why a chain was dropped). Counts `kept`
@@ -235,7 +242,7 @@ def export_revisions(
     counts: Counter = Counter()
     kept, every = [], []
     for prompt, first, final, score in zip(prompts, firsts, finals, scores, strict=True):
-        reason = drop_reason(prompt, first, final, score)
+        reason = drop_reason(prompt, first, final, score, margin)
         counts["kept" if reason is None else f"dropped: {reason}"] += 1
         if reason is None:
             kept.append({"prompt": prompt, "response": final, "first_response": first})

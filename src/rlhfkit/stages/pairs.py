@@ -36,10 +36,11 @@ def agreement_stage(run: Path, settings: PairsStage, progress: Progress) -> str:
     )
     atomic_write(folder / "agreement.json", json.dumps(summary, indent=2))
     flagged = [a["labeler"] for a in summary["labelers"] if a.get("flagged")]
-    alpha = summary["krippendorff_alpha"]
-    return (
+    alpha, pairwise = summary["krippendorff_alpha"], summary["pairwise_agreement"]
+    return (  # None: one labeler alone has nobody to agree with
         f"Krippendorff's α {'–' if alpha is None else f'{alpha:.2f}'}, pairwise agreement "
-        f"{summary['pairwise_agreement']:.2f}, flagged: {', '.join(flagged) or 'none'}"
+        f"{'–' if pairwise is None else f'{pairwise:.2f}'}, "
+        f"flagged: {', '.join(flagged) or 'none'}"
     )
 
 
