@@ -638,6 +638,23 @@ def test_the_rounds_chain_each_revision_into_the_next_critique(store, local):
         assert {first.principle, second.principle} <= names
 
 
+def test_a_rerun_continues_from_an_empty_revision(store, local):
+    from sqlalchemy import select
+
+    from rlhfkit.cai.revise import ReviseSettings, revise
+    from rlhfkit.data.records import PromptRecord
+    from rlhfkit.feedback.store import Revision
+
+    prompts = [PromptRecord("Say something mean.")]
+    revise(store, "cai", prompts, local, TINY, ReviseSettings(rounds=1, max_new_tokens=3))
+    with store.session() as session:  # the model's first revision came out empty
+        session.scalar(select(Revision)).revision = ""
+    revise(store, "cai", prompts, local, TINY, ReviseSettings(rounds=2, max_new_tokens=3))
+    with store.session(read_only=True) as session:
+        rounds = session.scalars(select(Revision).order_by(Revision.round)).all()
+    assert [r.round for r in rounds] == [1, 2] and rounds[1].response == ""
+
+
 @pytest.mark.parametrize(
     "prompt, first, final, scores, reason",
     [

@@ -63,10 +63,6 @@ class Chain:
     prompt: str
     rounds: list[Revision] = field(default_factory=list)
 
-    @property
-    def last_answer(self) -> str | None:
-        return self.rounds[-1].revision if self.rounds else None
-
 
 def _chains(store: Store, project: str, prompts: Sequence[PromptRecord]) -> list[Chain]:
     """The project's prompts (added if new) with the rounds stored for them already."""
@@ -124,9 +120,8 @@ def _revise_batch(
         return [clean(a) for a in answers]
 
     first = [c for c in batch if not c.rounds]
-    if first:
-        answers = ask([[{"role": "user", "content": c.prompt}] for c in first])
-        first_answer = {c.prompt_id: a for c, a in zip(first, answers, strict=True)}
+    answers = ask([[{"role": "user", "content": c.prompt}] for c in first]) if first else []
+    first_answer = {c.prompt_id: a for c, a in zip(first, answers, strict=True)}
     new: list[Revision] = []
     for round_number in range(1, settings.rounds + 1):
         active = [c for c in batch if len(c.rounds) < round_number]
@@ -136,7 +131,10 @@ def _revise_batch(
             constitution.draw(random.Random(f"{settings.seed}:{c.prompt}:{round_number}"))
             for c in active
         ]
-        answered = [c.last_answer or first_answer[c.prompt_id] for c in active]
+        # the previous round's revision (even an empty one), else the first answer
+        answered = [
+            c.rounds[-1].revision if c.rounds else first_answer[c.prompt_id] for c in active
+        ]
         critiques = ask(
             [
                 critique_messages(constitution, p, c.prompt, a)
