@@ -531,33 +531,11 @@ def test_label_judge_with_an_unreachable_endpoint_is_one_line(tmp_path, cli):
 
 @pytest.mark.slow
 def test_rlhfkit_serve_model_serves_the_openai_client(tiny_model):
-    import subprocess
-    import sys
+    from web_support import launch
 
-    import httpx
-
-    from web_support import free_port
-
-    port = free_port()
-    command = [
-        Path(sys.executable).parent / "rlhfkit",
-        "serve-model",
-        tiny_model,
-        "--port",
-        str(port),
-        "--name",
-        "tiny",
-    ]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}/v1"
+    server, url = launch(["serve-model", tiny_model, "--name", "tiny"], "/v1/models")
+    base = f"{url}/v1"
     try:
-        for _ in range(600):
-            try:
-                httpx.get(f"{base}/models", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert server.poll() is None, server.stderr.read().decode()
-                time.sleep(0.1)
         backend = EndpointBackend(base)
         assert backend.model == "tiny"
         assert len(backend.chat([[{"role": "user", "content": "hi"}]], max_tokens=3)) == 1

@@ -6,12 +6,9 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,7 +16,7 @@ from sqlalchemy import select
 
 from rlhfkit.feedback.store import Labeler, Ranking, Store
 from rlhfkit.web.app import Settings, create_app
-from web_support import PASSWORD, csrf, free_port, login, make_project, running_server
+from web_support import PASSWORD, csrf, launch, login, make_project, running_server
 
 LABELERS = 20
 PROMPTS = 24
@@ -103,20 +100,7 @@ def test_a_server_killed_mid_load_loses_no_acknowledged_ranking(tmp_path):
     names = tuple(f"labeler{i:02d}" for i in range(8))
     project_id = make_project(store, prompts=200, overlap=2, labelers=names)
     store.close()
-    port = free_port()
-    rlhfkit = Path(sys.executable).parent / "rlhfkit"
-    server = subprocess.Popen(
-        [rlhfkit, "serve", "--store", url, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            httpx.get(f"{base}/login", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    server, base = launch(["serve", "--store", url], "/login")
     acknowledged: list[tuple[str, int]] = []
     errors: list[str] = []
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 from sqlalchemy import select
 
 from rlhfkit.feedback.store import Labeler, Member, Project, Store, ensure_project
@@ -106,3 +111,28 @@ def running_server(app, trust_proxy: str | None = None):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def launch(args: list, probe: str, seconds: float = 60) -> tuple[subprocess.Popen, str]:
+    """`rlhfkit ARGS --port P` in a process of its own, on a free loopback port, once a GET
+    of `probe` answers; (the process, its base URL). A server that exits or never answers
+    fails the test with what it wrote on stderr."""
+    port = free_port()
+    command = [Path(sys.executable).parent / "rlhfkit", *map(str, args), "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + seconds
+    # stderr to a file, not a pipe: a server that writes much never blocks on it; the file
+    # stays open in the server after this function closes its own copy
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        while True:
+            try:
+                httpx.get(base + probe, timeout=1)
+                return server, base
+            except httpx.HTTPError:
+                if server.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+            server.kill()
+            log.seek(0)
+            raise RuntimeError(f"{args[0]} did not start: {log.read().decode()}")

@@ -565,11 +565,9 @@ def label_judge(
         )
     if report:
         atomic_write(report, (json.dumps(result.as_dict(), indent=2) + "\n").encode())
-    agreement = "–" if result.agreement is None else f"{result.agreement:.0%}"
     console.print(
         f"{labeler} ({backend.name}) in '{project}': {result.prompts_ranked} prompts ranked"
-        f" ({result.prompts_already_ranked} before); agreement with {reference} {agreement} of "
-        f"{result.comparisons} pairs; position bias {result.position_bias:+.2f}; "
+        f" ({result.prompts_already_ranked} before); {result.check_line()}; "
         f"{result.unanswered} of {result.pairs} pairs unanswered"
     )
 
@@ -642,7 +640,7 @@ def sft(
 ):
     """Supervised fine-tuning on (prompt, response) pairs, the loss on the response only."""
     from rlhfkit.config import read_yaml_settings
-    from rlhfkit.sft import SFTConfig, train_sft
+    from rlhfkit.sft import SFTConfig, held_out_line, train_sft
 
     values = read_yaml_settings(config_file, "SFT settings") if config_file else {}
     flags = dict(
@@ -658,15 +656,9 @@ def sft(
     config = SFTConfig.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
     with _progress() as progress:
         summary = train_sft(data, out_dir, config, resume, progress)
-    loss = summary["held_out_loss"]
-    held = (
-        f"held-out loss {loss['before']:.3f} -> {loss['after']:.3f}"
-        if loss["before"] is not None and loss["after"] is not None
-        else "no held-out examples"
-    )
     console.print(
-        f"SFT on {summary['examples']['train']} examples, {summary['steps']} steps: {held}; "
-        f"policy in {out_dir / 'policy'}"
+        f"SFT on {summary['examples']['train']} examples, {summary['steps']} steps: "
+        f"{held_out_line(summary)}; policy in {out_dir / 'policy'}"
     )
 
 

@@ -244,6 +244,14 @@ def train_sft(
     return summary
 
 
+def held_out_line(summary: dict) -> str:
+    """The held-out loss before and after, from `train_sft`'s summary, in words."""
+    loss = summary["held_out_loss"]
+    if loss["before"] is None or loss["after"] is None:
+        return "no held-out examples"
+    return f"held-out loss {loss['before']:.3f} -> {loss['after']:.3f}"
+
+
 def save_sft_policy(model, tokenizer, path: Path, config: SFTConfig, summary: dict) -> None:
     """The policy directory: weights (the adapter, or the whole model), tokenizer, and what it
     sits on and what trained it."""

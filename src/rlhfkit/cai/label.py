@@ -63,6 +63,14 @@ class JudgeReport:
     def agreement(self) -> float | None:
         return self.agreements / self.comparisons if self.comparisons else None
 
+    def check_line(self) -> str:
+        """The judge against its reference, in one line."""
+        agreement = "–" if self.agreement is None else f"{self.agreement:.0%}"
+        return (
+            f"agreement with {self.reference} {agreement} of {self.comparisons} pairs, "
+            f"position bias {self.position_bias:+.2f}"
+        )
+
     def as_dict(self) -> dict:
         return {**asdict(self), "agreement": self.agreement}
 
@@ -234,6 +242,8 @@ def judge_label(
                 else:
                     biases.append(preference.bias)
                     masses.append(mass)
+        report.option_mass = statistics.fmean(masses) if masses else 0.0
+        report.position_bias = statistics.fmean(biases) if biases else 0.0
         return judged
 
     progress.start(f"judge {labeler}: checking against {reference}", min(check_prompts, len(todo)))
@@ -247,8 +257,6 @@ def judge_label(
     report.agreements, report.comparisons = agreement_with_reference(
         judged_p, [k for row in known for k in row]
     )
-    report.option_mass = statistics.fmean(masses) if masses else 0.0
-    report.position_bias = statistics.fmean(biases) if biases else 0.0
     _check_judge(report, min_agreement, force)
 
     def write(chunk_items: Sequence[Item], judged) -> None:
@@ -268,8 +276,6 @@ def judge_label(
     for start in range(len(check), len(todo), chunk):
         batch = todo[start : start + chunk]
         write(batch, judged_chunk(batch))
-    report.option_mass = statistics.fmean(masses) if masses else 0.0
-    report.position_bias = statistics.fmean(biases) if biases else 0.0
     return report
 
 

@@ -33,7 +33,6 @@ from rlhfkit.progress import Progress
 _LEAD = re.compile(
     r"^\s*(?:revision|revised response|rewrite|critique)\s*(?:request)?\s*:\s*", re.IGNORECASE
 )
-DROP_REASONS = ("empty", "copies the request", "copies the answer", "scores worse")
 WORSE_MARGIN = 1.0  # in the reward's units (a scorer's not-toxic logit): a clear drop
 
 

@@ -61,17 +61,14 @@ def revise_stage(
 def sft_stage(run: Path, config: SFTConfig, progress: Progress) -> str:
     """SFT in RUN/sft on RUN/revise/revisions.jsonl, resuming from its checkpoint if any."""
     from rlhfkit.rl.checkpoint import CHECKPOINT
-    from rlhfkit.sft import train_sft
+    from rlhfkit.sft import held_out_line, train_sft
 
     out = run / "sft"
     resume = (out / CHECKPOINT).exists()
     if not resume:  # what a run killed before its first checkpoint left: start afresh
         remove_ours(out, "sft")
     summary = train_sft(run / "revise" / "revisions.jsonl", out, config, resume, progress)
-    loss = summary["held_out_loss"]
-    held = (
-        f"held-out loss {loss['before']:.3f} -> {loss['after']:.3f}"
-        if loss["before"] is not None and loss["after"] is not None
-        else "no held-out revisions"
+    return (
+        f"{summary['examples']['train']} revisions, {summary['steps']} steps, "
+        f"{held_out_line(summary)}"
     )
-    return f"{summary['examples']['train']} revisions, {summary['steps']} steps, {held}"

@@ -84,9 +84,5 @@ def _judge(run: Path, store, labeler: Labeler, progress: Progress) -> int:
     atomic_write(
         run / "label" / f"judge-{labeler.name}.json", json.dumps(report.as_dict(), indent=2)
     )
-    agreement = "–" if report.agreement is None else f"{report.agreement:.0%}"
-    progress.note(
-        f"   judge {labeler.name}: agreement with {labeler.reference} {agreement} of "
-        f"{report.comparisons} pairs, position bias {report.position_bias:+.2f}"
-    )
+    progress.note(f"   judge {labeler.name}: {report.check_line()}")
     return report.prompts_ranked + report.prompts_already_ranked
