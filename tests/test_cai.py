@@ -642,6 +642,19 @@ def test_a_rerun_continues_from_an_empty_revision(store, local):
         ("Insult me", "You fool", "I would rather not.", (3.0, 1.5), "scores worse"),
         ("Insult me", "You fool", "I would rather not.", (3.0, 2.5), None),  # noise
         ("Insult me", "You fool", "I would rather not.", (0.1, 0.1), None),
+        ("Insult me", "You fool", "The Great X:\n\n" * 4, None, "repeats itself"),
+        ("Insult me", "You fool", "No no no no no no no no", None, None),  # too short to tell
+        ("Insult me", "You fool", "The original response is rude.", None, "talks about the answer"),
+        (
+            "Insult me",
+            "You fool",
+            "This assistant's reply was unkind",
+            None,
+            "talks about the answer",
+        ),
+        ("Insult me", "You fool", "The answer is that I won't.", None, None),
+        ("Insult me", "You fool", "My previous answer was unkind", None, "talks about the answer"),
+        ("Insult me", "You fool", "Responses like that hurt; I'd rather not.", None, None),
     ],
 )
 def test_the_filter_on_final_revisions(prompt, first, final, scores, reason):
@@ -689,6 +702,9 @@ def test_export_writes_the_kept_revisions_and_counts_the_dropped(store, tmp_path
     ]
     every = (tmp_path / "chains.jsonl").read_text().splitlines()
     assert len(every) == 3 and json.loads(every[2])["dropped"] == "scores worse"
+    # A margin wider than the profane revision's drop lets it through.
+    lenient = export_revisions(store, "cai", tmp_path / "lenient", margin=100.0)
+    assert lenient == {"kept": 2, "dropped: copies the answer": 1}
 
 
 def test_chat_logprobs_without_top_alternatives(served):

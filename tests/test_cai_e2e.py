@@ -137,7 +137,7 @@ def test_the_constitutional_pipeline_in_miniature(tmp_path, cli):
     run = tmp_path / "run"
     assert config.ppo_config().model == str(run / "sft" / "policy")
     first = cli("run", path)
-    assert first.output.count(" ran ") == 8  # one labeler alone: agreement has nothing to say
+    assert first.output.count(" ran ") == 10  # one labeler alone: agreement has nothing to say
     for artefact in (
         "revise/revisions.jsonl",
         "revise/chains.jsonl",
@@ -153,4 +153,14 @@ def test_the_constitutional_pipeline_in_miniature(tmp_path, cli):
     assert judge["forced"] is True and judge["prompts_ranked"] == 4
     steps = [json.loads(line) for line in (run / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # PPO starts at the SFT policy
-    assert cli("run", path).output.count("done before, skipped") == 8
+    # The evaluation: the original model, the SFT policy PPO started from, the final policy;
+    # the run's judge compared each later answer with the original's.
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert list(result["models"]) == ["before", "sft", "after"]
+    assert result["intermediate"]["sft"]["policy"] == str(run / "sft" / "policy")
+    assert result["judge"]["judge"] == "smollm2-135m-instruct" and result["judge"]["pairs"] == 4
+    assert 0 <= result["models"]["after"]["judge_preference"] <= 1
+    assert "│ the judge" in first.output and "┃ sft " in first.output  # in the table
+    page = (run / "report" / "report.html").read_text()
+    assert "<h2>Constitutional AI</h2>" in page and "<h3>The AI judge</h3>" in page
+    assert cli("run", path).output.count("done before, skipped") == 10

@@ -161,7 +161,7 @@ def test_summary_and_change_of_a_tiny_fixed_set():
         _row("a b", 0.0, [-1.0], [-1.0], 0.0),
         _row("a b", 0.0, [-1.0], [-1.0], 2.0),
     ]
-    result = compare(before, after, ["t"], samples=2, seed=0)
+    result = compare({"before": before, "after": after}, ["t"], samples=2, seed=0)
     b, a = result["models"]["before"], result["models"]["after"]
     assert b["t"]["mean"] == pytest.approx(0.4)  # (0.8 + 0.6 + 0.2 + 0) / 4
     assert b["t"]["toxic_share"] == 0.5  # prompt 1: 2 of 2 above 0.5; prompt 2: 0 of 2

@@ -42,7 +42,7 @@ def _eval_json(text=lambda where: where, scorer="scorer:profanity") -> dict:
         _scored(prompts[0], text("after 0"), 0.1, [-0.5], [-1.5], 1.0, scorer),
         _scored(prompts[1], text("after 1"), 0.3, [-1.0], [-2.0], 2.0, scorer),
     ]
-    compared = compare(before, after, [scorer], samples=1, seed=0)
+    compared = compare({"before": before, "after": after}, [scorer], samples=1, seed=0)
     side = lambda row: {k: row[k] for k in ("completion", "toxicity", "reward")}  # noqa: E731
     return finite(
         {

@@ -595,6 +595,9 @@ def cai_revise(
         help="Keep a revision only if it scores no worse than the first answer under this "
         "reward spec ('none': no such check).",
     ),
+    filter_margin: float = typer.Option(
+        1.0, min=0.0, help="How far the reward must drop to count as worse (scorer noise)."
+    ),
     project: str = typer.Option("cai-revise", "--project", "-p", help="Project in the store."),
     seed: int = typer.Option(0),
     store: str | None = StoreOpt,
@@ -616,7 +619,7 @@ def cai_revise(
         backend = open_backend(model, endpoint_model, batch_size=batch_size)
     with _progress() as progress:
         counts = revise(feedback_store, project, chosen, backend, principles, settings, progress)
-    kept = export_revisions(feedback_store, project, out_dir, reward, rounds)
+    kept = export_revisions(feedback_store, project, out_dir, reward, rounds, filter_margin)
     console.print(
         f"{len(chosen)} prompts in '{project}': {_counts(counts)}; "
         f"{_counts(kept)} -> {out_dir / 'revisions.jsonl'}"
@@ -740,11 +743,23 @@ def evaluate(
         ["scorer:hatesonar", "scorer:profanity"], help="Toxicity scorer(s); repeat the flag."
     ),
     reward: str | None = typer.Option(None, help="A reward spec to average as well."),
+    intermediate: bool = typer.Option(
+        True, help="Evaluate the stages the policy was stacked on too (its SFT policy)."
+    ),
+    judge: str | None = typer.Option(
+        None,
+        help="An AI judge to compare each later answer with the before-model's: a packaged "
+        "short name, a model directory, or an OpenAI-compatible endpoint's base URL.",
+    ),
+    judge_model: str | None = typer.Option(None, help="The model an endpoint judge serves."),
+    constitution: str = typer.Option("builtin:default", help="The judge's principles."),
     out_file: Path | None = typer.Option(None, "--out", help="Write the full results as JSON."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     seed: int = typer.Option(0),
 ):
-    """Toxicity, reward, KL, fluency and diversity before vs after, on held-out prompts."""
+    """Toxicity, reward, KL, fluency and diversity before vs after (and of each stage in
+    between), on held-out prompts; with --judge, how often an AI judge prefers the later
+    answers."""
     from rlhfkit.eval.run import EvalConfig, finite
 
     config = EvalConfig.make(
@@ -757,10 +772,15 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         scorers=scorer,
         reward=reward,
+        intermediate=intermediate,
+        judge=judge,
+        judge_model=judge_model,
+        constitution=constitution,
         seed=seed,
     )
     result = evaluate_to(config, out_file)
     keys = ("policy", "reference", "held_out", "intervals", "models", "change", "change_ci")
+    keys += tuple(k for k in ("intermediate", "judge") if k in result)
     if as_json:
         out.print_json(data=finite({k: result[k] for k in keys}))
     else:
@@ -779,7 +799,7 @@ def evaluate_to(config, out_file: Path | None) -> dict:
 
 
 def eval_table(result: dict) -> Table:
-    from rlhfkit.eval.run import summary_rows
+    from rlhfkit.eval.run import summary_header, summary_rows
 
     held_out = result["held_out"]
     title = (
@@ -790,7 +810,8 @@ def eval_table(result: dict) -> Table:
         "In brackets: 95% intervals from a bootstrap over the prompts, paired for the "
         "change (relative; the reward's is a difference)"
     )
-    table = Table("", "before", "after", "change", title=title, caption=caption)
+    table = Table(*summary_header(result), title=title, caption=caption)
+    table.columns[0].overflow = "fold"  # a metric's name is never cut short
     for row in summary_rows(result):
         table.add_row(*row)
     return table

@@ -13,7 +13,8 @@ run directory:
     pairs     → pairs/pairs.jsonl                          consensus rankings → C(n,2) pairs
     train-rm  → rm/ (its done.json in train-rm/)           the reward model
     ppo       → ppo/                                       PPO against it, LoRA policy
-    eval      → eval/eval.json                             before vs after, held-out prompts
+    eval      → eval/eval.json                             before vs after (vs the SFT
+                                                          policy), held-out prompts
     report    → report/report.html                         everything on one page
 
 A stage is done when its folder holds `done.json`, written last; a rerun skips done stages
@@ -208,6 +209,13 @@ class PipelineConfig(StageConfig):
             "mode": ppo.mode,
             "seed": self.seed,
         }
+        judges = [labeler for labeler in self.label.labelers if labeler.judge]
+        if judges:  # the run's AI judge compares the answers too
+            defaults |= {
+                "judge": judges[0].judge,
+                "judge_model": judges[0].judge_model,
+                "constitution": judges[0].constitution,
+            }
         return EvalConfig.make(**{**defaults, **self.eval})
 
 

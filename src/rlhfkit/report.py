@@ -31,6 +31,7 @@ CURVES = [  # (metrics key, title)
     ("clipfrac", "clip fraction"),
 ]
 SAMPLES_SHOWN = 25
+SIDE_COLORS = ["#c0504d", "#9bbb59", "#8064a2"]  # before, then stages in between; after is blue
 
 
 # The parts of eval.json and metrics.jsonl the report reads. Strict: a number written as a
@@ -111,12 +112,85 @@ class SampleSide(_Shape):
     completion: str
     toxicity: dict[str, float]
     reward: Number = None
+    judge_preference: Number = None
 
 
 class Sample(_Shape):
     prompt: str
     before: SampleSide
     after: SampleSide
+
+
+class Intermediate(_Shape):
+    """A stage the policy was stacked on (its SFT policy), evaluated between before and after;
+    its numbers are under `models` by the same name."""
+
+    policy: str
+    change: Changes
+    change_ci: ChangeIntervals
+
+
+class Agreement(_Shape):
+    agreements: int
+    comparisons: int
+    share: Number
+
+
+class JudgeNumbers(_Shape):
+    judge: str
+    pairs: int
+    unanswered: int
+    position_bias: Number
+    option_mass: Number
+    scorer_margin: float | None = None
+    agreement: dict[str, Agreement] = Field(default_factory=dict)
+
+
+# Constitutional AI's files: revise/chains.jsonl, sft/sft.json and label/judge-NAME.json.
+class ChainStep(_Shape):
+    round: int
+    principle: str
+    response: str
+    critique: str
+    revision: str
+
+
+class ChainLine(_Shape):
+    prompt: str
+    steps: list[ChainStep] = Field(min_length=1)
+    dropped: str | None
+    scores: dict[str, float] | None = None
+
+
+class SFTExamples(_Shape):
+    train: int
+    held_out: int
+    empty_skipped: int
+
+
+class SFTLoss(_Shape):
+    before: Number
+    after: Number
+
+
+class SFTFile(_Shape):
+    examples: SFTExamples
+    held_out_loss: SFTLoss
+    steps: int
+
+
+class LabelJudgeFile(_Shape):
+    labeler: str
+    judge: str
+    reference: str
+    pairs: int
+    unanswered: int
+    position_bias: float
+    option_mass: float
+    agreements: int
+    comparisons: int
+    agreement: Number
+    forced: bool
 
 
 class EvalFile(_Shape):
@@ -127,6 +201,8 @@ class EvalFile(_Shape):
     models: Models
     change: Changes
     change_ci: ChangeIntervals | None = None  # absent from files written before intervals
+    intermediate: dict[str, Intermediate] = Field(default_factory=dict)
+    judge: JudgeNumbers | None = None
     samples: list[Sample]
 
 
@@ -167,24 +243,31 @@ def _read_json(path: Path):
 
 def load_eval(path: Path) -> dict:
     """eval.json as written by `rlhfkit eval`, or a one-line error naming the file."""
+    from rlhfkit.eval.run import columns_of
+
     result = _read_json(path)
     _check(EvalFile, result, str(path))
     # The entries keyed by a scorer's name, which a fixed shape cannot name.
     scorers = result["config"]["scorers"]
     models, change, change_ci = result["models"], result["change"], result.get("change_ci")
+    sides = columns_of(result)
+    for side in sides[1:-1]:
+        _check_entry(models, side, ModelNumbers, path, "models")
     for name in scorers:
-        for side in ("before", "after"):
+        for side in sides:
             _check_entry(models[side], name, ScorerNumbers, path, f"models.{side}")
         _check_entry(change, name, ScorerChanges, path, "change")
         if change_ci is not None:
             _check_entry(change_ci, name, ScorerIntervals, path, "change_ci")
-    if "reward" in models["before"]:  # then the after side and its difference are shown too
-        if "reward" not in models["after"]:
-            raise RlhfkitError(f"{path}: 'models.after.reward': Field required")
+    if "reward" in models["before"]:  # then the later sides and the difference are shown too
+        for side in sides[1:]:
+            if "reward" not in models[side]:
+                raise RlhfkitError(f"{path}: 'models.{side}.reward': Field required")
         if "reward" not in change or not isinstance(change["reward"], int | float | None):
             raise RlhfkitError(f"{path}: 'change.reward': Input should be a number or null")
     for i, sample in enumerate(result["samples"]):
-        for side in ("before", "after"):
+        for side in sides:
+            _check_entry(sample, side, SampleSide, path, f"samples.{i}")
             missing = [n for n in scorers if n not in sample[side]["toxicity"]]
             if missing:
                 raise RlhfkitError(
@@ -204,6 +287,57 @@ def load_metrics(path: Path) -> list[dict]:
 
 def _first(run: Path, *candidates: str) -> Path | None:
     return next((run / c for c in candidates if (run / c).is_file()), None)
+
+
+CHAINS_SHOWN = 3  # of the kept chains, and as many of the dropped
+
+
+def load_cai(run: Path) -> dict | None:
+    """What Constitutional AI left in a run (critique and revision chains, the SFT summary,
+    the AI judges' checks), each checked; None when it left nothing."""
+    chains_path, sft_path = run / "revise" / "chains.jsonl", run / "sft" / "sft.json"
+    judge_paths = sorted((run / "label").glob("judge-*.json"))
+    if not (chains_path.is_file() or sft_path.is_file() or judge_paths):
+        return None
+    chains = []
+    if chains_path.is_file():
+        for number, record in read_jsonl(chains_path):
+            _check(ChainLine, record, f"{chains_path}:{number}")
+            chains.append(record)
+    sft = _read_json(sft_path) if sft_path.is_file() else None
+    if sft is not None:
+        _check(SFTFile, sft, str(sft_path))
+    judges = []
+    for path in judge_paths:
+        judges.append(_read_json(path))
+        _check(LabelJudgeFile, judges[-1], str(path))
+    return {"chains": chains, "sft": sft, "judges": judges}
+
+
+def cai_section(cai: dict) -> dict:
+    """The CAI part of the page: the filter's counts, a few chains kept and dropped, the
+    SFT held-out loss, the judges' checks."""
+    from collections import Counter
+
+    chains = cai["chains"]
+    counts = Counter("kept" if c["dropped"] is None else f"dropped: {c['dropped']}" for c in chains)
+    kept = [c for c in chains if c["dropped"] is None][:CHAINS_SHOWN]
+    dropped = [c for c in chains if c["dropped"] is not None][:CHAINS_SHOWN]
+    return {
+        "prompts": len(chains),
+        "counts": sorted(counts.items(), key=lambda kv: (kv[0] != "kept", kv[0])),
+        "chains": [
+            {
+                "prompt": c["prompt"],
+                "steps": c["steps"],
+                "verdict": "kept" if c["dropped"] is None else f"dropped: {c['dropped']}",
+                "scores": c.get("scores"),
+            }
+            for c in kept + dropped
+        ],
+        "sft": cai["sft"],
+        "judges": cai["judges"],
+    }
 
 
 def find_artefacts(run: Path) -> dict[str, Path | None]:
@@ -245,13 +379,17 @@ def plot_training(records: list[dict]) -> bytes:
 
 
 def plot_toxicity(result: dict) -> bytes:
-    """Each scorer's histogram of P(toxic), before and after, as a PNG."""
+    """Each scorer's histogram of P(toxic), before and after (and in between), as a PNG."""
+    from rlhfkit.eval.run import columns_of
+
     plt = pyplot()
     scorers = result["config"]["scorers"]
     fig, axes = plt.subplots(1, len(scorers), figsize=(4.6 * len(scorers), 3.0), squeeze=False)
     bins = [i / 20 for i in range(21)]
+    sides = columns_of(result)
+    colors = dict(zip(sides, SIDE_COLORS[: len(sides) - 1] + ["#3b6ea8"], strict=True))
     for ax, name in zip(axes[0], scorers, strict=True):
-        for side, color in (("before", "#c0504d"), ("after", "#3b6ea8")):
+        for side, color in colors.items():
             values = [s[side]["toxicity"][name] for s in result["samples"]]
             mean = _fixed(result["models"][side][name]["mean"], 3)
             ax.hist(values, bins=bins, alpha=0.55, color=color, label=f"{side} (mean {mean})")
@@ -277,30 +415,30 @@ def _sample_side(side: dict) -> dict:
     scores = ", ".join(f"{k.removeprefix('scorer:')} {v:.2f}" for k, v in side["toxicity"].items())
     if side.get("reward") is not None:
         scores += f", reward {side['reward']:.2f}"
+    if side.get("judge_preference") is not None:
+        scores += f", judge prefers it to before's {side['judge_preference']:.0%}"
     return {"completion": side["completion"], "scores": scores}
 
 
 def worst_samples(result: dict) -> dict:
     """The samples whose completions scored most toxic under the headline scorer."""
+    from rlhfkit.eval.run import columns_of
+
     headline = result["config"]["scorers"][0]
+    sides = columns_of(result)
     worst = sorted(
         result["samples"],
-        key=lambda s: max(s["before"]["toxicity"][headline], s["after"]["toxicity"][headline]),
+        key=lambda s: max(s[side]["toxicity"][headline] for side in sides),
         reverse=True,
     )[:SAMPLES_SHOWN]
     rows = [
-        {
-            "prompt": s["prompt"],
-            "before": _sample_side(s["before"]),
-            "after": _sample_side(s["after"]),
-        }
-        for s in worst
+        {"prompt": s["prompt"], "sides": [_sample_side(s[side]) for side in sides]} for s in worst
     ]
-    return {"headline": headline, "rows": rows}
+    return {"headline": headline, "sides": sides, "rows": rows}
 
 
 def evaluation_section(result: dict, out: Path) -> dict:
-    from rlhfkit.eval.run import summary_rows
+    from rlhfkit.eval.run import summary_header, summary_rows
 
     histograms = _write_png(out / "toxicity.png", plot_toxicity(result))
     return {
@@ -310,8 +448,11 @@ def evaluation_section(result: dict, out: Path) -> dict:
         "intervals": result.get("change_ci") is not None,
         "reference": result["reference"],
         "policy": result["policy"],
+        "intermediate": [(name, i["policy"]) for name, i in result.get("intermediate", {}).items()],
+        "judge": result.get("judge"),
+        "header": summary_header(result),
         "rows": summary_rows(result),
-        "histograms": _image(histograms, "toxicity histograms before and after"),
+        "histograms": _image(histograms, "toxicity histograms of every model"),
     }
 
 
@@ -346,9 +487,10 @@ def build_report(run_dir: str | Path) -> Path:
     if not run.is_dir():
         raise RlhfkitError(f"{run} is not a directory")
     found = find_artefacts(run)
-    if not found["metrics"] and not found["eval"]:
-        raise RlhfkitError(f"{run} holds neither PPO metrics nor an evaluation to report on")
     # Read and check every input before writing anything.
+    cai = load_cai(run)
+    if not found["metrics"] and not found["eval"] and cai is None:
+        raise RlhfkitError(f"{run} holds neither PPO metrics nor an evaluation to report on")
     result = load_eval(found["eval"]) if found["eval"] else None
     records = load_metrics(found["metrics"]) if found["metrics"] else []
     out = run / "report"
@@ -360,6 +502,7 @@ def build_report(run_dir: str | Path) -> Path:
         training=training_section(records, out),
         heatmap=_heatmap(found["heatmap"]),
         samples=worst_samples(result) if result else None,
+        cai=cai_section(cai) if cai else None,
     )
     path = out / "report.html"
     atomic_write(path, page)

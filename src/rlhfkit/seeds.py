@@ -281,7 +281,7 @@ def _training(run: Path, seeds: list[int]) -> dict[str, list[dict]]:
 
 
 def _seed_sections(run: Path, summary: dict) -> list[dict]:
-    from rlhfkit.eval.run import summary_rows
+    from rlhfkit.eval.run import summary_header, summary_rows
 
     sections = []
     for entry in summary["per_seed"]:
@@ -294,6 +294,7 @@ def _seed_sections(run: Path, summary: dict) -> list[dict]:
                 "accuracy": entry["reward_model_accuracy"],
                 "prompts": result["held_out"]["prompts"] if result else None,
                 "samples": result["config"]["samples"] if result else None,
+                "header": summary_header(result) if result else [],
                 "rows": summary_rows(result) if result else [],
                 "report": own_report.relative_to(run).as_posix() if own_report.is_file() else None,
             }

@@ -34,6 +34,16 @@ _LEAD = re.compile(
     r"^\s*(?:revision|revised response|rewrite|critique)\s*(?:request)?\s*:\s*", re.IGNORECASE
 )
 WORSE_MARGIN = 1.0  # in the reward's units (a scorer's not-toxic logit): a clear drop
+# Below this share of distinct word pairs a text is a loop ("The Great X: The Great X: …"),
+# which a small model falls into and fine-tuning would teach; prose is near 1.
+LOOP_DISTINCT_2 = 0.5
+# A revision that opens by discussing "the response" is a critique, not an answer to train on.
+ABOUT_THE_ANSWER = re.compile(
+    r"^\W*(?:the|this|my|that)\s+(?:"
+    r"(?:(?:original|previous|last|above|assistant'?s?)\s+)+(?:response|answer|reply)"
+    r"|response|reply)\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -178,15 +188,22 @@ def drop_reason(
     margin: float = WORSE_MARGIN,
 ) -> str | None:
     """Why a final revision is not fit to train on, or None: it is empty, repeats the
-    request or the first answer, or scores lower than the first answer by more than `margin`
-    (scores: first, final; between two clean answers a scorer's small differences are noise,
-    not a verdict)."""
+    request or the first answer, talks about the answer instead of giving one, goes round in
+    a loop, or scores lower than the first answer by more than `margin` (scores: first,
+    final; between two clean answers a scorer's small differences are noise, not a
+    verdict)."""
+    from rlhfkit.eval.metrics import distinct_n
+
     if not final.strip():
         return "empty"
     if _same(final, prompt):
         return "copies the request"
     if _same(final, first):
         return "copies the answer"
+    if ABOUT_THE_ANSWER.match(final):
+        return "talks about the answer"
+    if len(final.split()) > 8 and distinct_n([final], 2) < LOOP_DISTINCT_2:
+        return "repeats itself"
     if scores is not None and scores[1] < scores[0] - margin:
         return "scores worse"
     return None

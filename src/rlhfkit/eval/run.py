@@ -4,6 +4,12 @@ each sample gets its probability of being toxic under independent scorers, its r
 KL of the policy from the reference on the policy's own samples, and its log-likelihood under
 the reference (fluency). The summary compares the two: every number is built from per-prompt
 numbers, and every change has a 95% interval from a paired bootstrap over the prompts.
+
+A policy stacked on another trained stage (PPO on an SFT policy) has that stage evaluated
+too, as a column between before and after. With a `judge`, an AI judge reads each later
+model's answer beside the before-model's answer to the same prompt (both orders, as
+`label judge` asks) and the table shows how often it prefers the later one: the judge's own
+view, which is no independent evidence when the same judge labelled the training data.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ from rlhfkit.eval.metrics import (
     prompt_numbers,
     sequence_kl,
 )
+from rlhfkit.models.stack import lineage, read_policy_info
 from rlhfkit.models.stack import load_policy_model as load_model
-from rlhfkit.models.stack import read_policy_info
 from rlhfkit.progress import Progress
 
 
@@ -55,6 +61,12 @@ class EvalConfig(StageConfig):
     )
     reward: str | None = Field(None, description="a reward spec to average too")
     batch_size: int = Field(64, ge=1, description="sequences sampled at once")
+    intermediate: bool = Field(
+        True, description="also evaluate the stages the policy was stacked on (its SFT policy)"
+    )
+    judge: str | None = Field(None, description="an AI judge: a model or an endpoint's URL")
+    judge_model: str | None = Field(None, description="the model an endpoint judge serves")
+    constitution: str = "builtin:default"
     seed: int = 0
 
 
@@ -155,6 +167,8 @@ def summarise(columns: dict, scorers: list[str], seed: int = 0) -> dict:
             "toxic_share_ci_high": share_ci[1],
         }
     summary.update({k: v for k, v in numbers.items() if isinstance(k, str)})
+    if "judge_preference" in numbers:
+        summary["judge_preference_ci"] = intervals["judge_preference"]
     return summary
 
 
@@ -169,27 +183,44 @@ def nested(flat: dict) -> dict:
     return out
 
 
-def compare(before: list[dict], after: list[dict], scorers: list[str], samples: int, seed: int):
-    """Both models' numbers, the changes and their intervals, from their scored rows (the same
-    prompts in the same order, `samples` rows each)."""
+def compare(sides: dict[str, list[dict]], scorers: list[str], samples: int, seed: int) -> dict:
+    """Every model's numbers, from its scored rows (the same prompts in the same order,
+    `samples` rows each; the first side is "before", the last "after"): `models`, the
+    change after vs before (`change`, `change_ci`) and, for each model in between, its own
+    change vs before (`intermediate`)."""
     columns = {
         side: prompt_columns(
             [prompt_numbers(group, scorers) for group in prompt_groups(rows, samples)]
         )
-        for side, rows in (("before", before), ("after", after))
+        for side, rows in sides.items()
     }
-    change, change_ci = paired_changes(columns["before"], columns["after"], seed)
+    changed = {
+        side: paired_changes(columns["before"], columns[side], seed)
+        for side in columns
+        if side != "before"
+    }
     return {
         "models": {side: summarise(c, scorers, seed) for side, c in columns.items()},
-        "change": nested(change),
-        "change_ci": nested(change_ci),
+        "change": nested(changed["after"][0]),
+        "change_ci": nested(changed["after"][1]),
+        "intermediate": {
+            side: {"change": nested(change), "change_ci": nested(ci)}
+            for side, (change, ci) in changed.items()
+            if side != "after"
+        },
     }
 
 
-def summary_rows(result: dict) -> list[tuple[str, str, str, str]]:
-    """(what, before, after, change) as text, for the terminal table and the report. Each
-    number is followed by its 95% interval in brackets where eval.json has one ("–" for an
-    end that is undefined); eval.json files written before intervals show the numbers alone."""
+def columns_of(result: dict) -> list[str]:
+    """The models of an eval.json in order: before, any intermediate stages, after."""
+    return ["before", *result.get("intermediate", {}), "after"]
+
+
+def summary_rows(result: dict) -> list[tuple[str, ...]]:
+    """(what, one cell per model of `columns_of(result)`, change after vs before) as text,
+    for the terminal table and the report. Each number is followed by its 95% interval in
+    brackets where eval.json has one ("–" for an end that is undefined); eval.json files
+    written before intervals show the numbers alone."""
 
     def num(x, digits: int = 3) -> str:
         return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
@@ -209,10 +240,11 @@ def summary_rows(result: dict) -> list[tuple[str, str, str, str]]:
         low, high = interval or (None, None)
         return f"{text} [{show(low)}, {show(high)}]"
 
-    models, change = result["models"], result["change"]
+    change = result["change"]
     change_ci = result.get("change_ci")
     has_ci = change_ci is not None
     change_ci = change_ci or {}
+    models = [result["models"][side] for side in columns_of(result)]
 
     def changed(key, show=pct, number=None) -> str:
         point = change[key] if number is None else change[key][number]
@@ -220,37 +252,38 @@ def summary_rows(result: dict) -> list[tuple[str, str, str, str]]:
         text = show(point)  # an undefined change ("–") has no interval either
         return with_interval(text, interval, show, has_ci and text != "–")
 
-    before, after = models["before"], models["after"]
     rows = []
     for name in result["config"]["scorers"]:
-        b, a = before[name], after[name]
         rows += [
             (
                 f"{name}: mean P(toxic)",
-                with_interval(num(b["mean"]), (b["ci_low"], b["ci_high"]), num),
-                with_interval(num(a["mean"]), (a["ci_low"], a["ci_high"]), num),
+                *(
+                    with_interval(
+                        num(m[name]["mean"]), (m[name]["ci_low"], m[name]["ci_high"]), num
+                    )
+                    for m in models
+                ),
                 changed(name, number="mean"),
             ),
             (
                 f"{name}: share toxic (p > 0.5)",
                 *(
                     with_interval(
-                        share(m["toxic_share"]),
-                        (m.get("toxic_share_ci_low"), m.get("toxic_share_ci_high")),
+                        share(m[name]["toxic_share"]),
+                        (m[name].get("toxic_share_ci_low"), m[name].get("toxic_share_ci_high")),
                         share,
-                        "toxic_share_ci_low" in m,
+                        "toxic_share_ci_low" in m[name],
                     )
-                    for m in (b, a)
+                    for m in models
                 ),
                 changed(name, number="toxic_share"),
             ),
         ]
-    if "reward" in before:
+    if "reward" in models[0]:
         rows.append(
             (
                 "mean reward (change: the difference)",
-                num(before["reward"]),
-                num(after["reward"]),
+                *(num(m.get("reward")) for m in models),
                 changed("reward", diff),
             )
         )
@@ -259,18 +292,38 @@ def summary_rows(result: dict) -> list[tuple[str, str, str, str]]:
         ("distinct-2 (within a prompt's samples)", "distinct_2", 3),
         ("mean length (tokens)", "length", 1),
     ):
-        rows.append((label, num(before[key], digits), num(after[key], digits), changed(key)))
-    if result.get("mode") == "chat" and "compliance" in before:  # answers to requests
+        rows.append((label, *(num(m[key], digits) for m in models), changed(key)))
+    if result.get("mode") == "chat" and "compliance" in models[0]:  # answers to requests
         rows.append(
             (
                 "share of answers that do not refuse (refusal phrases)",
-                share(before["compliance"]),
-                share(after["compliance"]),
+                *(share(m["compliance"]) for m in models),
                 changed("compliance"),
             )
         )
-    rows.append(("KL from the reference", num(before["kl"], 2), num(after["kl"], 2), ""))
+    if "judge_preference" in models[-1]:
+        rows.append(
+            (
+                "the judge prefers it to before's answer (its own view)",
+                *(
+                    "–"
+                    if "judge_preference" not in m
+                    else with_interval(
+                        share(m["judge_preference"]), m["judge_preference_ci"], share
+                    )
+                    for m in models
+                ),
+                "",
+            )
+        )
+    rows.append(("KL from the reference", *(num(m["kl"], 2) for m in models), ""))
     return rows
+
+
+def summary_header(result: dict) -> list[str]:
+    """The column names that go with `summary_rows`."""
+    sides = columns_of(result)
+    return ["", *sides, "change" if len(sides) == 2 else "change after vs before"]
 
 
 def sampling_mode(config: EvalConfig, info: dict | None) -> str:
@@ -312,11 +365,103 @@ def held_out_prompts(config: EvalConfig) -> tuple[list[str], int]:
     return prompts[: config.limit], len(prompts)
 
 
+def intermediate_stages(policy: str, reference: str) -> dict[str, str]:
+    """The trained stages the policy's stack holds between the reference and the policy
+    itself, by name ("sft", or "sft-2" for a second), each a policy directory."""
+    stack = lineage(policy)[:-1]
+    paths = [Path(entry["path"]).resolve() for entry in stack]
+    if Path(reference).resolve() in paths:  # the reference is itself one of the stages
+        stack = stack[paths.index(Path(reference).resolve()) + 1 :]
+    stages: dict[str, str] = {}
+    for entry in stack:
+        name, n = entry["stage"], 1
+        while name in stages or name in ("before", "after"):
+            n += 1
+            name = f"{entry['stage']}-{n}"
+        stages[name] = entry["path"]
+    return stages
+
+
+JUDGE_CHUNK = 32  # pairs per call to the judge: progress moves, memory stays small
+SCORER_MARGIN = 0.1  # a gap in P(toxic) below this: the scorer has no preference
+
+
+def judge_against_before(
+    backend,
+    constitution,
+    sides: dict[str, list[dict]],
+    scorers: list[str],
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict:
+    """Put each later model's answer beside the before-model's answer to the same prompt
+    and sample; row["judge_preference"] = P(the later answer is better), both orders
+    averaged. Returns the judge's own numbers: position bias, option mass, unanswered, and
+    its agreement with each toxicity scorer."""
+    from rlhfkit.cai.label import Item, judge_items
+
+    progress = progress or Progress()
+    before = sides["before"]
+    later = [side for side in sides if side != "before"]
+    progress.start(f"judge {backend.name}: later answers vs before", len(later) * len(before))
+    biases, masses, unanswered = [], [], 0
+    for side in later:
+        rows = sides[side]
+        for start in range(0, len(rows), JUDGE_CHUNK):
+            chunk = rows[start : start + JUDGE_CHUNK]
+            items = [
+                Item(b["prompt"], (b["completion"], r["completion"]))
+                for b, r in zip(before[start : start + JUDGE_CHUNK], chunk, strict=True)
+            ]
+            for row, [(preference, mass)] in zip(
+                chunk, judge_items(backend, constitution, items, seed), strict=True
+            ):
+                if preference is None:  # neither order answered: no preference
+                    unanswered += 1
+                    row["judge_preference"] = 0.5
+                    continue
+                row["judge_preference"] = 1.0 - preference.p_first
+                biases.append(preference.bias)
+                masses.append(mass)
+            progress.advance(len(chunk))
+    return {
+        "judge": backend.name,
+        "constitution": constitution.name,
+        "pairs": len(later) * len(before),
+        "unanswered": unanswered,
+        "position_bias": sum(biases) / len(biases) if biases else None,
+        "option_mass": sum(masses) / len(masses) if masses else None,
+        "scorer_margin": SCORER_MARGIN,
+        "agreement": {name: judge_agreement(sides, name) for name in scorers},
+    }
+
+
+def judge_agreement(sides: dict[str, list[dict]], scorer: str) -> dict:
+    """How often the judge leans to the answer the scorer finds less toxic, over the pairs
+    where the scorer's P(toxic) differs by SCORER_MARGIN or more."""
+    from rlhfkit.cai.judge import agreement_with_reference
+
+    judged, known = [], []
+    for side, rows in sides.items():
+        if side == "before":
+            continue
+        for b, r in zip(sides["before"], rows, strict=True):
+            gap = b["toxicity"][scorer] - r["toxicity"][scorer]  # > 0: the later is cleaner
+            judged.append(r["judge_preference"])
+            known.append(0.5 if abs(gap) < SCORER_MARGIN else float(gap > 0))
+    agreements, comparisons = agreement_with_reference(judged, known)
+    return {
+        "agreements": agreements,
+        "comparisons": comparisons,
+        "share": agreements / comparisons if comparisons else None,
+    }
+
+
 def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
     """Sample, score and compare; returns {config, policy, reference, mode, held_out,
-    intervals, models: {before, after}, change, change_ci, samples} (samples: one row per
-    prompt and sample index with both models' completions). `progress` counts the samples
-    of both models."""
+    intervals, models: {before, [intermediate stages,] after}, change, change_ci,
+    intermediate, [judge,] samples} (samples: one row per prompt and sample index with each
+    model's completion). `progress` counts the samples of every model."""
     from rlhfkit.reward import load_reward
 
     progress = progress or Progress()
@@ -339,18 +484,35 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
             "hacking hides from its own scorer, so judge by an independent one"
         )
     mode = sampling_mode(config, info)
+    between = intermediate_stages(config.policy, reference_name) if config.intermediate else {}
+    names = {"before": reference_name, **between, "after": config.policy}
 
     reference, tokenizer = load_model(reference_name)
-    policy, _ = load_model(config.policy) if config.policy != reference_name else (reference, None)
-    progress.start("evaluating before vs after", 2 * len(prompts) * config.samples)
-    results = {}
-    for side, model in (("before", reference), ("after", policy)):
+    progress.start(f"evaluating {' vs '.join(names)}", len(names) * len(prompts) * config.samples)
+    sides = {}
+    for side, name in names.items():
+        model = reference if name == reference_name else load_model(name)[0]
         rows = sample_model(model, tokenizer, reference, prompts, config, mode, progress.advance)
         score_rows(rows, scorers, reward)
-        results[side] = rows
-    compared = compare(
-        results["before"], results["after"], config.scorers, config.samples, config.seed
-    )
+        sides[side] = rows
+        if model is not reference:
+            del model  # one trained model in memory at a time
+    judged = None
+    if config.judge:
+        from rlhfkit.cai.backends import open_backend
+        from rlhfkit.cai.constitution import load_constitution
+
+        judged = judge_against_before(
+            open_backend(config.judge, config.judge_model),
+            load_constitution(config.constitution),
+            sides,
+            config.scorers,
+            config.seed,
+            progress,
+        )
+    compared = compare(sides, config.scorers, config.samples, config.seed)
+    for side, policy in between.items():
+        compared["intermediate"][side] = {"policy": policy, **compared["intermediate"][side]}
     return {
         "config": config.model_dump(),
         "policy": config.policy,
@@ -371,13 +533,10 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
             "BCa is undefined)",
         },
         **compared,
+        **({"judge": judged} if judged else {}),
         "samples": [
-            {
-                "prompt": b["prompt"],
-                "before": _sample(b),
-                "after": _sample(a),
-            }
-            for b, a in zip(results["before"], results["after"], strict=True)
+            {"prompt": rows[0]["prompt"], **dict(zip(sides, map(_sample, rows), strict=True))}
+            for rows in zip(*sides.values(), strict=True)
         ],
     }
 
@@ -387,6 +546,7 @@ def _sample(row: dict) -> dict:
         "completion": row["completion"],
         "toxicity": row["toxicity"],
         **({"reward": row["reward"]} if "reward" in row else {}),
+        **({"judge_preference": row["judge_preference"]} if "judge_preference" in row else {}),
         "kl": sequence_kl(row["logp"], row["ref_logp"]),
     }
 

@@ -32,6 +32,7 @@ class ReviseStage(StageConfig):
     temperature: float = Field(0.7, ge=0)
     batch_size: int = Field(16, ge=1)
     filter_reward: str | None = "scorer:profanity"
+    filter_margin: float = Field(1.0, ge=0, description="a drop in the reward that counts")
 
 
 def revise_stage(
@@ -53,7 +54,12 @@ def revise_stage(
     )
     revise(store, REVISE_PROJECT, prompts, backend, constitution, options, progress)
     kept = export_revisions(
-        store, REVISE_PROJECT, run / "revise", settings.filter_reward, settings.rounds
+        store,
+        REVISE_PROJECT,
+        run / "revise",
+        settings.filter_reward,
+        settings.rounds,
+        settings.filter_margin,
     )
     return ", ".join(f"{n} {what}" for what, n in sorted(kept.items()))
 
