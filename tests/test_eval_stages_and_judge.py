@@ -290,3 +290,22 @@ def test_an_eval_json_with_a_stage_between_loads_and_shows_three_columns(tmp_pat
     (run / "eval" / "eval.json").write_text(json.dumps(finite(result)))
     with pytest.raises(RlhfkitError, match=r"'samples\.1\.sft': Field required"):
         build_report(run)
+
+
+def test_eval_with_an_unreachable_judge_is_one_line_before_any_sampling(cli):
+    from web_support import free_port
+
+    answer = cli(
+        "eval",
+        "--policy",
+        "smollm2-135m-instruct",
+        "--limit",
+        "1",
+        "--scorer",
+        "scorer:profanity",
+        "--judge",
+        f"http://127.0.0.1:{free_port()}/v1",
+        ok=False,
+    )
+    assert answer.exit_code != 0 and "cannot connect" in answer.output
+    assert "Traceback" not in answer.output and "evaluating" not in answer.output

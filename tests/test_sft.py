@@ -105,3 +105,15 @@ def test_a_policy_stacked_on_sft_starts_at_the_sft_model(tmp_path, tiny_model):
     # a fresh adapter starts as a no-op: policy = reference = the SFT model, KL 0
     assert torch.allclose(current, reference) and torch.allclose(reference, tuned, atol=1e-4)
     assert [step["stage"] for step in lineage(out / "policy")] == ["sft"]
+
+
+def test_sft_holds_out_revisions_of_prompts_from_the_runs_train_split():
+    """The revise stage answers the train split's prompts; SFT's own split must still hold
+    some of them out (the run's split, unsalted, would hold out none)."""
+    from rlhfkit.data.prompts import load_prompts, split_of
+    from rlhfkit.sft import is_held_out
+
+    prompts = [p.prompt for p in load_prompts("builtin:redteam", "train", 0.2, 100)]
+    assert not any(split_of(p, 0.2) == "eval" for p in prompts)
+    held = sum(is_held_out(p, 0.2) for p in prompts)
+    assert 10 <= held <= 30  # about a fifth

@@ -79,6 +79,13 @@ def read_examples(path: str | Path) -> tuple[list[Example], int]:
     return examples, empty
 
 
+def is_held_out(prompt: str, eval_fraction: float) -> bool:
+    """Whether SFT holds this example out, by a salted hash of its prompt: the revisions'
+    prompts all come from one side of the run's own train/eval split (the same hash
+    unsalted), which would hold out none of them."""
+    return split_of("sft:" + prompt, eval_fraction) == "eval"
+
+
 def encode(tokenizer, example: Example, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids and labels: the prompt's positions labelled IGNORE, the response's (and the
     end-of-turn token's) with their own ids; cut to `max_length` from the end of the
@@ -168,7 +175,7 @@ def train_sft(
         row = encode(tokenizer, example, config.max_length)
         if not any(label != IGNORE for label in row[1][1:]):
             continue  # the prompt filled max_length: nothing of the response is left
-        (held if split_of(example.prompt, config.eval_fraction) == "eval" else train).append(row)
+        (held if is_held_out(example.prompt, config.eval_fraction) else train).append(row)
     if not train:
         raise RlhfkitError(f"{data}: every example is held out; lower --eval-fraction")
     params = [p for p in model.parameters() if p.requires_grad]

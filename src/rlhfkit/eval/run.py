@@ -485,6 +485,13 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
         )
     mode = sampling_mode(config, info)
     between = intermediate_stages(config.policy, reference_name) if config.intermediate else {}
+    judge = constitution = None
+    if config.judge:  # opened first: an unreachable endpoint is refused before any sampling
+        from rlhfkit.cai.backends import open_backend
+        from rlhfkit.cai.constitution import load_constitution
+
+        constitution = load_constitution(config.constitution)
+        judge = open_backend(config.judge, config.judge_model)
     names = {"before": reference_name, **between, "after": config.policy}
 
     reference, tokenizer = load_model(reference_name)
@@ -498,17 +505,9 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
         if model is not reference:
             del model  # one trained model in memory at a time
     judged = None
-    if config.judge:
-        from rlhfkit.cai.backends import open_backend
-        from rlhfkit.cai.constitution import load_constitution
-
+    if judge is not None:
         judged = judge_against_before(
-            open_backend(config.judge, config.judge_model),
-            load_constitution(config.constitution),
-            sides,
-            config.scorers,
-            config.seed,
-            progress,
+            judge, constitution, sides, config.scorers, config.seed, progress
         )
     compared = compare(sides, config.scorers, config.samples, config.seed)
     for side, policy in between.items():
