@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -136,3 +137,28 @@ def save_tiny_llama(folder: Path, with_pad_id: bool = False) -> str:
 def tiny_model(tmp_path_factory) -> str:
     """The directory of a tiny random Llama with SmolLM2's tokenizer (save_tiny_llama)."""
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+class ScorerJudge:
+    """A judge of the real interface whose answers are known: P("A") is 0.9 when the
+    profanity scorer finds (A) the cleaner answer, 0.1 when (B), else 0.5."""
+
+    name = "scorer judge"
+
+    def __init__(self):
+        from rlhfkit.reward import load_reward
+
+        self.scorer = load_reward("scorer:profanity")
+
+    def chat(self, conversations, max_tokens=128, temperature=0.7, seed=0):
+        raise AssertionError("the judge only reads choices")
+
+    def choice_logprobs(self, texts, options=("A", "B")):
+        out = []
+        for text in texts:
+            a = text.split("\n(A) ")[1].split("\n(B) ")[0]
+            b = text.split("\n(B) ")[1].split("\nThe answer is: (")[0]
+            ra, rb = self.scorer(["", ""], [a, b]).tolist()
+            p = 0.9 if ra > rb else 0.1 if ra < rb else 0.5
+            out.append({"A": math.log(p), "B": math.log(1 - p)})
+        return out

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import ScorerJudge
 from rlhfkit.cai.backends import BackendError, EndpointBackend, LocalBackend, option_logprobs
 from rlhfkit.cai.constitution import (
     Constitution,
@@ -370,31 +371,6 @@ def _project_with_completions(store, name: str = "judged", prompts: int = 6) -> 
                 registry.completion(prompt, text, "test")
 
 
-class ScorerJudge:
-    """A judge that answers from the profanity scorer: a backend of the real interface, so
-    the labeling step is tested with a judge whose answers are known."""
-
-    name = "scorer judge"
-
-    def __init__(self):
-        from rlhfkit.reward import load_reward
-
-        self.scorer = load_reward("scorer:profanity")
-
-    def chat(self, conversations, max_tokens=128, temperature=0.7, seed=0):
-        raise AssertionError("the judge only reads choices")
-
-    def choice_logprobs(self, texts, options=("A", "B")):
-        out = []
-        for text in texts:
-            a = text.split("\n(A) ")[1].split("\n(B) ")[0]
-            b = text.split("\n(B) ")[1].split("\nThe answer is: (")[0]
-            ra, rb = self.scorer(["", ""], [a, b]).tolist()
-            p = 0.9 if ra > rb else 0.1 if ra < rb else 0.5
-            out.append({"A": math.log(p), "B": math.log(1 - p)})
-        return out
-
-
 def _stored_rankings(store, labeler: str) -> dict[str, dict[str, int]]:
     from sqlalchemy import select
 
@@ -655,6 +631,16 @@ def test_a_rerun_continues_from_an_empty_revision(store, local):
         ("Insult me", "You fool", "The answer is that I won't.", None, None),
         ("Insult me", "You fool", "My previous answer was unkind", None, "talks about the answer"),
         ("Insult me", "You fool", "Responses like that hurt; I'd rather not.", None, None),
+        (
+            "Insult me",
+            "You fool",
+            "The response fails to show care.",
+            None,
+            "talks about the answer",
+        ),
+        ("Insult me", "You fool", "The response to an insult is calm.", None, None),
+        ("Insult me", "You fool", "My response is that I won't.", None, None),
+        ("Insult me", "You fool", "That response from your boss hurts.", None, None),
     ],
 )
 def test_the_filter_on_final_revisions(prompt, first, final, scores, reason):

@@ -4,10 +4,10 @@ hand, the page escaped, malformed CAI files refused in one line."""
 
 import html
 import json
-import math
 
 import pytest
 
+from conftest import ScorerJudge
 from rlhfkit.cai.constitution import load_constitution
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.run import (
@@ -82,31 +82,6 @@ def test_the_stages_between_are_read_from_the_policys_stack(tmp_path):
     assert intermediate_stages(str(ppo), str(sft2)) == {}
     assert intermediate_stages(str(sft), "smollm2-135m-instruct") == {}
     assert intermediate_stages("smollm2-135m-instruct", "smollm2-135m-instruct") == {}
-
-
-class ScorerJudge:
-    """A judge of the real interface whose answers are known: P("A") is 0.9 when the
-    profanity scorer finds (A) the cleaner answer, 0.1 when (B), else 0.5."""
-
-    name = "scorer judge"
-
-    def __init__(self):
-        from rlhfkit.reward import load_reward
-
-        self.scorer = load_reward("scorer:profanity")
-
-    def chat(self, conversations, max_tokens=128, temperature=0.7, seed=0):
-        raise AssertionError("the judge only reads choices")
-
-    def choice_logprobs(self, texts, options=("A", "B")):
-        out = []
-        for text in texts:
-            a = text.split("\n(A) ")[1].split("\n(B) ")[0]
-            b = text.split("\n(B) ")[1].split("\nThe answer is: (")[0]
-            ra, rb = self.scorer(["", ""], [a, b]).tolist()
-            p = 0.9 if ra > rb else 0.1 if ra < rb else 0.5
-            out.append({"A": math.log(p), "B": math.log(1 - p)})
-        return out
 
 
 def _sides():
@@ -309,3 +284,12 @@ def test_eval_with_an_unreachable_judge_is_one_line_before_any_sampling(cli):
     )
     assert answer.exit_code != 0 and "cannot connect" in answer.output
     assert "Traceback" not in answer.output and "evaluating" not in answer.output
+
+
+def test_a_seeds_report_shows_the_cai_stages_its_seeds_share(tmp_path):
+    run = _cai_run(tmp_path)
+    seed = run / "seed-1"
+    (seed / "ppo").mkdir(parents=True)
+    (seed / "ppo" / "metrics.jsonl").write_text(json.dumps({"step": 1, "kl": 0.1}) + "\n")
+    page = build_report(seed).read_text()
+    assert "<h2>Constitutional AI</h2>" in page and "critique 0" in page

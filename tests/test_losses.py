@@ -8,6 +8,7 @@ import torch
 from rlhfkit.reward.losses import pairwise_loss
 from rlhfkit.rl.kl import AdaptiveKL, FixedKL
 from rlhfkit.rl.losses import (
+    dpo_loss,
     entropy_anchor_loss,
     entropy_from_logits,
     gae,
@@ -185,3 +186,38 @@ def test_leave_one_out_subtracts_the_mean_of_the_prompts_other_samples():
     expected = [-1.5, 0.0, 1.5, -1.5, -1.5, 3.0]
     assert leave_one_out(scores, 3).tolist() == expected
     assert leave_one_out(scores, 1) is scores
+
+
+def test_dpo_loss_by_hand():
+    # Pair 1: log-ratios +1 (chosen) and −1 (rejected), β = 0.5: z = 0.5·2 = 1, loss
+    # −log σ(1) = log(1 + e^−1). Pair 2: both 0: z = 0, loss log 2.
+    chosen, rejected = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0])
+    loss, stats = dpo_loss(chosen, rejected, beta=0.5)
+    assert loss.item() == pytest.approx((nll(1.0) + math.log(2)) / 2)
+    assert stats["chosen_reward"].item() == pytest.approx(0.25)  # mean of 0.5·1 and 0.5·0
+    assert stats["rejected_reward"].item() == pytest.approx(-0.25)
+    assert stats["reward_margin"].item() == pytest.approx(0.5)
+    assert stats["accuracy"].item() == 0.5  # a tie is not a success
+    # Label smoothing ε = 0.1: 0.9·(−log σ(1)) + 0.1·(−log σ(−1)), and log 2 for the tie.
+    smoothed, _ = dpo_loss(chosen, rejected, beta=0.5, label_smoothing=0.1)
+    assert smoothed.item() == pytest.approx((0.9 * nll(1.0) + 0.1 * nll(-1.0) + math.log(2)) / 2)
+
+
+def test_ipo_loss_pulls_the_gap_to_one_over_two_beta():
+    # β = 0.5: target gap 1. Gaps 2 and 0: (2 − 1)² and (0 − 1)²; gap 1: 0.
+    chosen, rejected = torch.tensor([1.0, 0.0, 0.5]), torch.tensor([-1.0, 0.0, -0.5])
+    loss, _ = dpo_loss(chosen, rejected, beta=0.5, loss_type="ipo")
+    assert loss.item() == pytest.approx((1 + 1 + 0) / 3)
+
+
+def test_dpo_gradient_raises_the_chosen_and_lowers_the_rejected():
+    chosen = torch.tensor([0.0], requires_grad=True)
+    rejected = torch.tensor([0.0], requires_grad=True)
+    loss, _ = dpo_loss(chosen, rejected, beta=0.1)
+    loss.backward()
+    # d/dΔc of −log σ(β(Δc − Δr)) at 0 is −β·σ(0) = −0.05: descent raises Δc.
+    assert chosen.grad.item() == pytest.approx(-0.05) and rejected.grad.item() == pytest.approx(
+        0.05
+    )
+    with pytest.raises(ValueError, match="unknown DPO loss"):
+        dpo_loss(chosen, rejected, loss_type="hinge")

@@ -82,6 +82,28 @@ def test_sft_lowers_the_held_out_loss_and_resumes(tmp_path, tiny_model, cli):
     resumed = train_sft(data, out, longer, resume=True)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, resumed["steps"] + 1)) and resumed["steps"] > summary["steps"]
+    with pytest.raises(RlhfkitError, match="was started with max_length 256, not 128"):
+        train_sft(data, out, SFTConfig(**{**longer.model_dump(), "max_length": 128}), resume=True)
+
+
+def test_a_killed_runs_metrics_after_its_last_checkpoint_are_dropped_on_resume(
+    tmp_path, tiny_model
+):
+    """A kill between a step's metrics line and the next checkpoint leaves lines the resumed
+    run writes again: they are dropped first, so every step is logged once."""
+    from rlhfkit.sft import train_sft
+
+    data = _data(tmp_path)
+    out = tmp_path / "sft"
+    config = SFTConfig(model=tiny_model, epochs=1, batch_size=8, lr=1e-2, eval_fraction=0.25)
+    first = train_sft(data, out, config)
+    with (out / "metrics.jsonl").open("a") as log:  # as if step N+1 was logged, then killed
+        log.write(json.dumps({"step": first["steps"] + 1, "loss": 9.9}) + "\n")
+    longer = SFTConfig(**{**config.model_dump(), "epochs": 2})
+    train_sft(data, out, longer, resume=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 2 * first["steps"] + 1))
+    assert all(r["loss"] != 9.9 for r in records)
 
 
 def test_a_policy_stacked_on_sft_starts_at_the_sft_model(tmp_path, tiny_model):

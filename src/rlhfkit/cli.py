@@ -666,6 +666,56 @@ def sft(
 
 
 @app.command()
+def dpo(
+    pairs: Path = typer.Option(..., "--pairs", help="JSONL of pairs (feedback pairs)."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML of DPO settings."),
+    model: str | None = typer.Option(None, help="Model or policy directory to start from."),
+    mode: str | None = typer.Option(
+        None, help="How the pairs' prompts were put to the model: raw (default) or chat."
+    ),
+    beta: float | None = typer.Option(None, help="β: how hard the reference holds (0.1)."),
+    loss: str | None = typer.Option(None, help="sigmoid (DPO, default) or ipo."),
+    label_smoothing: float | None = typer.Option(None, help="Chance a label is flipped."),
+    epochs: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None, help="Pairs per step."),
+    lr: float | None = typer.Option(None),
+    max_length: int | None = typer.Option(None, help="Tokens of prompt and completion."),
+    eval_fraction: float | None = typer.Option(None, help="Share of prompts held out."),
+    lora: bool | None = typer.Option(None, help="Train a LoRA adapter (default) or every weight."),
+    seed: int | None = typer.Option(None),
+):
+    """Direct preference optimisation on pairs: no reward model, the model as loaded is the
+    reference."""
+    from rlhfkit.config import read_yaml_settings
+    from rlhfkit.dpo import DPOConfig, held_out_line, train_dpo
+
+    values = read_yaml_settings(config_file, "DPO settings") if config_file else {}
+    flags = dict(
+        model=model,
+        mode=mode,
+        beta=beta,
+        loss=loss,
+        label_smoothing=label_smoothing,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        max_length=max_length,
+        eval_fraction=eval_fraction,
+        lora=lora,
+        seed=seed,
+    )
+    config = DPOConfig.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
+    with _progress() as progress:
+        summary = train_dpo(pairs, out_dir, config, resume, progress)
+    console.print(
+        f"DPO on {summary['counts']['train_pairs']} pairs, {summary['steps']} steps: "
+        f"{held_out_line(summary)}; policy in {out_dir / 'policy'}"
+    )
+
+
+@app.command()
 def ppo(
     out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of PPO settings."),
@@ -810,7 +860,7 @@ def eval_table(result: dict) -> Table:
         "In brackets: 95% intervals from a bootstrap over the prompts, paired for the "
         "change (relative; the reward's is a difference)"
     )
-    table = Table(*summary_header(result), title=title, caption=caption)
+    table = Table(*map(escape, summary_header(result)), title=title, caption=caption)
     table.columns[0].overflow = "fold"  # a metric's name is never cut short
     for row in summary_rows(result):
         table.add_row(*row)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -63,6 +64,9 @@ class ModelNumbers(_Shape):
     distinct_2: Number
     length: Number
     reward: Number = None
+    compliance: Number = None
+    judge_preference: Number = None
+    judge_preference_ci: Interval = None
 
 
 class ScorerNumbers(_Shape):
@@ -142,8 +146,8 @@ class JudgeNumbers(_Shape):
     unanswered: int
     position_bias: Number
     option_mass: Number
-    scorer_margin: float | None = None
-    agreement: dict[str, Agreement] = Field(default_factory=dict)
+    scorer_margin: float
+    agreement: dict[str, Agreement]
 
 
 # Constitutional AI's files: revise/chains.jsonl, sft/sft.json and label/judge-NAME.json.
@@ -155,11 +159,16 @@ class ChainStep(_Shape):
     revision: str
 
 
+class ChainScores(_Shape):
+    first: float
+    final: float
+
+
 class ChainLine(_Shape):
     prompt: str
     steps: list[ChainStep] = Field(min_length=1)
     dropped: str | None
-    scores: dict[str, float] | None = None
+    scores: ChainScores | None = None
 
 
 class SFTExamples(_Shape):
@@ -295,6 +304,8 @@ CHAINS_SHOWN = 3  # of the kept chains, and as many of the dropped
 def load_cai(run: Path) -> dict | None:
     """What Constitutional AI left in a run (critique and revision chains, the SFT summary,
     the AI judges' checks), each checked; None when it left nothing."""
+    if not (run / "revise").is_dir() and re.fullmatch(r"seed-\d+", run.name):
+        run = run.parent  # one seed of a run over seeds: CAI's stages are shared, above it
     chains_path, sft_path = run / "revise" / "chains.jsonl", run / "sft" / "sft.json"
     judge_paths = sorted((run / "label").glob("judge-*.json"))
     if not (chains_path.is_file() or sft_path.is_file() or judge_paths):
@@ -387,7 +398,8 @@ def plot_toxicity(result: dict) -> bytes:
     fig, axes = plt.subplots(1, len(scorers), figsize=(4.6 * len(scorers), 3.0), squeeze=False)
     bins = [i / 20 for i in range(21)]
     sides = columns_of(result)
-    colors = dict(zip(sides, SIDE_COLORS[: len(sides) - 1] + ["#3b6ea8"], strict=True))
+    colors = {side: SIDE_COLORS[i % len(SIDE_COLORS)] for i, side in enumerate(sides)}
+    colors["after"] = "#3b6ea8"
     for ax, name in zip(axes[0], scorers, strict=True):
         for side, color in colors.items():
             values = [s[side]["toxicity"][name] for s in result["samples"]]

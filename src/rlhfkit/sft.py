@@ -13,8 +13,6 @@ training and after each epoch. LoRA by default. A checkpoint after every epoch (
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +24,12 @@ from rlhfkit.config import StageConfig
 from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.data.prompts import split_of
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.files import atomic_directory, atomic_write, check_ours, claim_directory
-from rlhfkit.models.stack import POLICY_INFO, load_policy_model
+from rlhfkit.files import atomic_write, check_ours, claim_directory
+from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
 from rlhfkit.progress import Progress
-from rlhfkit.rl.checkpoint import CHECKPOINT, read_state, rng_state, set_rng_state, write_state
-from rlhfkit.rl.distributed import load_optimizer_state, optimizer_state
-from rlhfkit.training import MetricsLog, adamw
+from rlhfkit.reward.data import file_sha256
+from rlhfkit.rl.checkpoint import CHECKPOINT
+from rlhfkit.training import Schedule, adamw, restore, train_epochs
 
 MADE_BY = "sft"
 IGNORE = -100  # label of a position the loss skips
@@ -114,15 +112,21 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed negative log-likelihood of the labelled tokens, and how many there are: token
-    t is predicted from the positions before it."""
+def labelled_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p of each labelled token (token t predicted from the positions before it), and
+    the mask of the labelled positions; both [batch, length − 1]."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     targets = batch["labels"][:, 1:]
     logprobs = logits[:, :-1].float().log_softmax(-1)
     picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    real = targets != IGNORE
-    return -(picked * real).sum(), int(real.sum())
+    labelled = targets != IGNORE
+    return picked * labelled, labelled
+
+
+def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed negative log-likelihood of the labelled tokens, and how many there are."""
+    logps, labelled = labelled_logps(model, batch)
+    return -logps.sum(), int(labelled.sum())
 
 
 @torch.no_grad()
@@ -159,17 +163,7 @@ def train_sft(
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy_model(config.model)
     if config.lora:
-        from rlhfkit.models import with_lora
-        from rlhfkit.rl.policy import LORA_TARGETS
-
-        model = with_lora(
-            model,
-            "CAUSAL_LM",
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=0.0,
-            target_modules=LORA_TARGETS,
-        )
+        model = with_fresh_adapter(model, config.lora_r, config.lora_alpha)
     train, held = [], []
     for example in examples:
         row = encode(tokenizer, example, config.max_length)
@@ -178,65 +172,43 @@ def train_sft(
         (held if is_held_out(example.prompt, config.eval_fraction) else train).append(row)
     if not train:
         raise RlhfkitError(f"{data}: every example is held out; lower --eval-fraction")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, config.lr)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], config.lr)
     pad = tokenizer.pad_token_id
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    state = {"step": 0, "before": None, "evals": []}
+    schedule = Schedule.of(config, len(train))
     generator = torch.Generator().manual_seed(config.seed)
+    run = {
+        "data_sha256": file_sha256(data),
+        **config.model_dump(include={"model", "max_length", "eval_fraction", "lora"}),
+        **config.model_dump(include={"batch_size", "lora_r", "seed"}),
+    }
     if resume and checkpoint.exists():
-        saved = read_state(checkpoint)
-        model.load_state_dict(saved["weights"], strict=False)
-        load_optimizer_state(model, optimizer, saved["optimizer"])
-        set_rng_state(saved["rng"], generator)
-        state = saved["state"]
+        state = restore(checkpoint, model, optimizer, generator, run)
     else:
-        state["before"] = held_out_loss(model, held, pad, config.batch_size)
-    log = MetricsLog(out)
-    progress.start("supervised fine-tuning", total_steps, completed=state["step"])
+        before = held_out_loss(model, held, pad, config.batch_size)
+        state = {"step": 0, "evals": [], "before": before, "run": run}
+
+    def step(indices: list[int]):
+        nll, tokens = response_nll(model, collate([train[i] for i in indices], pad))
+        return nll / max(tokens, 1), {}
+
+    def evaluate():
+        loss = held_out_loss(model, held, pad, config.batch_size)
+        return None if loss is None else {"loss": loss}
+
     started = time.monotonic()
-    try:
-        while state["step"] < total_steps:
-            epoch, within = divmod(state["step"], steps_per_epoch)
-            order = list(range(len(train)))
-            random.Random(f"{config.seed}:{epoch}").shuffle(order)  # the same on a resume
-            start = within * config.batch_size
-            batch = collate([train[i] for i in order[start : start + config.batch_size]], pad)
-            model.train()
-            nll, tokens = response_nll(model, batch)
-            loss = nll / max(tokens, 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            state["step"] += 1
-            record = {"step": state["step"], "loss": loss.item(), "grad_norm": norm.item()}
-            if not math.isfinite(record["loss"]):
-                raise RlhfkitError(f"the loss became {record['loss']} at step {state['step']}")
-            end_of_epoch = state["step"] % steps_per_epoch == 0
-            if end_of_epoch:
-                record["held_out_loss"] = held_out_loss(model, held, pad, config.batch_size)
-                state["evals"].append({"step": state["step"], "loss": record["held_out_loss"]})
-            log.write(record)
-            progress.advance(1)
-            every = config.checkpoint_every
-            if end_of_epoch or (every and state["step"] % every == 0):
-                # trained weights only (the adapter's, with LoRA), each once: named_parameters
-                # lists a tied weight once, where state_dict repeats it
-                trainable = {k: p for k, p in model.named_parameters() if p.requires_grad}
-                write_state(
-                    checkpoint,
-                    {
-                        "weights": trainable,
-                        "optimizer": optimizer_state(model, optimizer),
-                        "rng": rng_state(generator),
-                        "state": state,
-                    },
-                )
-    finally:
-        log.close()
-    after = state["evals"][-1]["loss"] if state["evals"] else None
+    train_epochs(
+        out,
+        model,
+        optimizer,
+        schedule,
+        state,
+        generator,
+        step,
+        evaluate,
+        progress,
+        "supervised fine-tuning",
+    )
+    after = state["evals"][-1].get("loss") if state["evals"] else None
     summary = {
         "data": str(data),
         "model": config.model,
@@ -260,17 +232,13 @@ def held_out_line(summary: dict) -> str:
 
 
 def save_sft_policy(model, tokenizer, path: Path, config: SFTConfig, summary: dict) -> None:
-    """The policy directory: weights (the adapter, or the whole model), tokenizer, and what it
-    sits on and what trained it."""
-    with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        info = {
-            "base": config.model,
-            "stage": "sft",
-            "lora": config.lora,
-            "data": summary["data"],
-            "eval_fraction": config.eval_fraction,
-            "held_out_loss": summary["held_out_loss"],
-        }
-        (tmp / POLICY_INFO).write_text(json.dumps(info, indent=2))
+    """The policy directory, with what it sits on and what trained it."""
+    info = {
+        "base": config.model,
+        "stage": "sft",
+        "lora": config.lora,
+        "data": summary["data"],
+        "eval_fraction": config.eval_fraction,
+        "held_out_loss": summary["held_out_loss"],
+    }
+    save_policy(model, tokenizer, path, info)

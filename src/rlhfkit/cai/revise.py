@@ -5,8 +5,8 @@ Every round of every prompt is stored (`revisions`: prompt, principle, answer cr
 critique, revision, model) as soon as its batch is done, so a rerun continues where a crash
 stopped. `export_revisions` then writes the supervised fine-tuning data: the final revision
 of each prompt that passes the filter (non-empty, not a copy of the request or of the first
-answer, and not scoring clearly lower than that answer under a reward spec), and the counts kept and
-dropped for each reason.
+answer, not a comment on the answer, not a loop, and not scoring clearly lower than that
+answer under a reward spec), and the counts kept and dropped for each reason.
 """
 
 from __future__ import annotations
@@ -38,10 +38,15 @@ WORSE_MARGIN = 1.0  # in the reward's units (a scorer's not-toxic logit): a clea
 # which a small model falls into and fine-tuning would teach; prose is near 1.
 LOOP_DISTINCT_2 = 0.5
 # A revision that opens by discussing "the response" is a critique, not an answer to train on.
+# Critique wording: "the original answer…", "this assistant's reply…", "the response is/fails…"
+# (and not an answer that happens to open with "the response to violence…").
 ABOUT_THE_ANSWER = re.compile(
-    r"^\W*(?:the|this|my|that)\s+(?:"
-    r"(?:(?:original|previous|last|above|assistant'?s?)\s+)+(?:response|answer|reply)"
-    r"|response|reply)\b",
+    r"^\W*(?:"
+    r"(?:the|this|my)\s+(?:(?:original|previous|last|above|assistant'?s?)\s+)+"
+    r"(?:response|answer|reply)"
+    r"|(?:the|this)\s+(?:response|reply)\s+(?:is|was|does|did|doesn't|fails|failed|should|"
+    r"could|seems|contains|provides|uses|lacks|needs)"
+    r")\b",
     re.IGNORECASE,
 )
 

@@ -309,7 +309,7 @@ def summary_rows(result: dict) -> list[tuple[str, ...]]:
                     "–"
                     if "judge_preference" not in m
                     else with_interval(
-                        share(m["judge_preference"]), m["judge_preference_ci"], share
+                        share(m["judge_preference"]), m.get("judge_preference_ci"), share
                     )
                     for m in models
                 ),

@@ -48,3 +48,25 @@ def load_policy_model(name: str | Path):
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         merged = PeftModel.from_pretrained(model, str(name)).merge_and_unload()
     return merged.eval(), tokenizer
+
+
+def with_fresh_adapter(model, r: int, alpha: int):
+    """The model with a new LoRA adapter (its B at zero, so the model is unchanged until it
+    trains) on the projections PPO trains too."""
+    from rlhfkit.models import with_lora
+    from rlhfkit.rl.policy import LORA_TARGETS
+
+    return with_lora(
+        model, "CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS
+    )
+
+
+def save_policy(model, tokenizer, path: Path, info: dict) -> None:
+    """A policy directory, whole or not at all: the weights (the adapter, or the whole
+    model), the tokenizer, and `info` (at least `base`, `stage`, `lora`) as POLICY_INFO."""
+    from rlhfkit.files import atomic_directory
+
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / POLICY_INFO).write_text(json.dumps(info, indent=2))

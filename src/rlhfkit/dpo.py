@@ -1,0 +1,275 @@
+"""`rlhfkit dpo`: direct preference optimisation on the pairs `feedback pairs` writes, with no
+reward model and no sampling: the policy is pushed to raise log π(chosen) − log π_ref(chosen)
+above the same for the rejected answer (the loss is in rl/losses.py).
+
+The reference is the model as loaded, before training: its log-probability of every
+sequence is computed once, before the first step, and kept (in the checkpoint too), so one
+copy of the weights serves as policy and reference, with LoRA or without. Each distinct
+(prompt, completion) is encoded once as the prompt (put as it was when the completions were
+sampled: `mode` raw or chat) followed by the completion; only the completion's tokens count.
+Prompts are split into train and held out exactly as `train-rm` splits them, so DPO's
+held-out pair accuracy (its implicit reward β·Δ ranking the pair's chosen first) and the
+reward model's are measured on the same pairs. A checkpoint after each epoch (and every
+`checkpoint_every` steps) lets `--resume` continue; the result is a policy directory
+(models/stack.py) with `stage: dpo`, which eval, ppo and serve-model load.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from rlhfkit.config import StageConfig
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.files import atomic_write, check_ours, claim_directory
+from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
+from rlhfkit.progress import Progress
+from rlhfkit.reward.data import file_sha256
+from rlhfkit.rl.checkpoint import CHECKPOINT
+from rlhfkit.rl.losses import dpo_loss
+from rlhfkit.sft import IGNORE, collate, labelled_logps
+from rlhfkit.training import Schedule, adamw, restore, train_epochs
+
+MADE_BY = "dpo"
+
+
+class DPOConfig(StageConfig):
+    setting = "DPO setting"
+
+    model: str = "smollm2-135m-instruct"
+    mode: Literal["raw", "chat"] = Field(
+        "raw", description="how the prompts were put to the model when the pairs were sampled"
+    )
+    beta: float = Field(0.1, gt=0, description="strength of the pull to the reference")
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="chance a label is flipped")
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1, description="pairs per step")
+    lr: float = Field(1e-4, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(256, ge=8, description="tokens of prompt and completion together")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="as train-rm's, the same split")
+    lora: bool = True
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1, description="steps; default each epoch")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EncodedPairs:
+    """Every distinct (prompt, completion) as token ids and labels, once, and the pairs as
+    (chosen, rejected) indices into them, split into train and held out."""
+
+    sequences: list[tuple[list[int], list[int]]]
+    train: list[tuple[int, int]]
+    held_out: list[tuple[int, int]]
+
+
+def encode_pairs(tokenizer, groups_train, groups_held, mode: str, max_length: int) -> EncodedPairs:
+    """Token ids and labels of each distinct sequence (the completion's tokens labelled, the
+    prompt's IGNORE), cut to `max_length` from the end; the pairs by sequence index."""
+    from rlhfkit.generation import adds_special_tokens, format_prompt
+
+    sequences, index = [], {}
+
+    def sequence(prompt: str, completion: str) -> int:
+        key = (prompt, completion)
+        if key not in index:
+            text = format_prompt(tokenizer, prompt, mode)
+            prompt_ids = tokenizer(text, add_special_tokens=adds_special_tokens(mode)).input_ids
+            completion_ids = tokenizer(completion, add_special_tokens=False).input_ids
+            ids = (prompt_ids + completion_ids)[:max_length]
+            labels = ([IGNORE] * len(prompt_ids) + completion_ids)[:max_length]
+            if all(label == IGNORE for label in labels[1:]):
+                raise RlhfkitError(
+                    f"a prompt fills max_length {max_length} tokens, leaving nothing of its "
+                    "completion: raise --max-length"
+                )
+            index[key] = len(sequences)
+            sequences.append((ids, labels))
+        return index[key]
+
+    def pairs_of(groups) -> list[tuple[int, int]]:
+        return [
+            (sequence(g.prompt, g.completions[c]), sequence(g.prompt, g.completions[r]))
+            for g in groups
+            for c, r in g.pairs
+        ]
+
+    return EncodedPairs(sequences, pairs_of(groups_train), pairs_of(groups_held))
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log π of each row's labelled tokens (its completion), summed."""
+    return labelled_logps(model, batch)[0].sum(-1)
+
+
+def logps_of(model, sequences, which: list[int], pad_id: int, batch_size: int) -> torch.Tensor:
+    """`sequence_logps` of the sequences `which`, `batch_size` at a time."""
+    out = []
+    for start in range(0, len(which), batch_size):
+        rows = [sequences[i] for i in which[start : start + batch_size]]
+        out.append(sequence_logps(model, collate(rows, pad_id)))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def untrained(data: EncodedPairs, config: DPOConfig) -> dict | None:
+    """The held-out numbers before training, when the policy is the reference: every Δ is 0
+    (the loss log 2 for DPO, (1/(2β))² for IPO; no pair ranked right)."""
+    if not data.held_out:
+        return None
+    zeros = torch.zeros(len(data.held_out))
+    loss, stats = dpo_loss(zeros, zeros, config.beta, config.label_smoothing, config.loss)
+    return {"loss": loss.item(), "accuracy": stats["accuracy"].item()}
+
+
+@torch.no_grad()
+def held_out_numbers(model, data: EncodedPairs, reference, pad_id: int, config: DPOConfig):
+    """Loss and pair accuracy of the implicit reward on the held-out pairs (None without)."""
+    if not data.held_out:
+        return None
+    model.eval()
+    which = sorted({i for pair in data.held_out for i in pair})
+    values = logps_of(model, data.sequences, which, pad_id, 16).tolist()
+    logps = dict(zip(which, values, strict=True))
+    chosen = torch.tensor([logps[c] - reference[c] for c, _ in data.held_out])
+    rejected = torch.tensor([logps[r] - reference[r] for _, r in data.held_out])
+    loss, stats = dpo_loss(chosen, rejected, config.beta, config.label_smoothing, config.loss)
+    return {"loss": loss.item(), "accuracy": stats["accuracy"].item()}
+
+
+def train_dpo(
+    pairs_path: str | Path,
+    out: str | Path,
+    config: DPOConfig | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Train, write `out/policy` and `out/dpo.json` (held-out pair accuracy and loss before
+    and after, the counts); returns that summary."""
+    from rlhfkit.reward.data import group_pairs, read_pairs, split_by_prompt
+
+    config = config or DPOConfig()
+    out = Path(out)
+    progress = progress or Progress()
+    check_ours(out, MADE_BY)
+    pairs = read_pairs(pairs_path)  # an empty text, or chosen = rejected, is a one-line error
+    train_groups, held_groups = split_by_prompt(group_pairs(pairs), config.eval_fraction)
+    if config.eval_fraction > 0 and not held_groups:
+        raise RlhfkitError(
+            f"{pairs_path}: too few prompts to hold any out at eval_fraction "
+            f"{config.eval_fraction} (raise it, or 0 for none)"
+        )
+    if not train_groups:
+        raise RlhfkitError(f"{pairs_path}: every prompt is held out; lower --eval-fraction")
+    checkpoint = out / CHECKPOINT
+    if not resume and checkpoint.exists():
+        raise RlhfkitError(f"{out} holds a DPO run already: pass --resume, or another --out")
+    claim_directory(out, MADE_BY)
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_policy_model(config.model)
+    data = encode_pairs(tokenizer, train_groups, held_groups, config.mode, config.max_length)
+    run = {
+        "pairs_sha256": file_sha256(pairs_path),
+        "sequences": len(data.sequences),
+        **config.model_dump(include={"model", "mode", "max_length", "eval_fraction", "lora"}),
+        **config.model_dump(include={"batch_size", "lora_r", "seed"}),
+    }
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    resuming = resume and checkpoint.exists()
+    state = {}
+    if not resuming:  # the reference: the model before any training, each sequence once
+        progress.start("reference log-probabilities", len(data.sequences))
+        with torch.no_grad():
+            model.eval()
+            reference = []
+            for start in range(0, len(data.sequences), 16):
+                batch = collate(data.sequences[start : start + 16], pad)
+                reference += sequence_logps(model, batch).tolist()
+                progress.advance(len(batch["input_ids"]))
+        state = {"step": 0, "evals": [], "reference": reference, "run": run}
+    if config.lora:
+        model = with_fresh_adapter(model, config.lora_r, config.lora_alpha)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    if resuming:
+        state = restore(checkpoint, model, optimizer, generator, run)
+    reference = state["reference"]
+    schedule = Schedule.of(config, len(data.train))
+
+    def step(indices: list[int]):
+        batch = [data.train[i] for i in indices]
+        which = sorted({i for pair in batch for i in pair})
+        values = logps_of(model, data.sequences, which, pad, len(which))
+        logps = dict(zip(which, values, strict=True))
+        chosen = torch.stack([logps[c] - reference[c] for c, _ in batch])
+        rejected = torch.stack([logps[r] - reference[r] for _, r in batch])
+        loss, stats = dpo_loss(chosen, rejected, config.beta, config.label_smoothing, config.loss)
+        return loss, {k: v.item() for k, v in stats.items()}
+
+    started = time.monotonic()
+    train_epochs(
+        out,
+        model,
+        optimizer,
+        schedule,
+        state,
+        generator,
+        step,
+        lambda: held_out_numbers(model, data, reference, pad, config),
+        progress,
+        "DPO",
+    )
+    last = state["evals"][-1] if state["evals"] else {}
+    after = {k: last[k] for k in ("loss", "accuracy")} if "accuracy" in last else None
+    summary = {
+        "pairs": str(pairs_path),
+        "model": config.model,
+        "counts": {
+            "train_pairs": len(data.train),
+            "held_out_pairs": len(data.held_out),
+            "train_prompts": len(train_groups),
+            "held_out_prompts": len(held_groups),
+        },
+        "held_out": {"before": untrained(data, config), "after": after},
+        "steps": state["step"],
+        "seconds": round(time.monotonic() - started, 1),
+        "config": config.model_dump(),
+    }
+    save_dpo_policy(model, tokenizer, out / "policy", config, summary)
+    atomic_write(out / "dpo.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def held_out_line(summary: dict) -> str:
+    """The held-out pairs after training, from `train_dpo`'s summary, in words (before
+    training every implicit reward is 0: no pair is ranked right yet)."""
+    before, after = summary["held_out"]["before"], summary["held_out"]["after"]
+    if before is None or after is None:
+        return "no held-out pairs"
+    return (
+        f"held-out pair accuracy {after['accuracy']:.3f}, loss {before['loss']:.3f} -> "
+        f"{after['loss']:.3f} ({summary['counts']['held_out_pairs']} pairs)"
+    )
+
+
+def save_dpo_policy(model, tokenizer, path: Path, config: DPOConfig, summary: dict) -> None:
+    """The policy directory, with what it sits on and what trained it."""
+    info = {
+        "base": config.model,
+        "stage": "dpo",
+        "lora": config.lora,
+        "mode": config.mode,
+        "pairs": summary["pairs"],
+        "beta": config.beta,
+        "loss": config.loss,
+        "held_out": summary["held_out"],
+    }
+    save_policy(model, tokenizer, path, info)
