@@ -626,6 +626,15 @@ def cai_revise(
     )
 
 
+def _settings(config_class, config_file: Path | None, what: str, **flags):
+    """A trainer's settings: the YAML file's, then every flag given on the command line (a
+    flag left out is None and does not override the file)."""
+    from rlhfkit.config import read_yaml_settings
+
+    values = read_yaml_settings(config_file, what) if config_file else {}
+    return config_class.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
+
+
 @app.command()
 def sft(
     data: Path = typer.Option(..., "--data", help="JSONL of {prompt, response} (cai revise)."),
@@ -642,11 +651,12 @@ def sft(
     seed: int | None = typer.Option(None),
 ):
     """Supervised fine-tuning on (prompt, response) pairs, the loss on the response only."""
-    from rlhfkit.config import read_yaml_settings
     from rlhfkit.sft import SFTConfig, held_out_line, train_sft
 
-    values = read_yaml_settings(config_file, "SFT settings") if config_file else {}
-    flags = dict(
+    config = _settings(
+        SFTConfig,
+        config_file,
+        "SFT settings",
         model=model,
         epochs=epochs,
         batch_size=batch_size,
@@ -656,7 +666,6 @@ def sft(
         lora=lora,
         seed=seed,
     )
-    config = SFTConfig.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
     with _progress() as progress:
         summary = train_sft(data, out_dir, config, resume, progress)
     console.print(
@@ -688,11 +697,12 @@ def dpo(
 ):
     """Direct preference optimisation on pairs: no reward model, the model as loaded is the
     reference."""
-    from rlhfkit.config import read_yaml_settings
     from rlhfkit.dpo import DPOConfig, held_out_line, train_dpo
 
-    values = read_yaml_settings(config_file, "DPO settings") if config_file else {}
-    flags = dict(
+    config = _settings(
+        DPOConfig,
+        config_file,
+        "DPO settings",
         model=model,
         mode=mode,
         beta=beta,
@@ -706,7 +716,6 @@ def dpo(
         lora=lora,
         seed=seed,
     )
-    config = DPOConfig.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
     with _progress() as progress:
         summary = train_dpo(pairs, out_dir, config, resume, progress)
     console.print(
@@ -743,12 +752,13 @@ def ppo(
     seed: int | None = typer.Option(None),
 ):
     """PPO with a KL penalty against the frozen reference (LoRA: the same weights, adapter off)."""
-    from rlhfkit.config import read_yaml_settings
     from rlhfkit.rl.ppo import PPOConfig
     from rlhfkit.rl.trainer import run_ppo
 
-    values = read_yaml_settings(config_file, "PPO settings") if config_file else {}
-    flags = dict(
+    config = _settings(
+        PPOConfig,
+        config_file,
+        "PPO settings",
         model=model,
         reward=reward,
         prompts=prompts,
@@ -767,7 +777,6 @@ def ppo(
         precision=precision,
         seed=seed,
     )
-    config = PPOConfig.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
     # run_ppo checks the hardware and the output folder first thing, before the bar shows.
     with _progress() as progress:
         result = run_ppo(config, out_dir, resume=resume, progress=progress)

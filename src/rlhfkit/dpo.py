@@ -111,12 +111,17 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return labelled_logps(model, batch)[0].sum(-1)
 
 
-def logps_of(model, sequences, which: list[int], pad_id: int, batch_size: int) -> torch.Tensor:
-    """`sequence_logps` of the sequences `which`, `batch_size` at a time."""
+def logps_of(
+    model, sequences, which: list[int], pad_id: int, batch_size: int, on_batch=None
+) -> torch.Tensor:
+    """`sequence_logps` of the sequences `which`, `batch_size` at a time (`on_batch(n)` after
+    each)."""
     out = []
     for start in range(0, len(which), batch_size):
         rows = [sequences[i] for i in which[start : start + batch_size]]
         out.append(sequence_logps(model, collate(rows, pad_id)))
+        if on_batch:
+            on_batch(len(rows))
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -179,8 +184,18 @@ def train_dpo(
     run = {
         "pairs_sha256": file_sha256(pairs_path),
         "sequences": len(data.sequences),
-        **config.model_dump(include={"model", "mode", "max_length", "eval_fraction", "lora"}),
-        **config.model_dump(include={"batch_size", "lora_r", "seed"}),
+        **config.model_dump(
+            include={
+                "model",
+                "mode",
+                "max_length",
+                "eval_fraction",
+                "lora",
+                "batch_size",
+                "lora_r",
+                "seed",
+            }
+        ),
     }
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     resuming = resume and checkpoint.exists()
@@ -189,11 +204,8 @@ def train_dpo(
         progress.start("reference log-probabilities", len(data.sequences))
         with torch.no_grad():
             model.eval()
-            reference = []
-            for start in range(0, len(data.sequences), 16):
-                batch = collate(data.sequences[start : start + 16], pad)
-                reference += sequence_logps(model, batch).tolist()
-                progress.advance(len(batch["input_ids"]))
+            every = list(range(len(data.sequences)))
+            reference = logps_of(model, data.sequences, every, pad, 16, progress.advance).tolist()
         state = {"step": 0, "evals": [], "reference": reference, "run": run}
     if config.lora:
         model = with_fresh_adapter(model, config.lora_r, config.lora_alpha)

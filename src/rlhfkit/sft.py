@@ -178,8 +178,9 @@ def train_sft(
     generator = torch.Generator().manual_seed(config.seed)
     run = {
         "data_sha256": file_sha256(data),
-        **config.model_dump(include={"model", "max_length", "eval_fraction", "lora"}),
-        **config.model_dump(include={"batch_size", "lora_r", "seed"}),
+        **config.model_dump(
+            include={"model", "max_length", "eval_fraction", "lora", "batch_size", "lora_r", "seed"}
+        ),
     }
     if resume and checkpoint.exists():
         state = restore(checkpoint, model, optimizer, generator, run)

@@ -109,7 +109,7 @@ def restore(checkpoint: Path, model, optimizer, generator: torch.Generator, run:
             f"{checkpoint.parent} was started with {key} {started.get(key)!r}, not "
             f"{run[key]!r}: resume it as it was, or start afresh in another --out"
         )
-    missing, unexpected = model.load_state_dict(saved["weights"], strict=False)
+    _, unexpected = model.load_state_dict(saved["weights"], strict=False)
     if unexpected:
         raise RlhfkitError(f"{checkpoint} holds weights this model has not: {unexpected[0]}")
     load_optimizer_state(model, optimizer, saved["optimizer"])
