@@ -12,12 +12,14 @@ from rlhfkit.rl.losses import (
     entropy_anchor_loss,
     entropy_from_logits,
     gae,
+    group_normalise,
     kl_penalty,
     leave_one_out,
     masked_mean,
     masked_whiten,
     policy_loss,
     ppo_loss,
+    sequence_rewards,
     token_rewards,
     value_loss,
 )
@@ -186,6 +188,24 @@ def test_leave_one_out_subtracts_the_mean_of_the_prompts_other_samples():
     expected = [-1.5, 0.0, 1.5, -1.5, -1.5, 3.0]
     assert leave_one_out(scores, 3).tolist() == expected
     assert leave_one_out(scores, 1) is scores
+
+
+def test_group_normalise_scales_each_prompts_samples_by_their_own_spread():
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 5.0, 5.0, 5.0, 9.0])
+    # Group 1: mean ½, unbiased std √(4·¼ / 3) = 1/√3, so ±½·√3 = ±0.8660.
+    # Group 2: mean 6, deviations −1, −1, −1, 3: std √(12/3) = 2, so −0.5 ×3 and 1.5.
+    expected = [0.8660, -0.8660, -0.8660, 0.8660, -0.5, -0.5, -0.5, 1.5]
+    assert group_normalise(scores, 4, eps=0.0).tolist() == pytest.approx(expected, abs=1e-4)
+    # A group whose samples all scored alike has nothing to learn: advantages 0, not NaN.
+    assert group_normalise(torch.tensor([2.0, 2.0]), 2).tolist() == [0.0, 0.0]
+
+
+def test_sequence_rewards_charge_the_summed_kl_of_real_tokens_only():
+    score = torch.tensor([1.0, 0.5])
+    kl = torch.tensor([[0.2, 0.4, 9.0], [0.1, 0.1, 0.1]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    # 1 − 0.5·(0.2 + 0.4) = 0.7 (the padding's 9 not charged); 0.5 − 0.5·0.3 = 0.35
+    assert sequence_rewards(score, kl, mask, 0.5).tolist() == pytest.approx([0.7, 0.35])
 
 
 def test_dpo_loss_by_hand():

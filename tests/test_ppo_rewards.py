@@ -171,7 +171,9 @@ def test_the_trainer_scores_with_the_shaped_rewards(tiny_lm, tmp_path):
 
 def test_samples_per_prompt_scores_each_against_the_prompts_other_samples(tiny_lm, tmp_path):
     reward, seen = rewards_in_turn([1.0, 2.0, 3.0, 4.0, 4.0, 7.0])
-    config = tiny_config(tiny_lm, batch_size=6, samples_per_prompt=3)
+    config = tiny_config(
+        tiny_lm, batch_size=6, samples_per_prompt=3, score_baseline="leave_one_out"
+    )
     run_ppo(config, tmp_path / "run", reward=reward)
     (prompts,) = seen
     # Two prompts, each sampled three times in a row.
@@ -182,6 +184,88 @@ def test_samples_per_prompt_scores_each_against_the_prompts_other_samples(tiny_l
     assert record["reward_mean"] == pytest.approx(3.5)  # the raw scores' mean
     assert record["score_mean"] == pytest.approx(0.0, abs=1e-6)
     assert record["score_std"] == pytest.approx(statistics.stdev(leave_one_out), abs=1e-6)
+
+
+def test_without_a_score_baseline_the_groups_scores_reach_gae_as_they_are(tiny_lm, tmp_path):
+    reward, _ = rewards_in_turn([1.0, 2.0, 3.0, 4.0, 4.0, 7.0])
+    config = tiny_config(tiny_lm, batch_size=6, samples_per_prompt=3, score_baseline="none")
+    run_ppo(config, tmp_path / "run", reward=reward)
+    (record,) = metrics(tmp_path / "run")
+    assert record["score_mean"] == pytest.approx(3.5)
+    assert record["score_std"] == pytest.approx(statistics.stdev([1, 2, 3, 4, 4, 7]))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"advantage": "rloo"}, "needs samples_per_prompt ≥ 2, not 1"),
+        ({"advantage": "grpo", "samples_per_prompt": 1}, "needs samples_per_prompt ≥ 2"),
+        (
+            {"advantage": "rloo", "samples_per_prompt": 2, "score_baseline": "leave_one_out"},
+            "score_baseline is for advantage gae",
+        ),
+        ({"samples_per_prompt": 2}, "say score_baseline: leave_one_out"),
+        ({"score_baseline": "leave_one_out"}, "leave_one_out needs samples_per_prompt ≥ 2"),
+    ],
+)
+def test_a_baseline_is_chosen_once_and_explicitly(changes, message):
+    with pytest.raises(RlhfkitError, match=message) as caught:
+        PPOConfig.make(batch_size=4, **changes)
+    assert "\n" not in str(caught.value)
+
+
+def test_critic_free_advantages_by_hand(moved_policy_rollout):
+    """Two prompts × two samples. With the KL in the loss the rewards are the scores, so
+    rloo gives each sample its score minus the other's, and grpo (x − mean) / std, which for
+    two unequal samples is ±(d/2)/(d/√2) = ±1/√2; every token of a response gets its
+    response's advantage, and there are no returns (no critic)."""
+    _, batch = moved_policy_rollout
+    mask = batch.response_mask
+    scores = torch.tensor([1.0, 3.0, 0.0, 2.0])
+    common = dict(samples_per_prompt=2, whiten_advantages=False, kl_in="loss")
+    for advantage, expected in [
+        ("rloo", [-2.0, 2.0, -2.0, 2.0]),
+        ("grpo", [-0.70711, 0.70711, -0.70711, 0.70711]),
+    ]:
+        config = PPOConfig(advantage=advantage, **common)
+        kl, advantages, returns = advantages_and_returns(batch, scores, 0.5, config)
+        assert returns is None
+        expected_tokens = torch.tensor(expected)[:, None] * mask
+        torch.testing.assert_close(advantages, expected_tokens, rtol=0, atol=1e-4)
+        assert kl.abs().sum() > 0  # the KL is still measured, for the log and the controller
+    # With the KL in the reward, rloo charges each response β·Σ_t KL_t before comparing.
+    config = PPOConfig(advantage="rloo", **{**common, "kl_in": "reward"})
+    kl, advantages, _ = advantages_and_returns(batch, scores, 0.5, config)
+    charged = scores - 0.5 * kl.sum(dim=1)
+    the_other = charged.reshape(2, 2).flip(1).reshape(-1)  # the other sample of its prompt
+    torch.testing.assert_close(advantages, (charged - the_other)[:, None] * mask, atol=1e-5, rtol=0)
+
+
+def test_a_critic_free_run_has_no_value_head_and_resumes(tiny_lm, tmp_path):
+    config = tiny_config(
+        tiny_lm, batch_size=4, samples_per_prompt=2, advantage="grpo", kl_in="loss", steps=2
+    )
+    run_ppo(config, tmp_path / "run", reward=response_length)
+    records = metrics(tmp_path / "run")
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        assert "value_loss" not in record and "explained_variance" not in record
+        assert record["kl_loss"] >= 0  # k3 is never negative
+    policy_dir = tmp_path / "run" / "policy"
+    assert (policy_dir / "adapter_model.safetensors").exists()
+    assert not (policy_dir / "value_head.safetensors").exists()
+    from rlhfkit.rl.checkpoint import read_state
+
+    state = read_state(tmp_path / "run" / "checkpoint.safetensors")
+    assert state["trainable"] and not [k for k in state["trainable"] if "value_head" in k]
+    assert len(state["optimizer"]["param_groups"]) == 1
+    run_ppo(
+        config.model_copy(update={"steps": 3}),
+        tmp_path / "run",
+        resume=True,
+        reward=response_length,
+    )
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2, 3]
 
 
 def test_normalisation_is_fitted_on_the_first_step_and_kept(tiny_lm, tmp_path):

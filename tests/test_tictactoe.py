@@ -66,8 +66,9 @@ def test_random_play_wins_as_often_as_the_game_tree_says():
 
 
 @pytest.mark.slow
-def test_ppo_learns_to_beat_the_random_player():
-    agent, history = train(TicTacToeConfig(seed=0))
+@pytest.mark.parametrize("advantage", ["gae", "rloo", "grpo"])
+def test_ppo_learns_to_beat_the_random_player(advantage):
+    agent, history = train(TicTacToeConfig(seed=0, advantage=advantage))
     rates = evaluate(agent, games=1000)
     assert rates["win"] + rates["draw"] >= 0.95
     assert rates["win"] >= 0.85
@@ -78,4 +79,8 @@ def test_tictactoe_command(cli, tmp_path):
     result = cli("examples", "tictactoe", "--iterations", "3", "--plot", tmp_path / "curve.png")
     assert "greedy play over 1,000 games against the random player: win" in result.stdout
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    result = cli("examples", "tictactoe", "--iterations", "2", "--advantage", "grpo")
+    assert "greedy play over 1,000 games" in result.stdout
+    bad = cli("examples", "tictactoe", "--advantage", "a2c", ok=False)
+    assert "gae, rloo or grpo" in bad.stdout + bad.stderr
     assert cli("examples", "tictactoe", "--iterations", "0", ok=False).exit_code == 1

@@ -747,6 +747,14 @@ def ppo(
         "a full fine-tune with a separate frozen reference.",
     ),
     target_reward: float | None = typer.Option(None, help="Stop when the mean reward reaches it."),
+    samples_per_prompt: int | None = typer.Option(None, help="Samples of each prompt a step."),
+    advantage: str | None = typer.Option(
+        None, help="gae (value head) | rloo | grpo (no value head; samples_per_prompt ≥ 2)."
+    ),
+    score_baseline: str | None = typer.Option(
+        None, help="With gae and samples_per_prompt > 1: leave_one_out | none."
+    ),
+    kl_in: str | None = typer.Option(None, help="reward (−β·KL per token) | loss (β·k3)."),
     device: str | None = typer.Option(None, help="auto (cuda if there is one), cpu, cuda:N."),
     precision: str | None = typer.Option(None, help="fp32 or bf16 (mixed precision)."),
     seed: int | None = typer.Option(None),
@@ -773,6 +781,10 @@ def ppo(
         kl_target=kl_target,
         lora=lora,
         target_reward=target_reward,
+        samples_per_prompt=samples_per_prompt,
+        advantage=advantage,
+        score_baseline=score_baseline,
+        kl_in=kl_in,
         device=device,
         precision=precision,
         seed=seed,
@@ -938,6 +950,9 @@ def run_pipeline_command(
 def tictactoe(
     iterations: int = typer.Option(120, help="PPO iterations of 256 games each."),
     seed: int = typer.Option(0),
+    advantage: str = typer.Option(
+        "gae", help="gae (with a value head) | rloo | grpo (games compared in groups of 8)."
+    ),
     plot: Path | None = typer.Option(None, help="Write the learning curve as a PNG."),
 ):
     """The seed's RL example: PPO learns tic-tac-toe against a random opponent."""
@@ -945,8 +960,11 @@ def tictactoe(
 
     if iterations < 1:
         raise RlhfkitError("iterations must be >= 1")
+    if advantage not in ("gae", "rloo", "grpo"):
+        raise RlhfkitError(f"advantage {advantage!r}: gae, rloo or grpo")
+    config = TicTacToeConfig(iterations=iterations, seed=seed, advantage=advantage)
     with _progress() as progress:
-        agent, history = train(TicTacToeConfig(iterations=iterations, seed=seed), progress)
+        agent, history = train(config, progress)
     rates = evaluate(agent)
     out.print(
         f"greedy play over 1,000 games against the random player: win {rates['win']:.3f}, "

@@ -81,6 +81,21 @@ def leave_one_out(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     return (groups - others).reshape(-1)
 
 
+def group_normalise(scores: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """(s_i − group mean) / (group std + ε), std unbiased, for consecutive groups of
+    `group_size` (GRPO): each prompt's samples ranked against each other on one scale."""
+    groups = scores.reshape(-1, group_size)
+    mean, std = groups.mean(dim=1, keepdim=True), groups.std(dim=1, keepdim=True)
+    return ((groups - mean) / (std + eps)).reshape(-1)
+
+
+def sequence_rewards(
+    score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """R = score − β·Σ_t KL_t: a whole response's reward, for advantages without a critic."""
+    return score - beta * (kl * mask).sum(dim=1)
+
+
 def token_rewards(
     score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
 ) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The policy for language-model PPO: a causal LM with a LoRA adapter and a value head.
+"""The policy for language-model PPO: a causal LM with a LoRA adapter and a value head
+(none for the critic-free advantages, rloo and grpo).
 
 The reference model is the same weights with the adapter switched off (the seed's "Memory
 Constraints": one copy of the LLM, about half the memory). A full fine-tune mode keeps a
@@ -44,9 +45,17 @@ def _contiguous_input(_, args: tuple) -> tuple:
 
 class Policy(nn.Module):
     """`forward(input_ids, attention_mask) -> (logits, values)` for every position; the value
-    at position t estimates the return from the state that ends at token t."""
+    at position t estimates the return from the state that ends at token t (values are None
+    without a value head)."""
 
-    def __init__(self, model, tokenizer, lora: dict | None = None, precision: str = "fp32"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        lora: dict | None = None,
+        precision: str = "fp32",
+        value_head: bool = True,
+    ):
         super().__init__()
         self.tokenizer = tokenizer
         self.precision = precision
@@ -60,21 +69,27 @@ class Policy(nn.Module):
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.model = model
         self.sharded = False
-        hidden = model.config.get_text_config().hidden_size
-        self.value_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.value_head.weight)  # a zero value head does not disturb early steps
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head = None
+        if value_head:
+            self.value_head = nn.Linear(model.config.get_text_config().hidden_size, 1)
+            nn.init.zeros_(self.value_head.weight)  # a zero head does not disturb early steps
+            nn.init.zeros_(self.value_head.bias)
 
     @classmethod
     def load(
-        cls, name: str, lora: dict | None = None, device: str = "cpu", precision: str = "fp32"
+        cls,
+        name: str,
+        lora: dict | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        value_head: bool = True,
     ) -> Policy:
         model, tokenizer = load_policy_model(name)  # a stack's adapters merged in
-        return cls(model, tokenizer, lora, precision).to(device)
+        return cls(model, tokenizer, lora, precision, value_head).to(device)
 
     @property
     def device(self) -> torch.device:
-        return self.value_head.weight.device
+        return self.model.get_input_embeddings().weight.device
 
     def autocast(self):
         """bf16 mixed precision where asked for: weights, optimiser state and the loss math
@@ -99,9 +114,11 @@ class Policy(nn.Module):
                 attention_mask=attention_mask,
                 logits_to_keep=logits_to_keep,
                 position_ids=position_ids(attention_mask),
-                output_hidden_states=True,
+                output_hidden_states=self.value_head is not None,
                 use_cache=False,
             )
+            if self.value_head is None:
+                return out.logits, None
             values = self.value_head(out.hidden_states[-1]).squeeze(-1)
         return out.logits, values.float()
 
@@ -132,6 +149,8 @@ class Policy(nn.Module):
         value head's (never sharded). A fused step takes one kind at a time, and the same
         groups with or without sharding keep checkpoints interchangeable."""
         lm = [p for p in self.model.parameters() if p.requires_grad]
+        if self.value_head is None:
+            return [{"params": lm}]
         return [{"params": lm}, {"params": list(self.value_head.parameters())}]
 
     def shard(self) -> None:

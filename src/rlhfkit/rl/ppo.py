@@ -3,8 +3,10 @@
 One step = phase 1, a rollout (rollout.py), then phase 2: rewards are the sequence score on
 the last token minus β·KL(π‖π_ref) on every token, advantages come from GAE and are
 whitened, and `ppo_epochs` passes over shuffled minibatches minimise
-L = L_policy + c1·L_value − c2·H, with gradient accumulation and clipping. All of the math
-is in losses.py; this module orchestrates.
+L = L_policy + c1·L_value − c2·H, with gradient accumulation and clipping. Without a critic
+(`advantage: rloo | grpo`) a response's advantage is its reward against the other samples
+of its prompt and there is no value head or value loss; `kl_in: loss` moves the KL from the
+rewards to a term of the loss. All of the math is in losses.py; this module orchestrates.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from rlhfkit.rl.losses import (
     entropy_anchor_loss,
     entropy_from_logits,
     gae,
+    group_normalise,
     kl_penalty,
     leave_one_out,
     masked_mean,
     masked_whiten,
     policy_loss,
     ppo_loss,
+    sequence_rewards,
     token_rewards,
     value_loss,
 )
@@ -85,7 +89,23 @@ class PPOConfig(StageConfig):
     max_grad_norm: float = Field(1.0, gt=0)
     whiten_advantages: bool = True
     samples_per_prompt: int = Field(
-        1, ge=1, description="> 1: score each sample against the prompt's other samples"
+        1, ge=1, description="samples of each prompt in a step (a group, for rloo and grpo)"
+    )
+    advantage: Literal["gae", "rloo", "grpo"] = Field(
+        "gae",
+        description="gae: GAE with a value head; rloo: a response's reward minus the mean of "
+        "its prompt's other samples'; grpo: (reward − group mean) / group std. rloo and grpo "
+        "train no value head",
+    )
+    score_baseline: Literal["none", "leave_one_out"] | None = Field(
+        None,
+        description="gae with samples_per_prompt > 1, said explicitly: leave_one_out scores "
+        "each sample against its prompt's other samples before GAE, none leaves scores be",
+    )
+    kl_in: Literal["reward", "loss"] = Field(
+        "reward",
+        description="reward: −β·KL on each token's reward (the kl_estimator); "
+        "loss: β·KL (k3) added to the loss, as in GRPO",
     )
     normalise_reward: bool = Field(
         False, description="rewards to mean 0, std 1 on the first step's (reference) samples"
@@ -95,6 +115,36 @@ class PPOConfig(StageConfig):
     target_reward: float | None = Field(None, description="stop once the mean score reaches it")
     max_kl: float = Field(50.0, gt=0, description="stop if the mean KL exceeds it")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_baseline(self) -> PPOConfig:
+        """A baseline is chosen once: critic-free advantages bring their own, and a group of
+        samples under GAE says whether it centres the scores (rlhfkit once did so silently)."""
+        k = self.samples_per_prompt
+        if self.advantage != "gae":
+            if k < 2:
+                raise ValueError(
+                    f"advantage {self.advantage} compares the samples of a prompt: it needs "
+                    f"samples_per_prompt ≥ 2, not {k}"
+                )
+            if self.score_baseline not in (None, "none"):
+                raise ValueError(
+                    f"score_baseline is for advantage gae; {self.advantage} has its baseline "
+                    "from the prompt's group already"
+                )
+        elif k > 1 and self.score_baseline is None:
+            raise ValueError(
+                f"samples_per_prompt {k} with advantage gae: say score_baseline: leave_one_out "
+                "(each sample scored against its prompt's others, as before this setting) or none"
+            )
+        elif k == 1 and self.score_baseline == "leave_one_out":
+            raise ValueError("score_baseline leave_one_out needs samples_per_prompt ≥ 2")
+        return self
+
+    @property
+    def has_critic(self) -> bool:
+        """Whether the policy has a value head to train (GAE needs one; rloo and grpo not)."""
+        return self.advantage == "gae"
 
     @model_validator(mode="after")
     def _divisible(self) -> PPOConfig:
@@ -206,14 +256,24 @@ def shape_scores(scores: torch.Tensor, finished: torch.Tensor, config: PPOConfig
 
 def advantages_and_returns(
     batch: Rollout, scores: torch.Tensor, beta: float, config: PPOConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token KL, advantages (whitened over this process's rollouts, as TRL and CleanRL
-    do) and returns of a rollout batch."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-token KL, advantages and returns (None without a critic) of a rollout batch.
+    gae: per-token rewards through GAE with the value head. rloo, grpo: one advantage for
+    every token of a response, from its reward against its prompt's group (consecutive
+    rows). Whitened over this process's rollouts (as TRL and CleanRL do), except grpo's,
+    which its group's std has scaled already."""
     mask = batch.response_mask
     kl = kl_penalty(batch.logp, batch.ref_logp, config.kl_estimator) * mask
-    rewards = token_rewards(scores, kl, mask, beta)
-    advantages, returns = gae(rewards, batch.values, mask, config.gamma, config.lam)
-    if config.whiten_advantages:
+    beta_in_reward = beta if config.kl_in == "reward" else 0.0
+    returns = None
+    if config.advantage == "gae":
+        rewards = token_rewards(scores, kl, mask, beta_in_reward)
+        advantages, returns = gae(rewards, batch.values, mask, config.gamma, config.lam)
+    else:
+        baseline = leave_one_out if config.advantage == "rloo" else group_normalise
+        rewards = sequence_rewards(scores, kl, mask, beta_in_reward)
+        advantages = baseline(rewards, config.samples_per_prompt)[:, None] * mask
+    if config.whiten_advantages and config.advantage != "grpo":
         advantages = masked_whiten(advantages, mask)
     return kl, advantages, returns
 
@@ -262,6 +322,7 @@ def ppo_update(
                 advantages,
                 returns,
                 config,
+                beta,
                 None if ref_entropy is None else ref_entropy[rows],
             )
             (loss / config.grad_accumulation).backward()
@@ -295,7 +356,7 @@ def response_forward(
     length = batch.response_mask.shape[1]
     logits, values = policy(batch.input_ids[rows], batch.attention_mask[rows], length + 1)
     logits = response_logits(logits, length, temperature)
-    values = values[:, -length - 1 : -1]
+    values = None if values is None else values[:, -length - 1 : -1]
     return logits, token_logp(logits, batch.response_ids[rows]), values
 
 
@@ -309,42 +370,53 @@ def reference_entropy(policy: Policy, batch: Rollout, temperature: float) -> tor
 
 
 def with_old_logp(
-    batch: Rollout, rows: torch.Tensor, logp: torch.Tensor, values: torch.Tensor
+    batch: Rollout, rows: torch.Tensor, logp: torch.Tensor, values: torch.Tensor | None
 ) -> Rollout:
-    """A copy of `batch` with log π_old and V_old from a forward pass over all of its rollouts
-    in the order `rows`."""
+    """A copy of `batch` with log π_old and V_old (if there is a critic) from a forward pass
+    over all of its rollouts in the order `rows`."""
     unshuffle = torch.argsort(rows)
     mask = batch.response_mask
-    return dataclasses.replace(
-        batch, logp=logp.detach()[unshuffle] * mask, values=values.detach()[unshuffle] * mask
-    )
+    if values is not None:
+        values = values.detach()[unshuffle] * mask
+    return dataclasses.replace(batch, logp=logp.detach()[unshuffle] * mask, values=values)
 
 
 def minibatch_loss(
     logits: torch.Tensor,
     logp: torch.Tensor,
-    values: torch.Tensor,
+    values: torch.Tensor | None,
     batch: Rollout,
     rows: torch.Tensor,
     advantages: torch.Tensor,
-    returns: torch.Tensor,
+    returns: torch.Tensor | None,
     config: PPOConfig,
+    beta: float = 0.0,
     ref_entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = L_policy + c1·L_value − c2·H (+ the entropy anchor, given the reference's entropy
-    at the same positions) on rollouts `rows`, and its parts to watch."""
+    """L = L_policy + c1·L_value − c2·H on rollouts `rows` (no value loss without a critic;
+    + β·KL with the KL in the loss; + the entropy anchor, given the reference's entropy at
+    the same positions), and its parts to watch."""
     mask = batch.response_mask[rows]
     pg, stats = policy_loss(logp, batch.logp[rows], advantages[rows], mask, config.clip_eps)
-    vf = value_loss(values, batch.values[rows], returns[rows], mask, config.value_clip)
+    parts = {"policy_loss": pg}
+    vf = torch.zeros((), device=pg.device)
+    if values is not None:
+        vf = value_loss(values, batch.values[rows], returns[rows], mask, config.value_clip)
+        parts["value_loss"] = vf
     # Without a coefficient the entropy is only watched: no graph for it.
     with nullcontext() if config.ent_coef or ref_entropy is not None else torch.no_grad():
         entropy = masked_mean(entropy_from_logits(logits.float()), mask)
     loss = ppo_loss(pg, vf, entropy, config.vf_coef, config.ent_coef)
+    if config.kl_in == "loss":
+        # k3 because its gradient on π's own samples pulls toward π_ref; k1's averages zero.
+        kl = masked_mean(kl_penalty(logp, batch.ref_logp[rows], "k3"), mask)
+        loss = loss + beta * kl
+        parts["kl_loss"] = kl
     if ref_entropy is not None:
         gap = entropy - masked_mean(ref_entropy, mask)
         loss = loss + entropy_anchor_loss(gap, config.entropy_anchor)
         stats["entropy_gap"] = gap.detach()
-    return loss, {"policy_loss": pg, "value_loss": vf, "entropy": entropy, **stats}
+    return loss, {**parts, "entropy": entropy, **stats}
 
 
 def apply_gradients(
@@ -365,26 +437,29 @@ def rollout_statistics(
     scores: torch.Tensor,
     beta: float,
     kl: torch.Tensor,
-    returns: torch.Tensor,
+    returns: torch.Tensor | None,
 ) -> dict[str, float]:
     """What the rollout batch looked like: scores, KL to the reference, how well the values
-    it was scored with predicted its returns, response lengths."""
+    it was scored with predicted its returns (with a critic), response lengths."""
     mask = batch.response_mask
-    with torch.no_grad():
-        explained = 1 - torch.var((returns - batch.values)[mask.bool()]) / torch.var(
-            returns[mask.bool()]
-        ).clamp(min=1e-8)
     kl_per_sequence = (kl * mask).sum(dim=1)
-    return {
+    stats = {
         "score_mean": float(scores.mean()),
         "score_std": float(scores.std()),
         "kl": float(kl_per_sequence.mean()),
         "kl_per_token": float(masked_mean(kl, mask)),
         "beta": beta,
-        "explained_variance": float(explained),
         "response_length": float(mask.sum(dim=1).mean()),
         "finished": float(batch.finished.float().mean()),
     }
+    if returns is not None:
+        real = mask.bool()
+        with torch.no_grad():
+            unexplained = torch.var((returns - batch.values)[real])
+            stats["explained_variance"] = float(
+                1 - unexplained / torch.var(returns[real]).clamp(min=1e-8)
+            )
+    return stats
 
 
 def train_step(
@@ -421,7 +496,8 @@ def train_step(
     all_raw = processes.gather(raw)
     scaled = reward_scale(raw, all_raw) if reward_scale else raw
     scores = shape_scores(scaled, batch.finished, config)
-    scores = leave_one_out(scores, config.samples_per_prompt)
+    if config.score_baseline == "leave_one_out":
+        scores = leave_one_out(scores, config.samples_per_prompt)
     stats = ppo_update(
         policy, optimizer, batch, scores, kl_controller.beta, config, generator, processes
     )

@@ -133,7 +133,7 @@ def rollout(
     if old_logp:
         logits, values = policy(input_ids, attention_mask, keep)
         logp = token_logp(response_logits(logits, keep - 1, temperature), response) * mask
-        values = values[:, -keep:-1] * mask
+        values = None if values is None else values[:, -keep:-1] * mask
     ref = policy.reference_logits(input_ids, attention_mask, keep)
     ref_logp = token_logp(response_logits(ref, keep - 1, temperature), response)
     return Rollout(

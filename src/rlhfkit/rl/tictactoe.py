@@ -5,12 +5,15 @@ network over the board, the environment is the game, a state is the board, the a
 the empty squares. It is trained with the very same GAE and loss functions the language
 model trainer uses (rl/losses.py): a game is a padded sequence of the agent's moves, as a
 response is a padded sequence of tokens, and the outcome (+1 win, 0 draw, −1 loss) is the
-reward on its last move, as a reward model's score is on a response's last token.
+reward on its last move, as a reward model's score is on a response's last token. Every game
+starts from the empty board, as every sample of a group starts from its prompt, so the
+critic-free advantages (rloo, grpo) compare consecutive games in groups of `group_size`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -19,6 +22,8 @@ from rlhfkit.progress import Progress
 from rlhfkit.rl.losses import (
     entropy_from_logits,
     gae,
+    group_normalise,
+    leave_one_out,
     masked_mean,
     masked_whiten,
     policy_loss,
@@ -129,6 +134,8 @@ class TicTacToeConfig:
     ent_coef: float = 0.01
     gamma: float = 1.0
     lam: float = 0.95
+    advantage: Literal["gae", "rloo", "grpo"] = "gae"
+    group_size: int = 8  # games compared with each other, for rloo and grpo
     seed: int = 0
 
 
@@ -140,6 +147,25 @@ def evaluate(agent: Agent, games: int = 1000, seed: int = 1234) -> dict[str, flo
         "draw": (outcome == 0).float().mean().item(),
         "loss": (outcome == -1).float().mean().item(),
     }
+
+
+def game_advantages(
+    games: Games, config: TicTacToeConfig
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Advantages of every move, and returns for the value head (gae only). gae: the outcome
+    as the last move's reward, through GAE, whitened; rloo and grpo: the game's outcome
+    against its group's, the same for every move of the game (rloo's whitened too)."""
+    if config.advantage == "gae":
+        last = games.mask.sum(dim=1).long() - 1
+        rewards = torch.zeros_like(games.logp)
+        rewards[torch.arange(len(last)), last] = games.outcome.float()
+        advantages, returns = gae(rewards, games.values, games.mask, config.gamma, config.lam)
+        return masked_whiten(advantages, games.mask), returns
+    baseline = leave_one_out if config.advantage == "rloo" else group_normalise
+    advantages = baseline(games.outcome.float(), config.group_size)[:, None] * games.mask
+    if config.advantage == "rloo":
+        advantages = masked_whiten(advantages, games.mask)
+    return advantages, None
 
 
 def train(
@@ -155,13 +181,9 @@ def train(
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr)
     history = []
     for iteration in range(1, config.iterations + 1):
-        # Phase 1: play. The outcome is the reward of the agent's last move.
+        # Phase 1: play; the advantages of every move from the outcomes.
         games = play(agent, config.games, generator)
-        last = games.mask.sum(dim=1).long() - 1
-        rewards = torch.zeros_like(games.logp)
-        rewards[torch.arange(config.games), last] = games.outcome.float()
-        advantages, returns = gae(rewards, games.values, games.mask, config.gamma, config.lam)
-        advantages = masked_whiten(advantages, games.mask)
+        advantages, returns = game_advantages(games, config)
 
         # Phase 2: several epochs of clipped updates over shuffled minibatches of games.
         size = config.games // config.minibatches
@@ -177,13 +199,15 @@ def train(
                 pg, stats = policy_loss(
                     logp, games.logp[chosen], advantages[chosen], mask, config.clip_eps
                 )
-                vf = value_loss(
-                    values.reshape(len(chosen), MAX_MOVES),
-                    games.values[chosen],
-                    returns[chosen],
-                    mask,
-                    clip=None,
-                )
+                vf = torch.zeros(())
+                if returns is not None:
+                    vf = value_loss(
+                        values.reshape(len(chosen), MAX_MOVES),
+                        games.values[chosen],
+                        returns[chosen],
+                        mask,
+                        clip=None,
+                    )
                 entropy = masked_mean(entropy_from_logits(logits), mask)
                 loss = ppo_loss(pg, vf, entropy, config.vf_coef, config.ent_coef)
                 optimizer.zero_grad()

@@ -259,7 +259,9 @@ def _set_up(config: PPOConfig, out: Path, processes: Processes, reward) -> _Run:
     torch.manual_seed(config.seed)  # the same initial adapter in every process (and GPU)
     random.seed(config.seed)
     np.random.seed(config.seed)
-    policy = Policy.load(config.model, config.lora_args(), processes.device, config.precision)
+    policy = Policy.load(
+        config.model, config.lora_args(), processes.device, config.precision, config.has_critic
+    )
     if processes.sharded:
         policy.shard()
     if processes.world_size > 1:  # but each process samples its own responses
@@ -314,7 +316,7 @@ def _train(run: _Run, step: int) -> dict:
 
 def _failure(stats: dict, config: PPOConfig, step: int) -> str | None:
     """Why step `step` must not be kept (a non-finite loss, a KL past max_kl), if it must not."""
-    losses = [stats[k] for k in ("policy_loss", "value_loss")]
+    losses = [stats[k] for k in ("policy_loss", "value_loss") if k in stats]
     if not all(math.isfinite(x) for x in losses):
         return f"non-finite loss at step {step}"
     if stats["kl"] > config.max_kl:
@@ -431,18 +433,22 @@ def _last_logged_step(out: Path) -> int:
 
 
 def save_policy(policy: Policy, path: Path, config: PPOConfig, write: bool = True) -> None:
-    """The trained policy: the adapter (or full weights) with peft's layout, the value head,
-    the tokenizer, which base model it sits on and what it was trained on. Every process
-    of a sharded run calls it (to gather the weights); those with `write` write. The
-    directory appears whole or not at all: a crash mid-save leaves the previous one."""
+    """The trained policy: the adapter (or full weights) with peft's layout, the value head
+    (if it has one), the tokenizer, which base model it sits on and what it was trained on.
+    Every process of a sharded run calls it (to gather the weights); those with `write`
+    write. The directory appears whole or not at all: a crash mid-save leaves the previous
+    one."""
     weights = full_state(policy.model, False, keep=write) if policy.sharded else None
-    value_head = full_state(policy.value_head, keep=write)
+    value_head = None
+    if policy.value_head is not None:
+        value_head = full_state(policy.value_head, keep=write)
     if not write:
         return
     with atomic_directory(path) as tmp:
         policy.model.save_pretrained(tmp, state_dict=weights)
         policy.tokenizer.save_pretrained(tmp)
-        write_tensors(tmp / VALUE_HEAD, value_head)
+        if value_head is not None:
+            write_tensors(tmp / VALUE_HEAD, value_head)
         # What evaluation needs: the base model, and the prompts trained on, to keep them out.
         keys = ("lora", "mode", "prompts", "split", "eval_fraction", "reward")
         info = {"base": config.model, "stage": "ppo", **{k: getattr(config, k) for k in keys}}
