@@ -98,6 +98,18 @@ def test_dpo_learns_separable_pairs_and_resumes(tmp_path, tiny_model):
         train_dpo(pairs, out, DPOConfig(**{**longer.model_dump(), "batch_size": 4}), resume=True)
 
 
+def test_max_steps_cuts_the_epoch_short_and_still_evaluates_and_checkpoints(tmp_path, tiny_model):
+    out = tmp_path / "dpo"
+    config = DPOConfig(model=tiny_model, max_steps=2, lr=1e-2, eval_fraction=0.25)
+    summary = train_dpo(_pairs(tmp_path), out, config)  # 30 train pairs: 4 steps an epoch
+    assert summary["steps"] == 2 and summary["held_out"]["after"] is not None
+    from rlhfkit.rl.checkpoint import CHECKPOINT, read_state
+
+    assert read_state(out / CHECKPOINT)["state"]["step"] == 2
+    resumed = train_dpo(_pairs(tmp_path), out, config.model_copy(update={"max_steps": 3}), True)
+    assert resumed["steps"] == 3
+
+
 def test_a_dpo_policy_loads_as_its_base_plus_what_it_learned(tmp_path, tiny_model):
     from rlhfkit.models.stack import lineage, load_policy_model
 

@@ -388,6 +388,33 @@ def test_a_miniature_pipeline_runs_end_to_end_and_reruns_only_what_is_not_done(t
     assert load_pipeline(path).stages[-1] == "report"
 
 
+@pytest.mark.slow
+def test_a_dpo_stage_is_evaluated_alone_and_then_under_ppo(tmp_path, cli):
+    """DPO on the run's pairs: evaluated itself in a run without PPO; when PPO is added, PPO
+    starts from the DPO policy (its reference, the adapter off) and eval shows DPO as a
+    column between the original model and the final policy."""
+    dpo_only = "stages: [generate, label, pairs, dpo, eval]\ndpo: {max_steps: 2, batch_size: 4}\n"
+    path = _tiny(tmp_path, **{"run_dir:": dpo_only + "run_dir:"})
+    cli("run", path)
+    run = tmp_path / "run"
+    dpo = json.loads((run / "dpo" / "dpo.json").read_text())
+    assert dpo["steps"] == 2 and dpo["config"]["mode"] == "raw"
+    assert dpo["config"]["eval_fraction"] == 0.3  # train-rm's, so the held-out pairs match
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert result["policy"] == str(run / "dpo" / "policy")
+    assert list(result["models"]) == ["before", "after"]
+
+    both = path.read_text().replace("dpo, eval]", "train-rm, dpo, ppo, eval]")
+    path.write_text(both)
+    cli("run", path)
+    info = json.loads((run / "ppo" / "policy" / "rlhfkit_policy.json").read_text())
+    assert info["base"] == str(run / "dpo" / "policy")
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert result["policy"] == str(run / "ppo" / "policy")
+    assert result["reference"] == "smollm2-135m-instruct"
+    assert list(result["models"]) == ["before", "dpo", "after"]
+
+
 @pytest.mark.parametrize("name", ["demo.yaml", "detox-classifier.yaml", "cai.yaml"])
 def test_the_shipped_configs_load(name):
     config = load_pipeline(Path(__file__).parent.parent / "configs" / name)

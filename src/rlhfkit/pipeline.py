@@ -12,9 +12,11 @@ run directory:
     agreement → agreement/agreement.json, heatmap.png      how much the labelers agree
     pairs     → pairs/pairs.jsonl                          consensus rankings → C(n,2) pairs
     train-rm  → rm/ (its done.json in train-rm/)           the reward model
+    dpo       → dpo/policy                                 DPO on the pairs (optional: PPO
+                                                          then starts from it)
     ppo       → ppo/                                       PPO against it, LoRA policy
-    eval      → eval/eval.json                             before vs after (vs the SFT
-                                                          policy), held-out prompts
+    eval      → eval/eval.json                             before vs after (vs the SFT and
+                                                          DPO policies), held-out prompts
     report    → report/report.html                         everything on one page
 
 A stage is done when its folder holds `done.json`, written last; a rerun skips done stages
@@ -64,7 +66,7 @@ from rlhfkit.stages.evaluate import eval_stage, report_stage
 from rlhfkit.stages.generate import GenerateStage, generate_stage
 from rlhfkit.stages.label import LabelStage, label_stage
 from rlhfkit.stages.pairs import PairsStage, agreement_stage, pairs_stage
-from rlhfkit.stages.train import ppo_stage, train_rm_stage
+from rlhfkit.stages.train import dpo_stage, ppo_stage, train_rm_stage
 
 Stage = Literal[
     "revise",
@@ -74,20 +76,21 @@ Stage = Literal[
     "agreement",
     "pairs",
     "train-rm",
+    "dpo",
     "ppo",
     "eval",
     "report",
 ]
 STAGES: list[str] = list(get_args(Stage))  # in the order they run
-CAI_STAGES = ["revise", "sft"]  # Constitutional AI's stage 1: run only when listed
-DEFAULT_STAGES = [s for s in STAGES if s not in CAI_STAGES]
-NEEDS = {  # stage → stages whose outputs it reads
+OPTIONAL_STAGES = ["revise", "sft", "dpo"]  # Constitutional AI's stage 1, DPO: when listed
+DEFAULT_STAGES = [s for s in STAGES if s not in OPTIONAL_STAGES]
+NEEDS = {  # stage → stages whose outputs it reads (eval: the policy it evaluates)
     "sft": ["revise"],
     "label": ["generate"],
     "agreement": ["label"],
     "pairs": ["label"],
     "train-rm": ["pairs"],
-    "eval": ["ppo"],
+    "dpo": ["pairs"],
 }
 # once per run, whatever the seeds
 SHARED_STAGES = ["revise", "sft", "generate", "label", "agreement", "pairs"]
@@ -118,6 +121,7 @@ class PipelineConfig(StageConfig):
     label: LabelStage = Field(default_factory=LabelStage)
     pairs: PairsStage = Field(default_factory=PairsStage)
     train_rm: dict[str, Any] = Field(default_factory=dict, alias="train-rm")
+    dpo: dict[str, Any] = Field(default_factory=dict)
     ppo: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
     # Set on one seed's config only: the run directory holding the shared stages' outputs.
@@ -137,7 +141,7 @@ class PipelineConfig(StageConfig):
         twice = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
         if twice:
             raise ValueError(f"seed {twice[0]} is listed twice")
-        for section in ("train-rm", "ppo", "eval"):
+        for section in ("train-rm", "dpo", "ppo", "eval"):
             if "seed" in getattr(self, section.replace("-", "_")):
                 raise ValueError(f"with seeds, each seed sets {section}'s seed: remove it")
         return self
@@ -165,11 +169,20 @@ class PipelineConfig(StageConfig):
 
     @property
     def policy_model(self) -> str:
-        """What generate samples from and PPO starts from: the SFT policy of this run when it
+        """What generate samples from and DPO starts from: the SFT policy of this run when it
         has an sft stage, else the run's model."""
         if self.uses_sft:
             return str(self.stage_dir("sft") / "sft" / "policy")
         return self.model
+
+    def uses(self, stage: str) -> bool:
+        """The stage is in this run: listed, or done in its directory before."""
+        return stage in self.stages or is_done(self.stage_dir(stage), stage)
+
+    @property
+    def evaluated_stage(self) -> str:
+        """Whose policy eval evaluates: PPO's, or DPO's in a run without PPO."""
+        return "dpo" if self.uses("dpo") and not self.uses("ppo") else "ppo"
 
     def sft_config(self):
         from rlhfkit.sft import SFTConfig
@@ -181,11 +194,26 @@ class PipelineConfig(StageConfig):
 
         return RMConfig.make(**{"seed": self.seed, **self.train_rm})
 
-    def ppo_config(self):
-        from rlhfkit.rl.ppo import PPOConfig
+    def dpo_config(self):
+        """DPO from the model generate sampled from, on the prompts as they were put to it,
+        holding out the prompts the reward model holds out."""
+        from rlhfkit.data.prompts import default_mode
+        from rlhfkit.dpo import DPOConfig
 
         defaults = {
             "model": self.policy_model,
+            "mode": default_mode(self.prompts),  # as the generate stage put them
+            "eval_fraction": self.rm_config().eval_fraction,
+            "seed": self.seed,
+        }
+        return DPOConfig.make(**{**defaults, **self.dpo})
+
+    def ppo_config(self):
+        from rlhfkit.rl.ppo import PPOConfig
+
+        start = self.run / "dpo" / "policy" if self.uses("dpo") else self.policy_model
+        defaults = {
+            "model": str(start),
             "prompts": self.prompts,
             "split": "train",
             "eval_fraction": self.eval_fraction,
@@ -194,16 +222,21 @@ class PipelineConfig(StageConfig):
         }
         return PPOConfig.make(**{**defaults, **self.ppo})
 
+    def _own_rm(self, ppo) -> bool:
+        return ppo.reward == f"rm:{self.run / 'rm'}"
+
     def eval_config(self):
         from rlhfkit.eval.run import EvalConfig
 
         ppo = self.ppo_config()
+        trained_before_ppo = self.uses_sft or self.uses("dpo")  # shown as columns between
         defaults = {
-            "policy": str(self.run / "ppo" / "policy"),
-            "reference": ppo.model,
+            "policy": str(self.run / self.evaluated_stage / "policy"),
+            "reference": self.model if trained_before_ppo else ppo.model,
             "prompts": ppo.prompts,
             "eval_fraction": ppo.eval_fraction,
-            "reward": ppo.reward,
+            # the run's reward model, if it has one (a run of DPO alone need not)
+            "reward": ppo.reward if self.uses("train-rm") or not self._own_rm(ppo) else None,
             "max_new_tokens": ppo.max_new_tokens,
             "temperature": ppo.temperature,
             "mode": ppo.mode,
@@ -226,7 +259,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     values = read_yaml_settings(path, "pipeline settings")
     try:
         config = PipelineConfig.make(**values)
-        config.sft_config(), config.rm_config(), config.ppo_config()
+        config.sft_config(), config.rm_config(), config.dpo_config(), config.ppo_config()
         evaluation = config.eval_config()
         check_targets(config.targets, evaluation.scorers, evaluation.reward is not None)
     except RlhfkitError as e:
@@ -272,7 +305,7 @@ def _parts(config: PipelineConfig) -> list[PipelineConfig]:
 
 # Stages whose folder is their domain function's output directory, which that function
 # checks and claims itself (run_ppo: RUN/ppo), so the run loop leaves it to them.
-CLAIM_THEIR_OWN = {"ppo", "sft"}
+CLAIM_THEIR_OWN = {"ppo", "sft", "dpo"}
 
 
 def _done_file(run: Path, stage: str) -> Path:
@@ -339,7 +372,8 @@ def preflight(config: PipelineConfig) -> None:
 
     todo = [s for s in config.own_stages if not is_done(config.run, s)]
     for stage in todo:
-        for need in NEEDS.get(stage, []):
+        needs = [config.evaluated_stage] if stage == "eval" else NEEDS.get(stage, [])
+        for need in needs:
             where = config.stage_dir(need)
             if need not in config.stages and not is_done(where, need):
                 raise RlhfkitError(
@@ -368,6 +402,8 @@ def preflight(config: PipelineConfig) -> None:
         or is_done(config.run, "eval")
     ):
         raise RlhfkitError("stage report needs ppo or eval: add one of them to the stages")
+    if "dpo" in todo and not config.uses_sft:
+        resolve_model(config.dpo_config().model)
     if {"generate", "revise", "sft"} & set(todo):
         resolve_model(config.model)
 
@@ -484,6 +520,9 @@ def run_stage(config: PipelineConfig, stage: str, progress: Progress) -> str:
         case "train-rm":  # a seed's reads the pairs its seeds share
             pairs = config.stage_dir("pairs") / "pairs" / "pairs.jsonl"
             return train_rm_stage(run, pairs, config.rm_config(), progress)
+        case "dpo":
+            pairs = config.stage_dir("pairs") / "pairs" / "pairs.jsonl"
+            return dpo_stage(run, pairs, config.dpo_config(), progress)
         case "ppo":
             return ppo_stage(run, config.ppo_config(), progress)
         case "eval":

@@ -49,6 +49,7 @@ class SFTConfig(StageConfig):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="steps; default each epoch")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
     seed: int = 0
 
 

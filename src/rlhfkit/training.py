@@ -50,7 +50,8 @@ def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer
 @dataclass(frozen=True)
 class Schedule:
     """How a supervised trainer walks its data: `epochs` passes over `examples` items in
-    batches, a checkpoint after each epoch and every `checkpoint_every` steps."""
+    batches (or the first `max_steps` batches of them), a checkpoint after each epoch, at
+    the last step and every `checkpoint_every` steps."""
 
     examples: int
     batch_size: int
@@ -58,11 +59,12 @@ class Schedule:
     seed: int
     max_grad_norm: float
     checkpoint_every: int | None = None
+    max_steps: int | None = None
 
     @classmethod
     def of(cls, config, examples: int) -> Schedule:
         """From a trainer's config (batch_size, epochs, seed, max_grad_norm,
-        checkpoint_every)."""
+        checkpoint_every, max_steps)."""
         return cls(
             examples,
             config.batch_size,
@@ -70,6 +72,7 @@ class Schedule:
             config.seed,
             config.max_grad_norm,
             config.checkpoint_every,
+            config.max_steps,
         )
 
     @property
@@ -78,7 +81,8 @@ class Schedule:
 
     @property
     def total_steps(self) -> int:
-        return self.steps_per_epoch * self.epochs
+        every_epoch = self.steps_per_epoch * self.epochs
+        return every_epoch if self.max_steps is None else min(every_epoch, self.max_steps)
 
     def batch(self, step: int) -> list[int]:
         """The example indices of step `step` (0-based): each epoch in its own seeded order,
@@ -170,7 +174,10 @@ def train_epochs(
             record |= numbers
             if not math.isfinite(record["loss"]):
                 raise RlhfkitError(f"the loss became {record['loss']} at step {state['step']}")
-            end_of_epoch = state["step"] % schedule.steps_per_epoch == 0
+            end_of_epoch = (
+                state["step"] % schedule.steps_per_epoch == 0
+                or state["step"] == schedule.total_steps  # max_steps cut the epoch short
+            )
             if end_of_epoch:
                 held = evaluate() or {}
                 record |= {f"held_out_{k}": v for k, v in held.items()}

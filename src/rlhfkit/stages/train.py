@@ -1,4 +1,5 @@
-"""The train-rm and ppo stages: a reward model on the run's pairs, then PPO against it."""
+"""The train-rm, dpo and ppo stages: a reward model on the run's pairs, DPO on the same
+pairs, then PPO against the reward model."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from rlhfkit.files import remove_ours
 from rlhfkit.progress import Progress
 
 if TYPE_CHECKING:
+    from rlhfkit.dpo import DPOConfig
     from rlhfkit.reward.train import RMConfig
     from rlhfkit.rl.ppo import PPOConfig
 
@@ -23,6 +25,19 @@ def train_rm_stage(run: Path, pairs: Path, config: RMConfig, progress: Progress)
     summary = train_reward_model(pairs, out, config, progress)
     accuracy = summary.get("metrics", {}).get("eval_accuracy")
     return "held-out pair accuracy " + ("–" if accuracy is None else f"{accuracy:.3f}")
+
+
+def dpo_stage(run: Path, pairs: Path, config: DPOConfig, progress: Progress) -> str:
+    """DPO in RUN/dpo on `pairs`, resuming from its checkpoint if it has one."""
+    from rlhfkit.dpo import MADE_BY, held_out_line, train_dpo
+    from rlhfkit.rl.checkpoint import CHECKPOINT
+
+    out = run / "dpo"
+    resume = (out / CHECKPOINT).exists()
+    if not resume:  # what a run killed before its first checkpoint left: start afresh
+        remove_ours(out, MADE_BY)
+    summary = train_dpo(pairs, out, config, resume, progress)
+    return f"{summary['steps']} steps, {held_out_line(summary)}"
 
 
 def ppo_stage(run: Path, config: PPOConfig, progress: Progress) -> str:
