@@ -4,6 +4,7 @@ hand, the page escaped, malformed CAI files refused in one line."""
 
 import html
 import json
+import sys
 
 import pytest
 
@@ -293,3 +294,48 @@ def test_a_seeds_report_shows_the_cai_stages_its_seeds_share(tmp_path):
     (seed / "ppo" / "metrics.jsonl").write_text(json.dumps({"step": 1, "kl": 0.1}) + "\n")
     page = build_report(seed).read_text()
     assert "<h2>Constitutional AI</h2>" in page and "critique 0" in page
+
+
+def test_best_of_n_keeps_each_groups_highest_reward_with_the_analytic_kl():
+    from rlhfkit.eval.metrics import best_of_n_kl
+    from rlhfkit.eval.run import best_of_rows
+
+    assert best_of_n_kl(4) == pytest.approx(1.386294 - 0.75)  # log 4 − 3/4
+    assert best_of_n_kl(2) == pytest.approx(0.693147 - 0.5)
+    rows = [
+        {"completion": c, "reward": r} for c, r in zip("abcdef", [1, 5, 2, 0, -1, -3], strict=True)
+    ]
+    best = best_of_rows(rows, 3)
+    assert [r["completion"] for r in best] == ["b", "d"]  # 5 of (1, 5, 2); 0 of (0, −1, −3)
+    assert all(r["kl"] == pytest.approx(best_of_n_kl(3)) for r in best)
+
+
+def test_best_of_n_needs_a_reward_and_n_of_two_or_more(cli):
+    answer = cli("eval", "--policy", "x", "--best-of", "4", ok=False)
+    assert "best_of needs a reward" in answer.output and "Traceback" not in answer.output
+    answer = cli(
+        "eval", "--policy", "x", "--best-of", "1", "--reward", "scorer:profanity", ok=False
+    )
+    assert "'best_of'" in answer.output and "Traceback" not in answer.output
+
+
+def test_best_of_n_is_a_column_between_before_and_after(tmp_path, tiny_model, cli, monkeypatch):
+    (tmp_path / "by_length.py").write_text(
+        "def score(prompts, completions):\n    return [float(len(c)) for c in completions]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "eval.json"
+    args = ["--policy", tiny_model, "--prompts", "builtin:dialogues", "--limit", "8"]
+    args += ["--scorer", "scorer:profanity", "--reward", "python:by_length:score"]
+    cli("eval", *args, "--best-of", "3", "--max-new-tokens", "8", "--out", out)
+    result = json.loads(out.read_text())
+    assert columns_of(result) == ["before", "best-of-3", "after"]
+    models = result["models"]
+    assert models["best-of-3"]["kl"] == pytest.approx(1.098612 - 2 / 3)  # log 3 − 2/3
+    # The longest of three samples is longer than one sample, on average over 16 draws.
+    assert models["best-of-3"]["reward"] > models["before"]["reward"]
+    change = result["intermediate"]["best-of-3"]["change"]["reward"]
+    assert change == pytest.approx(models["best-of-3"]["reward"] - models["before"]["reward"])
+    # The policy is the reference itself: after is before's samples, not drawn again.
+    assert [s["after"] for s in result["samples"]] == [s["before"] for s in result["samples"]]
+    sys.modules.pop("by_length", None)

@@ -816,6 +816,11 @@ def evaluate(
         ["scorer:hatesonar", "scorer:profanity"], help="Toxicity scorer(s); repeat the flag."
     ),
     reward: str | None = typer.Option(None, help="A reward spec to average as well."),
+    best_of: int | None = typer.Option(
+        None,
+        "--best-of",
+        help="Add a best-of-N column: of N samples of the reference, the one --reward prefers.",
+    ),
     intermediate: bool = typer.Option(
         True, help="Evaluate the stages the policy was stacked on too (its SFT policy)."
     ),
@@ -845,6 +850,7 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         scorers=scorer,
         reward=reward,
+        best_of=best_of,
         intermediate=intermediate,
         judge=judge,
         judge_model=judge_model,

@@ -90,6 +90,21 @@ def sequence_kl(policy_logps: Sequence[float], reference_logps: Sequence[float])
     return float(sum(policy_logps) - sum(reference_logps))
 
 
+def sample_kl(sample: Mapping) -> float:
+    """A scored sample's KL: its own `kl` where the sampler knows it (best-of-n), else the k1
+    estimate from its log-probabilities."""
+    if "kl" in sample:
+        return float(sample["kl"])
+    return sequence_kl(sample["logp"], sample["ref_logp"])
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL of best-of-n sampling (keep the best of n samples of π_ref) from π_ref: the
+    analytic log n − (n − 1)/n, an upper bound on the exact value (no sample's log π is
+    known to compute it from)."""
+    return math.log(n) - (n - 1) / n
+
+
 def relative_change(before, after):
     """(after − before) / |before|, elementwise on arrays; NaN where `before` is 0."""
     before = np.asarray(before, dtype=np.float64)
@@ -115,7 +130,7 @@ def prompt_numbers(samples: Sequence[Mapping], scorers: Sequence[str]) -> dict[K
     numbers["tokens"] = sum(len(s["ref_logp"]) for s in samples)
     numbers["distinct_2"] = distinct_n([s["completion"] for s in samples], 2)
     numbers["length"] = numbers["tokens"] / k
-    numbers["kl"] = sum(sequence_kl(s["logp"], s["ref_logp"]) for s in samples) / k
+    numbers["kl"] = sum(sample_kl(s) for s in samples) / k
     numbers["compliance"] = compliance_share([s["completion"] for s in samples])
     if "reward" in samples[0]:
         numbers["reward"] = sum(s["reward"] for s in samples) / k

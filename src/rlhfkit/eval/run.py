@@ -6,10 +6,13 @@ the reference (fluency). The summary compares the two: every number is built fro
 numbers, and every change has a 95% interval from a paired bootstrap over the prompts.
 
 A policy stacked on another trained stage (PPO on an SFT policy) has that stage evaluated
-too, as a column between before and after. With a `judge`, an AI judge reads each later
-model's answer beside the before-model's answer to the same prompt (both orders, as
-`label judge` asks) and the table shows how often it prefers the later one: the judge's own
-view, which is no independent evidence when the same judge labelled the training data.
+too, as a column between before and after. With `best_of` N (and a reward), a column
+"best-of-N" shows what reranking alone achieves: N samples of the reference for each one
+kept, the one the reward prefers, at N times the sampling cost. With a `judge`, an AI judge
+reads each later model's answer beside the before-model's answer to the same prompt (both
+orders, as `label judge` asks) and the table shows how often it prefers the later one: the
+judge's own view, which is no independent evidence when the same judge labelled the
+training data.
 """
 
 from __future__ import annotations
@@ -20,19 +23,20 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlhfkit.config import StageConfig
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.metrics import (
     LEVEL,
     RESAMPLES,
+    best_of_n_kl,
     model_intervals,
     model_numbers,
     paired_changes,
     prompt_columns,
     prompt_numbers,
-    sequence_kl,
+    sample_kl,
 )
 from rlhfkit.models.stack import lineage, read_policy_info
 from rlhfkit.models.stack import load_policy_model as load_model
@@ -60,6 +64,9 @@ class EvalConfig(StageConfig):
         description="toxicity scorers; the first is the headline",
     )
     reward: str | None = Field(None, description="a reward spec to average too")
+    best_of: int | None = Field(
+        None, ge=2, description="add best-of-N: the reference's best of N samples by the reward"
+    )
     batch_size: int = Field(64, ge=1, description="sequences sampled at once")
     intermediate: bool = Field(
         True, description="also evaluate the stages the policy was stacked on (its SFT policy)"
@@ -68,6 +75,12 @@ class EvalConfig(StageConfig):
     judge_model: str | None = Field(None, description="the model an endpoint judge serves")
     constitution: str = "builtin:default"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _best_of_needs_a_reward(self) -> EvalConfig:
+        if self.best_of is not None and self.reward is None:
+            raise ValueError("best_of needs a reward to pick the best sample by (--reward)")
+        return self
 
 
 def check_held_out(prompts: list[str], info: dict | None) -> int:
@@ -141,6 +154,25 @@ def sample_model(
             rows.append({"prompt": prompt, "completion": text, "logp": logp, "ref_logp": ref_logp})
         on_batch(len(batch))
     return rows
+
+
+def best_of_rows(rows: list[dict], n: int) -> list[dict]:
+    """From rows scored by the reward, n consecutive rows at a time, the one with the highest
+    reward of each n, its KL the analytic one of best-of-n."""
+    best = [max(rows[i : i + n], key=lambda row: row["reward"]) for i in range(0, len(rows), n)]
+    return [{**row, "kl": best_of_n_kl(n)} for row in best]
+
+
+def sample_best_of(
+    reference, tokenizer, prompts: list[str], config: EvalConfig, mode: str, reward, on_batch
+) -> list[dict]:
+    """`config.samples` rows for each prompt, each the best of `config.best_of` samples of
+    the reference by the reward."""
+    n = config.best_of
+    many = config.model_copy(update={"samples": config.samples * n})
+    rows = sample_model(reference, tokenizer, reference, prompts, many, mode, on_batch)
+    score_rows(rows, {}, reward)
+    return best_of_rows(rows, n)
 
 
 def prompt_groups(rows: list[dict], samples: int) -> list[list[dict]]:
@@ -492,12 +524,24 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
 
         constitution = load_constitution(config.constitution)
         judge = open_backend(config.judge, config.judge_model)
-    names = {"before": reference_name, **between, "after": config.policy}
+    best_of = {f"best-of-{config.best_of}": reference_name} if config.best_of else {}
+    names = {"before": reference_name, **between, **best_of, "after": config.policy}
 
     reference, tokenizer = load_model(reference_name)
-    progress.start(f"evaluating {' vs '.join(names)}", len(names) * len(prompts) * config.samples)
+    draws = len(names) + (config.best_of - 1 if config.best_of else 0)
+    progress.start(f"evaluating {' vs '.join(names)}", draws * len(prompts) * config.samples)
     sides = {}
     for side, name in names.items():
+        if side == "after" and name == reference_name:  # the same seed: before's samples
+            sides[side] = sides["before"]
+            progress.advance(len(prompts) * config.samples)
+            continue
+        if side in best_of:
+            sides[side] = sample_best_of(
+                reference, tokenizer, prompts, config, mode, reward, progress.advance
+            )
+            score_rows(sides[side], scorers, None)
+            continue
         model = reference if name == reference_name else load_model(name)[0]
         rows = sample_model(model, tokenizer, reference, prompts, config, mode, progress.advance)
         score_rows(rows, scorers, reward)
@@ -510,7 +554,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
             judge, constitution, sides, config.scorers, config.seed, progress
         )
     compared = compare(sides, config.scorers, config.samples, config.seed)
-    for side, policy in between.items():
+    for side, policy in {**between, **best_of}.items():
         compared["intermediate"][side] = {"policy": policy, **compared["intermediate"][side]}
     return {
         "config": config.model_dump(),
@@ -546,7 +590,7 @@ def _sample(row: dict) -> dict:
         "toxicity": row["toxicity"],
         **({"reward": row["reward"]} if "reward" in row else {}),
         **({"judge_preference": row["judge_preference"]} if "judge_preference" in row else {}),
-        "kl": sequence_kl(row["logp"], row["ref_logp"]),
+        "kl": sample_kl(row),
     }
 
 
