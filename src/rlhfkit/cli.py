@@ -954,6 +954,42 @@ def run_pipeline_command(
     out.print(f"total {time.perf_counter() - started:.0f} s; everything is in {config.run}/")
 
 
+@app.command("compare")
+def compare_command(
+    config_file: Path = typer.Argument(..., help="Comparison YAML, e.g. configs/compare.yaml."),
+    seeds: str | None = typer.Option(None, help="Comma-separated seeds [default: the config's]."),
+    only: str | None = typer.Option(None, hidden=True, help="Run one method, in this process."),
+    seed: int = typer.Option(0, hidden=True, help="With --only: the seed."),
+):
+    """Methods side by side on the same feedback: PPO (GAE, RLOO, GRPO), DPO and best-of-n
+    from the same data, pairs and reward model, each trained in a process of its own and
+    evaluated on the same held-out prompts. Rerunning skips what is done."""
+    from rlhfkit.compare import load_compare, run_compare, run_method, table_rows
+    from rlhfkit.pipeline import parse_seeds
+
+    config = load_compare(config_file)
+    if seeds is not None:
+        config = config.model_copy(update={"seeds": parse_seeds(seeds)})
+    if only is not None:
+        if only not in config.methods:
+            raise RlhfkitError(f"no method {only!r} in {config_file}")
+        with _progress() as progress:
+            run_method(config, seed, only, progress)
+        return
+    started = time.perf_counter()
+    with _progress() as progress:
+        comparison = run_compare(config, config_file, progress)
+    header, rows = table_rows(comparison)
+    table = Table(*header, title=f"methods compared in {escape(config.run_dir)}")
+    for row in rows:
+        table.add_row(*map(escape, row))
+    out.print(table)
+    out.print(
+        f"total {time.perf_counter() - started:.0f} s; the table is in "
+        f"{config.run}/comparison.md, the figure in {config.run}/comparison.png"
+    )
+
+
 @examples_app.command("tictactoe")
 def tictactoe(
     iterations: int = typer.Option(120, help="PPO iterations of 256 games each."),

@@ -24,8 +24,10 @@ class StageConfig(BaseModel):
             return cls(**{k: v for k, v in values.items() if v is not None})
         except ValidationError as e:
             first = e.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "config"
             message = first["msg"].removeprefix("Value error, ")
+            if not first["loc"]:  # a check of the settings together
+                raise RlhfkitError(f"{cls.setting}s: {message}") from None
+            where = ".".join(str(x) for x in first["loc"])
             raise RlhfkitError(f"{cls.setting} '{where}': {message}") from None
 
 

@@ -1,0 +1,362 @@
+"""`rlhfkit compare CONFIG.yaml`: alignment methods side by side on the same feedback.
+
+The shared stages of a run (generate, label, agreement, pairs, and a reward model per seed)
+run once, as `rlhfkit run` runs them; then each method of the config trains from the same
+model on the same pairs or reward model, and is evaluated on the same held-out prompts with
+the same scorers and seed:
+
+    ppo     PPO against the reward model (settings: `ppo`, then the method's own; GAE,
+            RLOO or GRPO is its `advantage`)
+    dpo     DPO on the pairs (settings: `dpo`, then the method's own)
+    best_of the reference's best of N samples by the reward model: no training
+
+Each method of each seed runs in a fresh process (`--only`), so its wall time and peak
+memory are its own, into RUN/seed-N/methods/NAME/: `train/` (the trainer's run directory,
+resumed if the process was stopped), `eval.json`, and `result.json` written last (a method
+with it is done and skipped). RUN/comparison.json, .md and .png gather them.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from rlhfkit.config import StageConfig, read_yaml_settings
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.files import atomic_write, claim_directory
+from rlhfkit.progress import Progress
+
+SHARED = ["generate", "label", "agreement", "pairs", "train-rm"]
+
+
+class Method(StageConfig):
+    """One method: exactly one of `ppo` (settings over the common PPO ones), `dpo` (over the
+    common DPO ones) or `best_of` (N)."""
+
+    setting = "method setting"
+
+    ppo: dict[str, Any] | None = None
+    dpo: dict[str, Any] | None = None
+    best_of: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Method:
+        given = [k for k in ("ppo", "dpo", "best_of") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a method is one of ppo, dpo or best_of, not {given or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("ppo", "dpo", "best_of") if getattr(self, k) is not None)
+
+
+class CompareConfig(StageConfig):
+    setting = "compare setting"
+
+    run_dir: str
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    pipeline: dict[str, Any] = Field(
+        default_factory=dict, description="the shared stages' settings, as in `rlhfkit run`"
+    )
+    ppo: dict[str, Any] = Field(default_factory=dict, description="every PPO method's")
+    dpo: dict[str, Any] = Field(default_factory=dict, description="every DPO method's")
+    eval: dict[str, Any] = Field(default_factory=dict, description="every method's")
+    methods: dict[str, Method] = Field(min_length=1)
+
+    @property
+    def run(self) -> Path:
+        return Path(self.run_dir)
+
+    def shared(self):
+        """The `rlhfkit run` config of the shared stages (its reward models per seed)."""
+        from rlhfkit.pipeline import PipelineConfig
+
+        return PipelineConfig.make(
+            **{**self.pipeline, "run_dir": self.run_dir, "stages": SHARED, "seeds": self.seeds}
+        )
+
+    def method_dir(self, seed: int, name: str) -> Path:
+        return self.run / f"seed-{seed}" / "methods" / name
+
+    def ppo_config(self, seed: int, method: Method):
+        from rlhfkit.rl.ppo import PPOConfig
+
+        shared = self.shared()
+        defaults = {
+            "model": shared.model,
+            "prompts": shared.prompts,
+            "split": "train",
+            "eval_fraction": shared.eval_fraction,
+            "reward": f"rm:{self.run / f'seed-{seed}' / 'rm'}",
+            "seed": seed,
+        }
+        return PPOConfig.make(**{**defaults, **self.ppo, **method.ppo})
+
+    def dpo_config(self, seed: int, method: Method):
+        from rlhfkit.dpo import DPOConfig
+        from rlhfkit.pipeline import seed_config
+
+        defaults = seed_config(self.shared(), seed).dpo_config().model_dump()
+        return DPOConfig.make(**{**defaults, **self.dpo, **method.dpo})
+
+    def eval_config(self, seed: int, name: str):
+        """The same prompts, scorers, reward and sampling seed for every method."""
+        from rlhfkit.eval.run import EvalConfig
+        from rlhfkit.rl.ppo import PPOConfig
+
+        method = self.methods[name]
+        shared = self.shared()
+        trained = self.method_dir(seed, name) / "train" / "policy"
+        sampling = {  # as PPO samples
+            key: self.ppo.get(key, PPOConfig.model_fields[key].default)
+            for key in ("max_new_tokens", "temperature", "mode")
+        }
+        defaults = {
+            "policy": shared.model if method.kind == "best_of" else str(trained),
+            "reference": shared.model,
+            "prompts": shared.prompts,
+            "eval_fraction": shared.eval_fraction,
+            "reward": f"rm:{self.run / f'seed-{seed}' / 'rm'}",
+            **sampling,
+            "intermediate": False,
+            "best_of": method.best_of,
+            "seed": seed,
+        }
+        return EvalConfig.make(**{**defaults, **self.eval})
+
+
+def load_compare(path: str | Path) -> CompareConfig:
+    """Read and check a comparison YAML: every method's settings now, before any work."""
+    path = Path(path)
+    try:
+        config = CompareConfig.make(**read_yaml_settings(path, "compare settings"))
+        config.shared()
+        for name, method in config.methods.items():
+            if method.kind == "ppo":
+                config.ppo_config(config.seeds[0], method)
+            elif method.kind == "dpo":
+                config.dpo_config(config.seeds[0], method)
+            config.eval_config(config.seeds[0], name)
+    except RlhfkitError as e:
+        raise RlhfkitError(f"{path}: {e}") from None
+    return config
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_method(config: CompareConfig, seed: int, name: str, progress: Progress) -> dict:
+    """Train one method of one seed (resuming), then evaluate it; writes result.json last."""
+    from rlhfkit.eval.run import run_eval, write_result
+    from rlhfkit.files import remove_ours
+    from rlhfkit.rl.checkpoint import CHECKPOINT
+
+    method = config.methods[name]
+    out = config.method_dir(seed, name)
+    train = out / "train"
+    claim_directory(out, "compare")
+    started = time.perf_counter()
+    resumed = (train / CHECKPOINT).exists()
+    if method.kind == "ppo":
+        from rlhfkit.rl.trainer import run_ppo
+
+        if not resumed:
+            remove_ours(train, "ppo")
+        run_ppo(config.ppo_config(seed, method), train, resume=resumed, progress=progress)
+    elif method.kind == "dpo":
+        from rlhfkit.dpo import MADE_BY, train_dpo
+
+        if not resumed:
+            remove_ours(train, MADE_BY)
+        pairs = config.run / "pairs" / "pairs.jsonl"
+        train_dpo(pairs, train, config.dpo_config(seed, method), resumed, progress)
+    trained = time.perf_counter()
+    train_peak = peak_memory_mb()
+    result = run_eval(config.eval_config(seed, name), progress)
+    write_result(result, out / "eval.json")
+    summary = {
+        "method": name,
+        "kind": method.kind,
+        "seed": seed,
+        # this process's share of the training, if an earlier one was stopped and resumed
+        "train_seconds": round(trained - started, 1),
+        "resumed": resumed,
+        # best-of-n's cost is in sampling: its peak is the evaluation's, which samples N×
+        "peak_mb": round(train_peak if method.kind != "best_of" else peak_memory_mb()),
+        "eval_seconds": round(time.perf_counter() - trained, 1),
+    }
+    atomic_write(out / "result.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def run_compare(
+    config: CompareConfig, config_path: str | Path, progress: Progress | None = None
+) -> dict:
+    """The shared stages, then every method of every seed not done yet, each in a process of
+    its own; returns the comparison (also written to RUN/comparison.*)."""
+    from rlhfkit.pipeline import run_pipeline
+
+    progress = progress or Progress()
+    run_pipeline(config.shared(), progress=progress)
+    for seed in config.seeds:
+        for name in config.methods:
+            if (config.method_dir(seed, name) / "result.json").is_file():
+                progress.note(f"== seed {seed}, {name}: done before, skipped")
+                continue
+            progress.note(f"== seed {seed}, {name} (a process of its own)")
+            command = [sys.executable, "-m", "rlhfkit", "compare", str(config_path)]
+            command += ["--only", name, "--seed", str(seed)]
+            if subprocess.run(command).returncode != 0:
+                raise RlhfkitError(
+                    f"method {name} of seed {seed} failed (its own error is above); run "
+                    "again to resume it"
+                )
+    comparison = gather(config)
+    write_comparison(config.run, comparison)
+    return comparison
+
+
+def _method_numbers(result: dict, side: str, scorers: list[str]) -> dict:
+    model = result["models"][side]
+    if side == "after":
+        change, change_ci = result["change"], result["change_ci"]
+    elif side == "before":  # no change from itself
+        change = {"perplexity": None, **{name: {"toxic_share": None} for name in scorers}}
+        change_ci = change
+    else:
+        change = result["intermediate"][side]["change"]
+        change_ci = result["intermediate"][side]["change_ci"]
+    numbers: dict[str, Any] = {
+        "perplexity": model["perplexity"],
+        "distinct_2": model["distinct_2"],
+        "kl": model["kl"],
+        "reward": model.get("reward"),
+        "perplexity_change": change["perplexity"],
+    }
+    for name in scorers:
+        scored = model[name]
+        numbers[name] = {
+            "toxic_share": scored["toxic_share"],
+            "toxic_share_ci": [scored["toxic_share_ci_low"], scored["toxic_share_ci_high"]],
+            "mean": scored["mean"],
+            "mean_ci": [scored["ci_low"], scored["ci_high"]],
+            "toxic_share_change": change[name]["toxic_share"],
+            "toxic_share_change_ci": change_ci[name]["toxic_share"],
+        }
+    return numbers
+
+
+def gather(config: CompareConfig) -> dict:
+    """Every seed's methods (and its before-model) with their numbers, time and memory."""
+    rows = []
+    for seed in config.seeds:
+        for i, name in enumerate(config.methods):
+            out = config.method_dir(seed, name)
+            result = json.loads((out / "eval.json").read_text())
+            spent = json.loads((out / "result.json").read_text())
+            scorers = result["config"]["scorers"]
+            if i == 0:  # every method's before is the same model, prompts and seed
+                before = _method_numbers(result, "before", scorers)
+                rows.append({"seed": seed, "method": "before", **before})
+            best_of = result["config"]["best_of"]
+            side = f"best-of-{best_of}" if spent["kind"] == "best_of" else "after"
+            rows.append({"seed": seed, **_method_numbers(result, side, scorers), **spent})
+    return {"scorers": scorers, "held_out": result["held_out"], "rows": rows}
+
+
+def _num(x, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _share(x, interval=None) -> str:
+    if x is None:
+        return "–"
+    text = f"{x:.1%}"
+    if interval and None not in interval:
+        text += f" [{interval[0]:.1%}, {interval[1]:.1%}]"
+    return text
+
+
+def _change(x, interval=None) -> str:
+    if x is None:
+        return "–"
+    text = f"{x:+.0%}"
+    if interval and None not in interval:
+        text += f" [{interval[0]:+.0%}, {interval[1]:+.0%}]"
+    return text
+
+
+def table_rows(comparison: dict) -> tuple[list[str], list[list[str]]]:
+    """The comparison as a header and text rows, one per seed and method."""
+    scorers = comparison["scorers"]
+    header = ["seed", "method"]
+    for name in scorers:
+        short = name.removeprefix("scorer:")
+        header += [f"{short} share toxic", "change", f"{short} mean P(toxic)"]
+    header += ["perplexity", "distinct-2", "KL", "reward", "train s", "eval s", "peak MB"]
+    rows = []
+    for row in comparison["rows"]:
+        cells = [str(row["seed"]), row["method"]]
+        is_before = row["method"] == "before"
+        for name in scorers:
+            n = row[name]
+            change = _change(n["toxic_share_change"], n["toxic_share_change_ci"])
+            low, high = n["mean_ci"]
+            cells += [
+                _share(n["toxic_share"], n["toxic_share_ci"]),
+                "" if is_before else change,
+                f"{n['mean']:.3f} [{_num(low, 3)}, {_num(high, 3)}]",
+            ]
+        cells += [_num(row["perplexity"]), _num(row["distinct_2"], 3), _num(row["kl"])]
+        cells.append(_num(row["reward"], 3))
+        for key in ("train_seconds", "eval_seconds", "peak_mb"):
+            cells.append("" if is_before else f"{row[key]:.0f}")
+        rows.append(cells)
+    return header, rows
+
+
+def markdown(comparison: dict) -> str:
+    header, rows = table_rows(comparison)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(comparison: dict, path: Path) -> None:
+    """Share toxic under the first scorer against KL, a point per seed and method, with the
+    share's interval: what each method bought and what it cost in distance."""
+    from rlhfkit.plots import png_bytes, pyplot
+
+    plt = pyplot()
+    name = comparison["scorers"][0]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    methods = list(dict.fromkeys(row["method"] for row in comparison["rows"]))
+    for i, method in enumerate(methods):
+        rows = [row for row in comparison["rows"] if row["method"] == method]
+        x = [row["kl"] for row in rows]
+        y = [row[name]["toxic_share"] for row in rows]
+        low = [row[name]["toxic_share"] - (row[name]["toxic_share_ci"][0] or 0) for row in rows]
+        high = [(row[name]["toxic_share_ci"][1] or 0) - row[name]["toxic_share"] for row in rows]
+        ax.errorbar(x, y, yerr=[low, high], fmt="o", capsize=3, label=method, color=f"C{i}")
+    ax.set(xlabel="KL from the reference (nats a sample)", ylabel=f"{name} share toxic")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, png_bytes(fig, dpi=120))
+
+
+def write_comparison(run: Path, comparison: dict) -> None:
+    from rlhfkit.eval.run import finite
+
+    atomic_write(run / "comparison.json", json.dumps(finite(comparison), indent=1))
+    atomic_write(run / "comparison.md", markdown(comparison))
+    plot(comparison, run / "comparison.png")
