@@ -71,6 +71,8 @@ def test_a_miniature_comparison_runs_every_method_and_reruns_nothing(tmp_path, c
     best = comparison["rows"][-1]
     assert best["kl"] == pytest.approx(0.693147 - 0.5)  # log 2 − 1/2
     assert (run / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    page = (run / "comparison.html").read_text()
+    assert page.count("<tr><td>0</td>") == 6 and "data:image/png;base64," in page
     table = (run / "comparison.md").read_text()
     assert table.count("\n| 0 |") == 6
     assert "best-of-2" in first.output

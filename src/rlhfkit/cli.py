@@ -985,8 +985,8 @@ def compare_command(
         table.add_row(*map(escape, row))
     out.print(table)
     out.print(
-        f"total {time.perf_counter() - started:.0f} s; the table is in "
-        f"{config.run}/comparison.md, the figure in {config.run}/comparison.png"
+        f"total {time.perf_counter() - started:.0f} s; table and figure in "
+        f"{config.run}/comparison.html (the table alone: comparison.md)"
     )
 
 

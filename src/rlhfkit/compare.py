@@ -332,9 +332,9 @@ def markdown(comparison: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(comparison: dict, path: Path) -> None:
+def figure(comparison: dict) -> bytes:
     """Share toxic under the first scorer against KL, a point per seed and method, with the
-    share's interval: what each method bought and what it cost in distance."""
+    share's interval: what each method bought and what it cost in distance; a PNG."""
     from rlhfkit.plots import png_bytes, pyplot
 
     plt = pyplot()
@@ -351,12 +351,28 @@ def plot(comparison: dict, path: Path) -> None:
     ax.set(xlabel="KL from the reference (nats a sample)", ylabel=f"{name} share toxic")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, png_bytes(fig, dpi=120))
+    return png_bytes(fig, dpi=120)
 
 
 def write_comparison(run: Path, comparison: dict) -> None:
-    from rlhfkit.eval.run import finite
+    """RUN/comparison.json, .md (the table), .png (the figure) and .html (both, one page)."""
+    import base64
 
+    from rlhfkit.eval.run import finite
+    from rlhfkit.report import render
+
+    png = figure(comparison)
+    header, rows = table_rows(comparison)
+    page = render(
+        "compare.html.j2",
+        run_path=str(run),
+        prompts=comparison["held_out"]["prompts"],
+        samples=comparison["held_out"]["samples_per_prompt"],
+        header=header,
+        rows=rows,
+        figure=base64.b64encode(png).decode("ascii"),
+    )
     atomic_write(run / "comparison.json", json.dumps(finite(comparison), indent=1))
     atomic_write(run / "comparison.md", markdown(comparison))
-    plot(comparison, run / "comparison.png")
+    atomic_write(run / "comparison.png", png)
+    atomic_write(run / "comparison.html", page)
