@@ -103,7 +103,7 @@ def run_ours(args) -> dict:
 
 
 def run_trl(args) -> dict:
-    from datasets import Dataset
+    from datasets import Dataset, load_from_disk
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -153,13 +153,20 @@ def run_trl(args) -> dict:
             lora_dropout=0.0,
             target_modules=LORA_TARGETS,
         )
+
+        def on_disk(name: str, groups):
+            """TRL caches the reference log-probs beside a dataset's files: it needs some."""
+            Dataset.from_list(rows(groups)).save_to_disk(f"{tmp}/{name}")
+            return load_from_disk(f"{tmp}/{name}")
+
+        train_set, held_set = on_disk("train", train), on_disk("held", held)
         started = time.perf_counter()
         trainer = DPOTrainer(
             model=model,
             ref_model=None,
             args=config,
-            train_dataset=Dataset.from_list(rows(train)),
-            eval_dataset=Dataset.from_list(rows(held)),
+            train_dataset=train_set,
+            eval_dataset=held_set,
             processing_class=tokenizer,
             peft_config=lora,
             callbacks=[Clock()],
