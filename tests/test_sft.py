@@ -31,9 +31,9 @@ def test_the_loss_is_the_mean_nll_of_labelled_tokens():
     class Fixed(torch.nn.Module):
         """Logits that give token t probability p[t] at every position."""
 
-        def forward(self, input_ids, attention_mask):
+        def forward(self, input_ids, attention_mask, position_ids, logits_to_keep):
             p = torch.tensor([0.5, 0.25, 0.25])
-            logits = p.log().expand(*input_ids.shape, 3)
+            logits = p.log().expand(*input_ids.shape, 3)[:, -logits_to_keep:]
             return type("Out", (), {"logits": logits})()
 
     batch = collate([([0, 1, 2], [IGNORE, 1, 0]), ([2, 0], [IGNORE, 2])], pad_id=0)
@@ -41,6 +41,27 @@ def test_the_loss_is_the_mean_nll_of_labelled_tokens():
     # labelled: token 1 (p .25), token 0 (p .5), token 2 (p .25)
     assert tokens == 3
     assert float(nll) == pytest.approx(-(2 * torch.tensor(0.25).log() + torch.tensor(0.5).log()))
+
+
+def test_labelled_logps_of_a_padded_batch_are_each_rows_own(tiny_model):
+    """Rows of different lengths, left-padded, logits kept for the responses only: each
+    labelled token's log p is what the model gives the row alone, over all its positions."""
+    from rlhfkit.models import load_causal_lm
+    from rlhfkit.sft import labelled_logps
+
+    model, tokenizer = load_causal_lm(tiny_model)
+    rows = [
+        encode(tokenizer, Example("Say hi to everyone in the room.", "Hello."), 256),
+        encode(tokenizer, Example("Hi.", "Hello there, how are you today?"), 256),
+    ]
+    with torch.no_grad():
+        pad = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+        logps, labelled = labelled_logps(model, collate(rows, pad))
+        for row, (ids, labels) in enumerate(rows):
+            alone = model(input_ids=torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+            want = [alone[t, labels[t + 1]] for t in range(len(ids) - 1) if labels[t + 1] >= 0]
+            got = logps[row][labelled[row]]
+            torch.testing.assert_close(got, torch.stack(want), atol=1e-4, rtol=0)
 
 
 def test_empty_revisions_are_skipped_and_counted_and_bad_lines_named(tmp_path):

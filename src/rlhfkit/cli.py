@@ -923,7 +923,7 @@ def run_pipeline_command(
     ),
 ):
     """The stages as one run: [revise → sft →] generate → label → agreement → pairs →
-    train-rm → ppo → eval → report. Rerunning skips finished stages and resumes an
+    train-rm → [dpo →] ppo → eval → report. Rerunning skips finished stages and resumes an
     interrupted one."""
     from rlhfkit.pipeline import load_pipeline, parse_seeds, run_pipeline, with_seeds, with_stages
     from rlhfkit.seeds import summary_table

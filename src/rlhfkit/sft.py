@@ -101,27 +101,42 @@ def encode(tokenizer, example: Example, max_length: int) -> tuple[list[int], lis
 
 
 def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention mask and labels (IGNORE on padding)."""
+    """Left-padded ids, attention mask and labels (IGNORE on padding): every row ends at the
+    last position, so the labelled tokens, each row's tail, are the batch's last ones."""
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), pad_id)
     labels = torch.full((len(rows), width), IGNORE)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (row_ids, row_labels) in enumerate(rows):
-        ids[i, : len(row_ids)] = torch.tensor(row_ids)
-        labels[i, : len(row_labels)] = torch.tensor(row_labels)
-        mask[i, : len(row_ids)] = 1
+        start = width - len(row_ids)
+        ids[i, start:] = torch.tensor(row_ids)
+        labels[i, start:] = torch.tensor(row_labels)
+        mask[i, start:] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def labelled_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """log p of each labelled token (token t predicted from the positions before it), and
-    the mask of the labelled positions; both [batch, length − 1]."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
-    logprobs = logits[:, :-1].float().log_softmax(-1)
-    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    the mask of the labelled positions; both [batch, n], n the most labelled tokens of a
+    row. A row's labelled tokens are its tail (the response), and `collate` pads on the
+    left, so logits are needed at the last n + 1 positions only: the projection onto the
+    vocabulary and the softmax over it, most of a small model's work, shrink to the
+    responses."""
+    from rlhfkit.rl.policy import position_ids
+
+    labels, mask = batch["labels"], batch["attention_mask"]
+    n = max(1, int((labels != IGNORE).sum(dim=1).max()))
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=mask,
+        position_ids=position_ids(mask),
+        logits_to_keep=n + 1,
+    ).logits[:, :-1]
+    targets = labels[:, -n:]
+    logits = logits.float()
+    picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     labelled = targets != IGNORE
-    return picked * labelled, labelled
+    return (picked - logits.logsumexp(-1)) * labelled, labelled
 
 
 def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
