@@ -47,3 +47,33 @@ def run_in(python: Path, script: Path, *args: str) -> str:
     if done.returncode != 0:
         sys.exit(f"{script.name} {' '.join(args)} failed:\n{done.stderr[-4000:]}")
     return done.stdout
+
+
+def run_side(run, args) -> None:
+    """In the child process of one side: train with `run(args)` on --threads threads, then
+    print its result with the threads used and this process's peak RSS, as one JSON line."""
+    import json
+    import resource
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    result = run(args)
+    result["threads"] = torch.get_num_threads()
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps(result))
+
+
+def run_both(script: Path, what: str) -> tuple[dict, dict, float]:
+    """TRL's side, then ours, each a fresh process of bench/.venv-trl18 running `script` with
+    this command's arguments and `--run NAME`; their results and the load average before."""
+    import json
+
+    python = ensure_venv("trl18", ["trl==1.8.0"])
+    load = os.getloadavg()[0]  # anything else running skews the times
+    results = {}
+    for name in ("trl", "ours"):
+        print(f"{what} with {name} …", flush=True)
+        output = run_in(python, script, *sys.argv[1:], "--run", name)
+        results[name] = json.loads(output.strip().splitlines()[-1])
+    return results["trl"], results["ours"], load

@@ -1,7 +1,7 @@
 """Seconds per DPO step: TRL's DPOTrainer vs `rlhfkit dpo`, same model, pairs and settings.
 
     .venv/bin/python bench/dpo_vs_trl.py [--pairs runs/compare/pairs/pairs.jsonl]
-                                         [--prompts 96] [--steps 40] [--threads 2]
+                                         [--prompts 48] [--steps 30] [--threads 2]
 
 Both train the packaged SmolLM2-135M with LoRA (r=16, alpha 32 on q/k/v/o_proj, no
 dropout) on the pairs of the first --prompts prompts of a `feedback pairs` file (raw text,
@@ -23,9 +23,7 @@ above the rejected's) after training, on the held-out prompts' pairs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -194,33 +192,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = ROOT / "runs" / "compare" / "pairs" / "pairs.jsonl"
     parser.add_argument("--pairs", type=Path, default=default, help="a feedback pairs file")
-    parser.add_argument("--prompts", type=int, default=96, help="the first N prompts' pairs")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--prompts", type=int, default=48, help="the first N prompts' pairs")
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--run", choices=["ours", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.pairs.is_file():
         sys.exit(f"{args.pairs}: no such pairs file (make one: rlhfkit compare, or rlhfkit run)")
+    from _venv import run_both, run_side
+
     if args.run:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        result = (run_ours if args.run == "ours" else run_trl)(args)
-        result["threads"] = torch.get_num_threads()
-        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(json.dumps(result))
+        run_side(run_ours if args.run == "ours" else run_trl, args)
         return
-
-    from _venv import ensure_venv, run_in
-
-    python = ensure_venv("trl18", ["trl==1.8.0"])
-    load = os.getloadavg()[0]  # anything else running skews the times
-    results = {}
-    for name in ("trl", "ours"):
-        print(f"DPO with {name} …", flush=True)
-        output = run_in(python, Path(__file__), *sys.argv[1:], "--run", name)
-        results[name] = json.loads(output.strip().splitlines()[-1])
-    trl, ours = results["trl"], results["ours"]
+    trl, ours, load = run_both(Path(__file__), "DPO")
     print(f"\n1-minute load average before / after: {load:.1f} / {os.getloadavg()[0]:.1f}")
     print(
         f"SmolLM2-135M DPO, LoRA r={LORA_R}, {ours['train_pairs']} train and "

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -203,26 +202,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--run", choices=["ours", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from _venv import run_both, run_side
+
     if args.run:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        result = (run_ours if args.run == "ours" else run_trl)(args)
-        result["threads"] = torch.get_num_threads()
-        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(json.dumps(result))
+        run_side(run_ours if args.run == "ours" else run_trl, args)
         return
-
-    from _venv import ensure_venv, run_in
-
-    python = ensure_venv("trl18", ["trl==1.8.0"])
-    load = os.getloadavg()[0]  # anything else running skews the times
-    results = {}
-    for name in ("trl", "ours"):
-        print(f"PPO with {name} …", flush=True)
-        output = run_in(python, Path(__file__), *sys.argv[1:], "--run", name)
-        results[name] = json.loads(output.strip().splitlines()[-1])
-    trl, ours = results["trl"], results["ours"]
+    trl, ours, load = run_both(Path(__file__), "PPO")
     print(f"\n1-minute load average before / after: {load:.1f} / {os.getloadavg()[0]:.1f}")
     print(
         f"SmolLM2-135M PPO, {'full fine-tune' if args.full else f'LoRA r={LORA_R}'}, "

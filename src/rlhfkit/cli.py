@@ -986,7 +986,7 @@ def compare_command(
     out.print(table)
     out.print(
         f"total {time.perf_counter() - started:.0f} s; table and figure in "
-        f"{config.run}/comparison.html (the table alone: comparison.md)"
+        f"{config.run}/comparison.html, the numbers in comparison.json"
     )
 
 

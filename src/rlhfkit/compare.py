@@ -13,7 +13,7 @@ the same scorers and seed:
 Each method of each seed runs in a fresh process (`--only`), so its wall time and peak
 memory are its own, into RUN/seed-N/methods/NAME/: `train/` (the trainer's run directory,
 resumed if the process was stopped), `eval.json`, and `result.json` written last (a method
-with it is done and skipped). RUN/comparison.json, .md and .png gather them.
+with it is done and skipped). RUN/comparison.json, .png and .html gather them.
 """
 
 from __future__ import annotations
@@ -278,21 +278,13 @@ def _num(x, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def _share(x, interval=None) -> str:
+def _with_interval(x, interval, spec: str) -> str:
+    """x as `spec` (".1%", "+.0%"), followed by its interval where it has one; "–" if none."""
     if x is None:
         return "–"
-    text = f"{x:.1%}"
+    text = format(x, spec)
     if interval and None not in interval:
-        text += f" [{interval[0]:.1%}, {interval[1]:.1%}]"
-    return text
-
-
-def _change(x, interval=None) -> str:
-    if x is None:
-        return "–"
-    text = f"{x:+.0%}"
-    if interval and None not in interval:
-        text += f" [{interval[0]:+.0%}, {interval[1]:+.0%}]"
+        text += f" [{format(interval[0], spec)}, {format(interval[1], spec)}]"
     return text
 
 
@@ -310,10 +302,10 @@ def table_rows(comparison: dict) -> tuple[list[str], list[list[str]]]:
         is_before = row["method"] == "before"
         for name in scorers:
             n = row[name]
-            change = _change(n["toxic_share_change"], n["toxic_share_change_ci"])
+            change = _with_interval(n["toxic_share_change"], n["toxic_share_change_ci"], "+.0%")
             low, high = n["mean_ci"]
             cells += [
-                _share(n["toxic_share"], n["toxic_share_ci"]),
+                _with_interval(n["toxic_share"], n["toxic_share_ci"], ".1%"),
                 "" if is_before else change,
                 f"{n['mean']:.3f} [{_num(low, 3)}, {_num(high, 3)}]",
             ]
@@ -323,13 +315,6 @@ def table_rows(comparison: dict) -> tuple[list[str], list[list[str]]]:
             cells.append("" if is_before else f"{row[key]:.0f}")
         rows.append(cells)
     return header, rows
-
-
-def markdown(comparison: dict) -> str:
-    header, rows = table_rows(comparison)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def figure(comparison: dict) -> bytes:
@@ -355,7 +340,7 @@ def figure(comparison: dict) -> bytes:
 
 
 def write_comparison(run: Path, comparison: dict) -> None:
-    """RUN/comparison.json, .md (the table), .png (the figure) and .html (both, one page)."""
+    """RUN/comparison.json, .png (the figure) and .html (the table and the figure)."""
     import base64
 
     from rlhfkit.eval.run import finite
@@ -373,6 +358,5 @@ def write_comparison(run: Path, comparison: dict) -> None:
         figure=base64.b64encode(png).decode("ascii"),
     )
     atomic_write(run / "comparison.json", json.dumps(finite(comparison), indent=1))
-    atomic_write(run / "comparison.md", markdown(comparison))
     atomic_write(run / "comparison.png", png)
     atomic_write(run / "comparison.html", page)
