@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LORA_R, LORA_ALPHA = 16, 32  # the adapter both sides of a peer bench train
 
 
 def data_packages() -> list[str]:
@@ -77,3 +78,35 @@ def run_both(script: Path, what: str) -> tuple[dict, dict, float]:
         output = run_in(python, script, *sys.argv[1:], "--run", name)
         results[name] = json.loads(output.strip().splitlines()[-1])
     return results["trl"], results["ours"], load
+
+
+def peft_lora():
+    """That adapter as peft's config, for TRL: rlhfkit's targets, no dropout."""
+    from peft import LoraConfig
+
+    from rlhfkit.rl.policy import LORA_TARGETS
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0.0,
+        target_modules=LORA_TARGETS,
+    )
+
+
+def step_clock(ends: list[float]):
+    """A TRL trainer callback that appends the time at the start of training and at the end
+    of every step to `ends`: a step's seconds are the differences."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *_, **__):
+            ends.append(time.perf_counter())
+
+        def on_step_end(self, *_, **__):
+            ends.append(time.perf_counter())
+
+    return Clock()

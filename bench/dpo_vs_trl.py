@@ -31,9 +31,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _venv import LORA_ALPHA, LORA_R, peft_lora, step_clock  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-BATCH, MAX_LENGTH, LORA_R, LORA_ALPHA, BETA, LR, HELD_OUT = 8, 128, 16, 32, 0.1, 1e-4, 0.1
+BATCH, MAX_LENGTH, BETA, LR, HELD_OUT = 8, 128, 0.1, 1e-4, 0.1
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -102,23 +103,13 @@ def run_ours(args) -> dict:
 
 def run_trl(args) -> dict:
     from datasets import Dataset, load_from_disk
-    from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from rlhfkit.models import load_causal_lm
-    from rlhfkit.rl.policy import LORA_TARGETS
 
     train, held = subset(args)
     model, tokenizer = load_causal_lm(MODEL)  # pad distinct from EOS, as rlhfkit loads it
     ends: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *_, **__):
-            ends.append(time.perf_counter())
-
-        def on_step_end(self, *_, **__):
-            ends.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as tmp:
         config = DPOConfig(
@@ -144,13 +135,6 @@ def run_trl(args) -> dict:
             disable_tqdm=True,
             seed=0,
         )
-        lora = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=LORA_R,
-            lora_alpha=LORA_ALPHA,
-            lora_dropout=0.0,
-            target_modules=LORA_TARGETS,
-        )
 
         def on_disk(name: str, groups):
             """TRL caches the reference log-probs beside a dataset's files: it needs some."""
@@ -166,8 +150,8 @@ def run_trl(args) -> dict:
             train_dataset=train_set,
             eval_dataset=held_set,
             processing_class=tokenizer,
-            peft_config=lora,
-            callbacks=[Clock()],
+            peft_config=peft_lora(),
+            callbacks=[step_clock(ends)],
         )
         prepared = time.perf_counter()  # tokenised and the reference's log-probs precomputed
         trainer.train()

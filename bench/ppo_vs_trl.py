@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _venv import LORA_ALPHA, LORA_R, peft_lora, step_clock  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-BATCH, RESPONSE_LENGTH, LORA_R, LORA_ALPHA = 8, 24, 16, 32
+BATCH, RESPONSE_LENGTH = 8, 24
 
 
 def prompts(args) -> list[str]:
@@ -122,12 +123,9 @@ def run_ours(args) -> dict:
 def run_trl(args) -> dict:
     import trl.experimental.ppo.ppo_trainer as ppo_trainer
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     from rlhfkit.models import load_causal_lm
-    from rlhfkit.rl.policy import LORA_TARGETS
 
     # Pad token distinct from EOS (the unknown token), left padding, as rlhfkit loads it.
     policy, tokenizer = load_causal_lm(MODEL)
@@ -135,13 +133,6 @@ def run_trl(args) -> dict:
     scorer, _ = reward_model()
     rows = [tokenizer(p)["input_ids"] for p in prompts(args)]  # raw text, as ours tokenizes
     ends: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *_, **__):
-            ends.append(time.perf_counter())
-
-        def on_step_end(self, *_, **__):
-            ends.append(time.perf_counter())
 
     generate: list[float] = []
     timed(ppo_trainer, "batch_generation", generate)
@@ -167,13 +158,6 @@ def run_trl(args) -> dict:
             disable_tqdm=True,
             seed=0,
         )
-        lora = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=LORA_R,
-            lora_alpha=LORA_ALPHA,
-            lora_dropout=0.0,
-            target_modules=LORA_TARGETS,
-        )
         PPOTrainer(
             args=config,
             processing_class=tokenizer,
@@ -182,8 +166,8 @@ def run_trl(args) -> dict:
             reward_model=scorer,
             value_model=value_model,
             train_dataset=Dataset.from_dict({"input_ids": rows}),
-            peft_config=None if args.full else lora,
-            callbacks=[Clock()],
+            peft_config=None if args.full else peft_lora(),
+            callbacks=[step_clock(ends)],
         ).train()
     return {"steps": [b - a for a, b in zip(ends, ends[1:], strict=False)], "generate": generate}
 

@@ -86,25 +86,22 @@ class CompareConfig(StageConfig):
     def method_dir(self, seed: int, name: str) -> Path:
         return self.run / f"seed-{seed}" / "methods" / name
 
+    def seed_run(self, seed: int):
+        """The `rlhfkit run` config of one seed: its defaults for PPO and DPO, its reward model."""
+        from rlhfkit.pipeline import seed_config
+
+        return seed_config(self.shared(), seed)
+
     def ppo_config(self, seed: int, method: Method):
         from rlhfkit.rl.ppo import PPOConfig
 
-        shared = self.shared()
-        defaults = {
-            "model": shared.model,
-            "prompts": shared.prompts,
-            "split": "train",
-            "eval_fraction": shared.eval_fraction,
-            "reward": f"rm:{self.run / f'seed-{seed}' / 'rm'}",
-            "seed": seed,
-        }
+        defaults = self.seed_run(seed).ppo_config().model_dump()
         return PPOConfig.make(**{**defaults, **self.ppo, **method.ppo})
 
     def dpo_config(self, seed: int, method: Method):
         from rlhfkit.dpo import DPOConfig
-        from rlhfkit.pipeline import seed_config
 
-        defaults = seed_config(self.shared(), seed).dpo_config().model_dump()
+        defaults = self.seed_run(seed).dpo_config().model_dump()
         return DPOConfig.make(**{**defaults, **self.dpo, **method.dpo})
 
     def eval_config(self, seed: int, name: str):
@@ -124,7 +121,7 @@ class CompareConfig(StageConfig):
             "reference": shared.model,
             "prompts": shared.prompts,
             "eval_fraction": shared.eval_fraction,
-            "reward": f"rm:{self.run / f'seed-{seed}' / 'rm'}",
+            "reward": self.seed_run(seed).ppo_config().reward,  # the one PPO trains against
             **sampling,
             "intermediate": False,
             "best_of": method.best_of,

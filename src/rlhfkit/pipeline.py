@@ -164,14 +164,10 @@ class PipelineConfig(StageConfig):
         return [s for s in self.stages if self.stage_dir(s) == self.run]
 
     @property
-    def uses_sft(self) -> bool:
-        return "sft" in self.stages or is_done(self.stage_dir("sft"), "sft")
-
-    @property
     def policy_model(self) -> str:
         """What generate samples from and DPO starts from: the SFT policy of this run when it
         has an sft stage, else the run's model."""
-        if self.uses_sft:
+        if self.uses("sft"):
             return str(self.stage_dir("sft") / "sft" / "policy")
         return self.model
 
@@ -222,21 +218,23 @@ class PipelineConfig(StageConfig):
         }
         return PPOConfig.make(**{**defaults, **self.ppo})
 
-    def _own_rm(self, ppo) -> bool:
+    def rewards_with_own_rm(self, ppo) -> bool:
+        """Whether PPO's reward is this run's reward model (train-rm's RUN/rm)."""
         return ppo.reward == f"rm:{self.run / 'rm'}"
 
     def eval_config(self):
         from rlhfkit.eval.run import EvalConfig
 
         ppo = self.ppo_config()
-        trained_before_ppo = self.uses_sft or self.uses("dpo")  # shown as columns between
+        trained_before_ppo = self.uses("sft") or self.uses("dpo")  # shown as columns between
+        own_rm_missing = self.rewards_with_own_rm(ppo) and not self.uses("train-rm")
         defaults = {
             "policy": str(self.run / self.evaluated_stage / "policy"),
             "reference": self.model if trained_before_ppo else ppo.model,
             "prompts": ppo.prompts,
             "eval_fraction": ppo.eval_fraction,
             # the run's reward model, if it has one (a run of DPO alone need not)
-            "reward": ppo.reward if self.uses("train-rm") or not self._own_rm(ppo) else None,
+            "reward": None if own_rm_missing else ppo.reward,
             "max_new_tokens": ppo.max_new_tokens,
             "temperature": ppo.temperature,
             "mode": ppo.mode,
@@ -380,19 +378,18 @@ def preflight(config: PipelineConfig) -> None:
                     f"stage {stage} needs the output of {need}, which is neither in this run's "
                     f"stages nor done in {where}"
                 )
-    rm_dir = config.run / "rm"
     if "ppo" in todo:
         ppo = config.ppo_config()
         ppo.check_hardware()  # here, not when the config loads: eval may run elsewhere
-        ours = ppo.reward == f"rm:{rm_dir}"
-        if ours and "train-rm" not in config.stages and not is_done(config.run, "train-rm"):
+        ours = config.rewards_with_own_rm(ppo)
+        if ours and not config.uses("train-rm"):
             raise RlhfkitError(
                 "stage ppo needs the reward model of train-rm: add train-rm to the stages, "
                 "or set ppo.reward"
             )
         if not ours:
             load_reward(ppo.reward)
-        if not config.uses_sft:
+        if not config.uses("sft"):
             resolve_model(ppo.model)
     if "eval" in todo:  # a limit beyond the split, refused now rather than after PPO
         held_out_prompts(config.eval_config())
@@ -402,7 +399,7 @@ def preflight(config: PipelineConfig) -> None:
         or is_done(config.run, "eval")
     ):
         raise RlhfkitError("stage report needs ppo or eval: add one of them to the stages")
-    if "dpo" in todo and not config.uses_sft:
+    if "dpo" in todo and not config.uses("sft"):
         resolve_model(config.dpo_config().model)
     if {"generate", "revise", "sft"} & set(todo):
         resolve_model(config.model)

@@ -89,6 +89,16 @@ def group_normalise(scores: torch.Tensor, group_size: int, eps: float = 1e-4) ->
     return ((groups - mean) / (std + eps)).reshape(-1)
 
 
+def group_advantages(rewards: torch.Tensor, group_size: int, estimator: str) -> torch.Tensor:
+    """A critic-free advantage per sample from its prompt's group: `rloo` leave_one_out,
+    `grpo` group_normalise."""
+    if estimator == "rloo":
+        return leave_one_out(rewards, group_size)
+    if estimator == "grpo":
+        return group_normalise(rewards, group_size)
+    raise ValueError(f"unknown group advantage '{estimator}' (rloo or grpo)")
+
+
 def sequence_rewards(
     score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
 ) -> torch.Tensor:

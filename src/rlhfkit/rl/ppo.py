@@ -28,7 +28,7 @@ from rlhfkit.rl.losses import (
     entropy_anchor_loss,
     entropy_from_logits,
     gae,
-    group_normalise,
+    group_advantages,
     kl_penalty,
     leave_one_out,
     masked_mean,
@@ -270,9 +270,9 @@ def advantages_and_returns(
         rewards = token_rewards(scores, kl, mask, beta_in_reward)
         advantages, returns = gae(rewards, batch.values, mask, config.gamma, config.lam)
     else:
-        baseline = leave_one_out if config.advantage == "rloo" else group_normalise
         rewards = sequence_rewards(scores, kl, mask, beta_in_reward)
-        advantages = baseline(rewards, config.samples_per_prompt)[:, None] * mask
+        per_response = group_advantages(rewards, config.samples_per_prompt, config.advantage)
+        advantages = per_response[:, None] * mask
     if config.whiten_advantages and config.advantage != "grpo":
         advantages = masked_whiten(advantages, mask)
     return kl, advantages, returns

@@ -22,8 +22,7 @@ from rlhfkit.progress import Progress
 from rlhfkit.rl.losses import (
     entropy_from_logits,
     gae,
-    group_normalise,
-    leave_one_out,
+    group_advantages,
     masked_mean,
     masked_whiten,
     policy_loss,
@@ -161,8 +160,8 @@ def game_advantages(
         rewards[torch.arange(len(last)), last] = games.outcome.float()
         advantages, returns = gae(rewards, games.values, games.mask, config.gamma, config.lam)
         return masked_whiten(advantages, games.mask), returns
-    baseline = leave_one_out if config.advantage == "rloo" else group_normalise
-    advantages = baseline(games.outcome.float(), config.group_size)[:, None] * games.mask
+    per_game = group_advantages(games.outcome.float(), config.group_size, config.advantage)
+    advantages = per_game[:, None] * games.mask
     if config.advantage == "rloo":
         advantages = masked_whiten(advantages, games.mask)
     return advantages, None
