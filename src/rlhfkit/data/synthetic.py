@@ -13,7 +13,7 @@ from itertools import combinations
 
 import yaml
 
-from rlhfkit.data.prompts import package_dir
+from rlhfkit.data.packages import package_dir
 from rlhfkit.data.records import Pair
 
 

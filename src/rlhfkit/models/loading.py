@@ -25,7 +25,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from rlhfkit.data.prompts import package_dir
+from rlhfkit.data.packages import package_dir
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_directory
 

@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from rlhfkit.data.prompts import package_dir
+from rlhfkit.data.packages import package_dir
 from rlhfkit.errors import RlhfkitError
 
 _EPS = 1e-6  # keeps the logit finite where a classifier is certain

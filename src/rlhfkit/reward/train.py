@@ -67,7 +67,7 @@ class RMConfig(StageConfig):
     reference: str | None = Field(
         None,
         description="JSONL of {prompt, completion} or {prompt, completions}: the "
-        "completions normalised to mean 0, std 1 [default: the training completions]",
+        "completions normalised to mean 0, std 1 (default: the training completions)",
     )
     seed: int = 0
 
