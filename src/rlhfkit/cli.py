@@ -1175,6 +1175,32 @@ def user_add(
     console.print(f"user '{name}' ({role}) added")
 
 
+@app.command("export")
+def export_command(
+    policy: Path = typer.Argument(..., help="A policy directory rlhfkit wrote (ppo, dpo, sft)."),
+    out_dir: Path = typer.Option(..., "--out", help="The model directory to write."),
+    adapter_only: bool = typer.Option(
+        False, "--adapter-only", help="The peft adapter alone, its base named by a hub id."
+    ),
+    base_id: str | None = typer.Option(
+        None, help="The base's hub id for --adapter-only (known for the packaged models)."
+    ),
+    evaluation: Path | None = typer.Option(
+        None, "--eval", help="An eval.json for the model card (default: the run's, if any)."
+    ),
+    config: Path | None = ConfigOpt,
+):
+    """A standard transformers model directory (merged weights, or --adapter-only a peft
+    adapter) with a model card, loadable without rlhfkit."""
+    from rlhfkit.models.export import export_policy
+
+    with console.status(f"exporting {policy}"):
+        done = export_policy(policy, out_dir, adapter_only, base_id, evaluation)
+    stages = " → ".join(done["stages"])
+    card = f", evaluation from {done['evaluated']}" if done["evaluated"] else ""
+    console.print(f"{done['kind']} model ({stages}) in {out_dir}, with a model card{card}")
+
+
 @app.command("install-data")
 def install_data_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only what was installed."),

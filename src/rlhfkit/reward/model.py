@@ -149,6 +149,9 @@ class RewardModel:
                 import copy
 
                 model = copy.deepcopy(model).merge_and_unload()
+            # where a plain transformers user looks: reward = gain · logit + bias
+            model.config.reward_normalisation = dict(self.info["normalisation"])
+            model.config.reward_reads = self.info.get("reads", "prompt_and_completion")
             model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             (tmp / INFO_FILE).write_text(json.dumps(self.info, indent=2, default=str))
