@@ -208,6 +208,15 @@ StoreOpt = typer.Option(
     help="SQLAlchemy URL of the feedback store (default: sqlite:///rlhfkit.db).",
 )
 ProjectOpt = typer.Option("default", "--project", "-p", help="Project name.")
+FieldOpt = typer.Option(
+    None,
+    "--field",
+    help="OURS=THEIRS: read the data's column THEIRS as ours (prompt, chosen, rejected, "
+    "response, id); repeat the flag for each.",
+)
+SourceHelp = (
+    "a JSONL, Parquet, CSV or JSON file, a saved `datasets` directory, or hf:NAME[:CONFIG][@SPLIT]"
+)
 
 
 def _store(url: str | None):
@@ -282,6 +291,12 @@ def _progress(transient: bool = False, percent: bool = False) -> Iterator[Progre
             yield BarProgress(bar)
 
 
+def _fields(flags: list[str] | None) -> dict[str, str] | None:
+    from rlhfkit.data.sources import parse_fields
+
+    return parse_fields(flags) or None
+
+
 def _counts(counts) -> str:
     return ", ".join(f"{n} {what}" for what, n in sorted(counts.items()) if n) or "nothing new"
 
@@ -289,8 +304,9 @@ def _counts(counts) -> str:
 @app.command()
 def generate(
     prompts: str = typer.Option(
-        "builtin:rtp", "--prompts", help="JSONL file of {prompt} or builtin:rtp|dialogues|redteam"
+        "builtin:rtp", "--prompts", help=f"builtin:rtp|dialogues|redteam, or {SourceHelp}."
     ),
+    field: list[str] | None = FieldOpt,
     n: int = typer.Option(4, "-n", "--samples-per-prompt", help="Completions per prompt."),
     model: str = typer.Option("smollm2-135m-instruct", help="Short name, local dir or hub id."),
     project: str = ProjectOpt,
@@ -331,6 +347,7 @@ def generate(
             seed,
             out_file,
             progress,
+            fields=_fields(field),
         )
     done_before = result.prompts - result.generated
     rate = f" ({result.tokens / result.seconds:.0f} tokens/s)" if result.tokens else ""
@@ -375,22 +392,25 @@ def project_list(store: str | None = StoreOpt):
 
 @feedback_app.command("import")
 def feedback_import(
-    file: Path,
+    file: str = typer.Argument(..., help=f"Records: {SourceHelp}."),
     project: str = ProjectOpt,
     labeler: str | None = typer.Option(
         None, help="Labeler of the records that name none (without it, each must name one)."
     ),
+    field: list[str] | None = FieldOpt,
     store: str | None = StoreOpt,
     config: Path | None = ConfigOpt,
 ):
-    """Import rankings, thumbs, pairs or HH-RLHF pairs (JSONL, formats may be mixed).
+    """Import rankings, thumbs, pairs, HH-RLHF or TRL conversational pairs (formats may be
+    mixed).
 
     All or nothing: the whole file is checked before anything is written."""
     from rlhfkit.feedback.transfer import import_records, read_feedback
 
     # Transient: when the import fails, its one-line error is all that is left on stderr.
     with _progress(transient=True, percent=True) as progress:
-        records = read_feedback(file, labeler, progress)  # all checked before the store opens
+        # all checked before the store opens
+        records = read_feedback(file, labeler, progress, _fields(field))
         counts = import_records(_store(store), project, records, labeler, progress)
     console.print(f"imported {file} into '{project}': {_counts(counts)}")
 
@@ -492,9 +512,10 @@ def feedback_pairs(
 
 @app.command("train-rm", cls=_SettingsCommand)
 def train_rm(
-    pairs: Path = typer.Option(..., "--pairs", help="JSONL of {prompt, chosen, rejected}."),
+    pairs: str = typer.Option(..., "--pairs", help=f"{{prompt, chosen, rejected}}: {SourceHelp}."),
     out_dir: Path = typer.Option(..., "--out", help="Directory for the model and its metrics."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of its settings."),
+    field: list[str] | None = FieldOpt,
     base: str | None = typer.Option(None, help="Encoder or causal LM: short name, dir, hub id."),
     epochs: int | None = typer.Option(None),
     batch_size: int | None = typer.Option(None, help="Pairs per step (whole prompts at a time)."),
@@ -542,6 +563,7 @@ def train_rm(
         lora_r=lora_r,
         normalise=normalise,
         reference=str(reference) if reference else None,
+        fields=_fields(field),
         seed=seed,
     )
     # The output folder is checked first thing in train_reward_model, before the bar shows.
@@ -758,7 +780,10 @@ def _settings(config_class, config_file: Path | None, what: str, **flags):
 
 @app.command(cls=_SettingsCommand)
 def sft(
-    data: Path = typer.Option(..., "--data", help="JSONL of {prompt, response} (cai revise)."),
+    data: str = typer.Option(
+        ..., "--data", help=f"{{prompt, response}} (cai revise): {SourceHelp}."
+    ),
+    field: list[str] | None = FieldOpt,
     out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of SFT settings."),
@@ -785,6 +810,7 @@ def sft(
         max_length=max_length,
         eval_fraction=eval_fraction,
         lora=lora,
+        fields=_fields(field),
         seed=seed,
     )
     with _progress() as progress:
@@ -797,7 +823,8 @@ def sft(
 
 @app.command(cls=_SettingsCommand)
 def dpo(
-    pairs: Path = typer.Option(..., "--pairs", help="JSONL of pairs (feedback pairs)."),
+    pairs: str = typer.Option(..., "--pairs", help=f"Pairs (feedback pairs): {SourceHelp}."),
+    field: list[str] | None = FieldOpt,
     out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of DPO settings."),
@@ -837,6 +864,7 @@ def dpo(
         max_length=max_length,
         eval_fraction=eval_fraction,
         lora=lora,
+        fields=_fields(field),
         seed=seed,
     )
     with _progress() as progress:

@@ -30,7 +30,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_write, check_ours, claim_directory
 from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
 from rlhfkit.progress import Progress
-from rlhfkit.reward.data import file_sha256
+from rlhfkit.reward.data import source_sha256
 from rlhfkit.rl.checkpoint import CHECKPOINT
 from rlhfkit.rl.losses import dpo_loss
 from rlhfkit.sft import IGNORE, collate, labelled_logps
@@ -60,6 +60,9 @@ class DPOConfig(StageConfig):
     lora_alpha: int = Field(32, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="steps; default each epoch")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="the data's columns by our names, e.g. prompt: question"
+    )
     seed: int = 0
 
 
@@ -166,7 +169,8 @@ def train_dpo(
     out = Path(out)
     progress = progress or Progress()
     check_ours(out, MADE_BY)
-    pairs = read_pairs(pairs_path)  # an empty text, or chosen = rejected, is a one-line error
+    # an empty text, or chosen = rejected, is a one-line error
+    pairs = read_pairs(pairs_path, config.fields)
     train_groups, held_groups = split_by_prompt(group_pairs(pairs), config.eval_fraction)
     if config.eval_fraction > 0 and not held_groups:
         raise RlhfkitError(
@@ -183,7 +187,7 @@ def train_dpo(
     model, tokenizer = load_policy_model(config.model)
     data = encode_pairs(tokenizer, train_groups, held_groups, config.mode, config.max_length)
     run = {
-        "pairs_sha256": file_sha256(pairs_path),
+        "pairs_sha256": source_sha256(pairs_path),
         "sequences": len(data.sequences),
         **config.model_dump(
             include={

@@ -21,13 +21,13 @@ import torch
 from pydantic import Field
 
 from rlhfkit.config import StageConfig
-from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.data.prompts import split_of
+from rlhfkit.data.sources import read_source
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_write, check_ours, claim_directory
 from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
 from rlhfkit.progress import Progress
-from rlhfkit.reward.data import file_sha256
+from rlhfkit.reward.data import source_sha256
 from rlhfkit.rl.checkpoint import CHECKPOINT
 from rlhfkit.training import Schedule, adamw, restore, train_epochs
 
@@ -50,6 +50,9 @@ class SFTConfig(StageConfig):
     lora_alpha: int = Field(32, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="steps; default each epoch")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="the data's columns by our names, e.g. prompt: question"
+    )
     seed: int = 0
 
 
@@ -59,11 +62,14 @@ class Example:
     response: str
 
 
-def read_examples(path: str | Path) -> tuple[list[Example], int]:
-    """(prompt, response) examples of a JSONL file, and how many had an empty response
-    (skipped); a line without text in `prompt` or `response` is an error naming it."""
+def read_examples(
+    path: str | Path, fields: dict[str, str] | None = None
+) -> tuple[list[Example], int]:
+    """(prompt, response) examples of a source (data/sources.py), and how many had an empty
+    response (skipped); a record without text in `prompt` or `response` is an error naming
+    it."""
     examples, empty = [], 0
-    for number, obj in read_jsonl(path):
+    for number, obj in read_source(path, fields):
         prompt, response = obj.get("prompt"), obj.get("response")
         if not isinstance(prompt, str) or not prompt.strip():
             raise RlhfkitError(f"{path}:{number}: 'prompt' must be a non-empty string")
@@ -170,7 +176,7 @@ def train_sft(
     config = config or SFTConfig()
     out = Path(out)
     check_ours(out, MADE_BY)
-    examples, empty = read_examples(data)
+    examples, empty = read_examples(data, config.fields)
     progress = progress or Progress()
     checkpoint = out / CHECKPOINT
     if not resume and checkpoint.exists():
@@ -193,7 +199,7 @@ def train_sft(
     schedule = Schedule.of(config, len(train))
     generator = torch.Generator().manual_seed(config.seed)
     run = {
-        "data_sha256": file_sha256(data),
+        "data_sha256": source_sha256(data),
         **config.model_dump(
             include={"model", "max_length", "eval_fraction", "lora", "batch_size", "lora_r", "seed"}
         ),

@@ -83,7 +83,7 @@ def _chains(store: Store, project: str, prompts: Sequence[PromptRecord]) -> list
     with store.session() as session:
         project_row = session.get(Project, ensure_project(session, project))
         registry = Registry(session, project_row)
-        rows = [registry.prompt(p.prompt, p.id) for p in prompts]
+        rows = [registry.prompt(p.prompt, p.id, messages=p.messages) for p in prompts]
         session.flush()
         ids = [row.id for row in rows]
         stored: dict[int, list[Revision]] = {}

@@ -14,9 +14,9 @@ import json
 
 import yaml
 
-from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.data.packages import package_dir
 from rlhfkit.data.records import PromptRecord
+from rlhfkit.data.sources import read_source
 from rlhfkit.errors import RlhfkitError
 
 # The natural generation mode of each built-in set: RTP prompts are sentence starts to
@@ -94,9 +94,16 @@ def split_of(text: str, eval_fraction: float) -> str:
 
 
 def load_prompts(
-    spec: str, split: str = "all", eval_fraction: float = 0.2, limit: int | None = None
+    spec: str,
+    split: str = "all",
+    eval_fraction: float = 0.2,
+    limit: int | None = None,
+    fields: dict[str, str] | None = None,
 ) -> list[PromptRecord]:
-    """Prompts from `builtin:NAME` or a JSONL file, filtered to a split, first `limit` kept."""
+    """Prompts from `builtin:NAME` or any source of records (data/sources.py: JSONL, Parquet,
+    CSV, JSON, a saved or Hub dataset, its `prompt` column or the one `fields` names), the
+    source's own split first, then filtered to `split` by the prompt's hash, first `limit`
+    kept."""
     if split not in ("all", "train", "eval"):
         raise RlhfkitError(f"split must be all, train or eval, not '{split}'")
     if not 0.0 <= eval_fraction < 1.0:
@@ -111,11 +118,14 @@ def load_prompts(
         prompts = BUILTINS[name]()
     else:
         prompts = []
-        for number, obj in read_jsonl(spec):
+        for number, obj in read_source(spec, fields):
             text = obj.get("prompt")
             if not isinstance(text, str) or not text.strip():
                 raise RlhfkitError(f"{spec}:{number}: 'prompt' must be a non-empty string")
-            prompts.append(PromptRecord(text, None if obj.get("id") is None else str(obj["id"])))
+            record_id = None if obj.get("id") is None else str(obj["id"])
+            messages = obj.get("prompt_messages")
+            messages = json.dumps(messages, ensure_ascii=False) if messages else None
+            prompts.append(PromptRecord(text, record_id, messages))
         prompts = _unique(prompts)
     if split != "all":
         prompts = [p for p in prompts if split_of(p.prompt, eval_fraction) == split]

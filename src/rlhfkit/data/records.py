@@ -8,6 +8,7 @@ ranking (`completions` + `ranks`), thumbs (`completion` + `label`), pair (`chose
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ class RecordError(ValueError):
 class PromptRecord:
     prompt: str
     id: str | None = None
+    messages: str | None = None  # a conversation's prompt: its messages, as JSON text
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class RankingRecord:
     ranks: tuple[int, ...]
     labeler: str | None = None  # None: not given (an import then needs a default labeler)
     labeler_kind: str | None = None  # None: not given (a new labeler is then "human")
+    messages: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class ThumbsRecord:
     label: str  # "up" | "down"
     labeler: str | None = None
     labeler_kind: str | None = None
+    messages: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Pair:
     rejected: str
     labeler: str | None = None
     labeler_kind: str | None = None
+    messages: str | None = None
 
 
 Record = PromptRecord | RankingRecord | ThumbsRecord | Pair
@@ -79,6 +84,20 @@ def _labeler(
     if kind not in (None, "human", "ai"):
         raise RecordError("'labeler_kind' must be 'human' or 'ai'")
     return (name.strip() if name else None), kind
+
+
+def _messages(obj: dict[str, Any]) -> str | None:
+    """A conversation's prompt messages (`prompt_messages`, as data/sources.py keeps them),
+    as JSON text, or None."""
+    messages = obj.get("prompt_messages")
+    if messages is None:
+        return None
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    ):
+        raise RecordError("'prompt_messages' must be a list of {role, content} messages")
+    return json.dumps(messages, ensure_ascii=False)
 
 
 def check_ranks(ranks: Any, n: int) -> tuple[int, ...]:
@@ -143,13 +162,13 @@ def parse_record(
         prompt, completions = check_completions(obj)
         ranks = check_ranks(obj.get("ranks"), len(completions))
         labeler, kind = _labeler(obj, default_labeler, require_labeler)
-        return RankingRecord(prompt, tuple(completions), ranks, labeler, kind)
+        return RankingRecord(prompt, tuple(completions), ranks, labeler, kind, _messages(obj))
     if "label" in obj:
         prompt, completion = _text(obj, "prompt"), _text(obj, "completion")
         if obj["label"] not in ("up", "down"):
             raise RecordError("'label' must be 'up' or 'down'")
         labeler, kind = _labeler(obj, default_labeler, require_labeler)
-        return ThumbsRecord(prompt, completion, obj["label"], labeler, kind)
+        return ThumbsRecord(prompt, completion, obj["label"], labeler, kind, _messages(obj))
     if "chosen" in obj or "rejected" in obj:
         chosen, rejected = _text(obj, "chosen"), _text(obj, "rejected")
         if "prompt" in obj:
@@ -161,10 +180,11 @@ def parse_record(
         if chosen == rejected:
             raise RecordError("'chosen' and 'rejected' are the same text")
         labeler, kind = _labeler(obj, default_labeler, require_labeler)
-        return Pair(prompt, chosen, rejected, labeler, kind)
+        return Pair(prompt, chosen, rejected, labeler, kind, _messages(obj))
     if "prompt" in obj:
         record_id = obj.get("id")
-        return PromptRecord(_text(obj, "prompt"), None if record_id is None else str(record_id))
+        record_id = None if record_id is None else str(record_id)
+        return PromptRecord(_text(obj, "prompt"), record_id, _messages(obj))
     raise RecordError(
         "not a prompt, ranking, thumbs or pair record: expected 'prompt' alone, "
         "'completions' + 'ranks', 'completion' + 'label', or 'chosen' + 'rejected'"

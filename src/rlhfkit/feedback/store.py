@@ -103,6 +103,9 @@ class Prompt(Base):
     text: Mapped[str] = mapped_column(Text)
     text_key: Mapped[str] = mapped_column(String(64))
     external_id: Mapped[str | None] = mapped_column(String(200))
+    # A conversation's prompt (imported from TRL's format): its messages as JSON; `text` is
+    # their rendering with a chat template.
+    messages: Mapped[str | None] = mapped_column(Text)
     split: Mapped[str | None] = mapped_column(String(16))  # "train" | "eval" | None
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     # When the labeling queue stopped handing the prompt out (its project's overlap reached,
@@ -536,7 +539,13 @@ class Registry:
         self._labelers: dict[str, Labeler] = {}
         self.created_completions = 0
 
-    def prompt(self, text: str, external_id: str | None = None, split: str | None = None) -> Prompt:
+    def prompt(
+        self,
+        text: str,
+        external_id: str | None = None,
+        split: str | None = None,
+        messages: str | None = None,
+    ) -> Prompt:
         key = text_key(text)
         prompt = self._prompts.get(key)
         if prompt is None:
@@ -544,10 +553,10 @@ class Registry:
                 Prompt.project_id == self.project.id, Prompt.text_key == key
             )
             row = {"project_id": self.project.id, "text": text, "text_key": key}
-            prompt, _ = self._get_or_insert(
-                query, Prompt, {**row, "external_id": external_id, "split": split}
-            )
+            extra = {"external_id": external_id, "split": split, "messages": messages}
+            prompt, _ = self._get_or_insert(query, Prompt, {**row, **extra})
         prompt.external_id = prompt.external_id or external_id
+        prompt.messages = prompt.messages or messages
         prompt.split = prompt.split or split
         self._prompts[key] = prompt
         return prompt

@@ -11,6 +11,7 @@ person's rankings into another's.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from rlhfkit.data.jsonl import read_jsonl, write_jsonl
+from rlhfkit.data.jsonl import write_jsonl
 from rlhfkit.data.records import (
     MISSING_LABELER,
     PromptRecord,
@@ -31,6 +32,7 @@ from rlhfkit.data.records import (
     ThumbsRecord,
     parse_record,
 )
+from rlhfkit.data.sources import is_dataset_source, read_source
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.store import (
     Completion,
@@ -55,21 +57,27 @@ CHUNK = 1000  # rows one statement writes, or keys one statement looks up
 SKIPPED_SINGLE = "rankings of a single completion skipped"
 
 
-def read_records(path: str | Path, default_labeler: str | None = None) -> list[Record]:
-    """Every record of a JSONL file, validated; a bad line raises `FILE:LINE: why`. A record
-    may leave its labeler out."""
-    records = [record for _, record in _parse_file(path, default_labeler)]
+def read_records(
+    path: str | Path, default_labeler: str | None = None, fields: dict | None = None
+) -> list[Record]:
+    """Every record of a source (data/sources.py: JSONL, Parquet, CSV, JSON, a saved or Hub
+    dataset), validated; a bad one raises `SOURCE:N: why`. A record may leave its labeler out.
+    `fields` renames columns ({"prompt": "question"})."""
+    records = [record for _, record in _parse_file(path, default_labeler, fields=fields)]
     if not records:
         raise RlhfkitError(f"{path}: no records")
     return records
 
 
 def read_feedback(
-    path: str | Path, labeler: str | None = None, progress: Progress | None = None
+    path: str | Path,
+    labeler: str | None = None,
+    progress: Progress | None = None,
+    fields: dict | None = None,
 ) -> list[Record]:
-    """A file's records for import: each names its labeler, or is given `labeler`.
-    `progress` counts the bytes read."""
-    records = [record for _, record in _parse_file(path, labeler, progress, require_labeler=True)]
+    """A source's records for import: each names its labeler, or is given `labeler`.
+    `progress` counts the bytes read (of a JSONL file)."""
+    records = [record for _, record in _parse_file(path, labeler, progress, True, fields=fields)]
     if not records:
         raise RlhfkitError(f"{path}: no records")
     return records
@@ -80,8 +88,9 @@ def _parse_file(
     default_labeler: str | None,
     progress: Progress | None = None,
     require_labeler: bool = False,
+    fields: dict | None = None,
 ) -> Iterator[tuple[int, Record]]:
-    for number, obj in read_jsonl(path, _byte_counter(path, progress)):
+    for number, obj in read_source(path, fields, _byte_counter(path, progress)):
         try:
             yield number, parse_record(obj, default_labeler, require_labeler)
         except RecordError as e:
@@ -90,7 +99,7 @@ def _parse_file(
 
 def _byte_counter(path: str | Path, progress: Progress | None) -> Callable[[int], None] | None:
     """Reports the bytes read every 256 KiB and at the end of the file."""
-    if progress is None:
+    if progress is None or is_dataset_source(path):
         return None
     try:
         total = Path(path).stat().st_size
@@ -162,6 +171,7 @@ class Batch:
 
     prompts: dict[PromptKey, str] = field(default_factory=dict)
     external_ids: dict[PromptKey, str] = field(default_factory=dict)
+    messages: dict[PromptKey, str] = field(default_factory=dict)  # a conversation's, as JSON
     completions: dict[CompletionKey, str] = field(default_factory=dict)
     labelers: dict[str, str | None] = field(default_factory=dict)  # name -> kind, if given
     rankings: dict[tuple[PromptKey, str], dict[CompletionKey, int]] = field(default_factory=dict)
@@ -197,6 +207,8 @@ def collect(records: Iterable[Record], labeler: str | None = None) -> Batch:
             batch.skipped[SKIPPED_SINGLE] += 1
             continue
         prompt = batch.prompt(record.prompt)
+        if record.messages is not None:
+            batch.messages.setdefault(prompt, record.messages)
         if isinstance(record, PromptRecord):
             if record.id is not None:
                 batch.external_ids.setdefault(prompt, record.id)
@@ -432,6 +444,7 @@ class _Writer:
                 "text": text,
                 "text_key": key,
                 "external_id": external.get(key),
+                "messages": self.batch.messages.get(key),
                 "split": None,
                 "created_at": self.now,
             }
@@ -582,8 +595,10 @@ def _export_rankings(session, project: Project) -> Iterator[dict[str, Any]]:
     )
     for ranking in rankings:
         texts = {c.id: c.text for c in session.get(Prompt, ranking.prompt_id).completions}
+        prompt = session.get(Prompt, ranking.prompt_id)
         yield {
-            "prompt": session.get(Prompt, ranking.prompt_id).text,
+            "prompt": prompt.text,
+            **_messages_of(prompt),
             "completions": [texts[i.completion_id] for i in ranking.items],
             "ranks": [i.rank for i in ranking.items],
             "labeler": ranking.labeler.name,
@@ -602,6 +617,7 @@ def _export_thumbs(session, project: Project) -> Iterator[dict[str, Any]]:
     for thumb in thumbs:
         yield {
             "prompt": thumb.completion.prompt.text,
+            **_messages_of(thumb.completion.prompt),
             "completion": thumb.completion.text,
             "label": thumb.label,
             "labeler": thumb.labeler.name,
@@ -620,6 +636,7 @@ def _export_pairs(session, project: Project) -> Iterator[dict[str, Any]]:
     for p in preferences:
         yield {
             "prompt": p.chosen.prompt.text,
+            **_messages_of(p.chosen.prompt),
             "chosen": p.chosen.text,
             "rejected": p.rejected.text,
             "labeler": p.labeler.name,
@@ -635,9 +652,15 @@ def _export_completions(session, project: Project) -> Iterator[dict[str, Any]]:
         yield {
             "id": prompt.external_id or str(prompt.id),
             "prompt": prompt.text,
+            **_messages_of(prompt),
             "split": prompt.split,
             "completions": [c.text for c in prompt.completions],
         }
+
+
+def _messages_of(prompt: Prompt) -> dict[str, Any]:
+    """A conversation's prompt messages, as they were imported, beside its rendered text."""
+    return {"prompt_messages": json.loads(prompt.messages)} if prompt.messages else {}
 
 
 _EXPORTERS = {

@@ -38,8 +38,9 @@ def group_pairs(pairs: Iterable[Pair]) -> list[PromptPairs]:
     return list(groups.values())
 
 
-def read_pairs(path: str | Path) -> list[Pair]:
-    records = read_records(path)
+def read_pairs(path: str | Path, fields: dict[str, str] | None = None) -> list[Pair]:
+    """The pairs of a source (data/sources.py), `fields` renaming its columns."""
+    records = read_records(path, fields=fields)
     pairs = [r for r in records if isinstance(r, Pair)]
     if len(pairs) != len(records):
         raise RlhfkitError(
@@ -49,8 +50,21 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return pairs
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def source_sha256(spec: str | Path) -> str:
+    """What a run records of its data, to know it again on resume: a file's SHA-256, a saved
+    dataset directory's (its files, in order), or a Hub dataset's name with its fingerprint."""
+    digest = hashlib.sha256()
+    path = Path(spec)
+    if str(spec).startswith("hf:"):
+        from rlhfkit.data.sources import load_dataset_source
+
+        digest.update(f"{spec}\0{load_dataset_source(str(spec))._fingerprint}".encode())
+    elif path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+    else:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def split_by_prompt(

@@ -26,10 +26,10 @@ from rlhfkit.files import check_ours, claim_directory
 from rlhfkit.progress import Progress
 from rlhfkit.reward.data import (
     PromptPairs,
-    file_sha256,
     group_pairs,
     pack_batches,
     read_pairs,
+    source_sha256,
     split_by_prompt,
 )
 from rlhfkit.reward.evaluate import flatten, pair_metrics, score_pairs
@@ -68,6 +68,9 @@ class RMConfig(StageConfig):
         None,
         description="JSONL of {prompt, completion} or {prompt, completions}: the "
         "completions normalised to mean 0, std 1 (default: the training completions)",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="the data's columns by our names, e.g. prompt: question"
     )
     seed: int = 0
 
@@ -165,7 +168,7 @@ def _split_pairs(
     pairs_path: str | Path, config: RMConfig, progress: Progress
 ) -> tuple[list[PromptPairs], list[PromptPairs], list[PromptPairs]]:
     """All the pairs grouped by prompt, and those groups split into (train, held out)."""
-    groups = group_pairs(read_pairs(pairs_path))
+    groups = group_pairs(read_pairs(pairs_path, config.fields))
     train, held_out = split_by_prompt(groups, config.eval_fraction)
     if not train:
         raise RlhfkitError("no training prompts left after the eval split; lower --eval-fraction")
@@ -207,7 +210,7 @@ def _data_summary(
     """What the model was trained on, for its reward.json."""
     return {
         "pairs_file": str(pairs_path),
-        "sha256": file_sha256(pairs_path),
+        "sha256": source_sha256(pairs_path),
         "pairs": sum(len(g.pairs) for g in groups),
         "prompts": len(groups),
         "train_prompts": len(train),

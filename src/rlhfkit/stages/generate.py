@@ -80,7 +80,7 @@ def _save(
     with store.session() as session:
         registry = Registry(session, get_project(session, project, create=True))
         for prompt, split, group in zip(prompts, splits, samples, strict=True):
-            row = registry.prompt(prompt.prompt, prompt.id, split)
+            row = registry.prompt(prompt.prompt, prompt.id, split, prompt.messages)
             for sample in group:
                 if not sample.text.strip():
                     empty += 1
@@ -147,16 +147,17 @@ def run_generate(
     seed: int = 0,
     out: Path | None = None,
     progress: Progress | None = None,
+    fields: dict[str, str] | None = None,
 ) -> GenerateResult:
-    """Sample `n` completions for each prompt of `prompts` (a JSONL file or builtin:NAME) into
-    `project`; `progress` counts the prompts left to sample. `params.mode` "auto" picks the
-    prompt set's natural mode."""
+    """Sample `n` completions for each prompt of `prompts` (builtin:NAME or any source of
+    data/sources.py, its columns renamed by `fields`) into `project`; `progress` counts the
+    prompts left to sample. `params.mode` "auto" picks the prompt set's natural mode."""
     from rlhfkit.models.stack import load_policy_model
 
     params = params or SamplingParams(mode="auto")
     if params.mode == "auto":
         params = SamplingParams(**{**params.as_dict(), "mode": default_mode(prompts)})
-    records = load_prompts(prompts, split, eval_fraction, limit)
+    records = load_prompts(prompts, split, eval_fraction, limit, fields)
     splits = [split_of(r.prompt, eval_fraction) for r in records]
     key = run_key(model, params, seed)
     done = _done(store, project, key)
