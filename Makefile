@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip uninstall --quiet --yes $(OLD_DATA_PACKAGES) 2>/dev/null || true
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[all,dev]'
 	# the offline defaults, into a folder of their own outside the environment (see --help)
 	$(BIN)/rlhfkit install-data --quiet
 	touch $(STAMP)

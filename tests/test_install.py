@@ -52,3 +52,20 @@ def test_pip_check_passes_in_the_environment():
         [sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_core_works_without_gguf_and_says_what_the_packaged_model_needs(tmp_path, monkeypatch):
+    from rlhfkit.models.loading import load_causal_lm
+
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path))  # not converted yet
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if it were not installed
+    with pytest.raises(RlhfkitError, match=r"pip install 'rlhfkit\[gguf\]'"):
+        load_causal_lm("smollm2-135m-instruct")
+
+
+def test_a_postgresql_store_without_psycopg_says_which_extra(monkeypatch):
+    from rlhfkit.feedback.store import Store
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(RlhfkitError, match=r"pip install 'rlhfkit\[postgres\]'"):
+        Store("postgresql+psycopg://someone:secret@127.0.0.1:1/nothing")

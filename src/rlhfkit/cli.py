@@ -214,6 +214,11 @@ FieldOpt = typer.Option(
     help="OURS=THEIRS: read the data's column THEIRS as ours (prompt, chosen, rejected, "
     "response, id); repeat the flag for each.",
 )
+ReportToOpt = typer.Option(
+    None,
+    "--report-to",
+    help="tensorboard | wandb | mlflow, repeat for several (default: tensorboard if installed).",
+)
 SourceHelp = (
     "a JSONL, Parquet, CSV or JSON file, a saved `datasets` directory, or hf:NAME[:CONFIG][@SPLIT]"
 )
@@ -515,6 +520,7 @@ def train_rm(
     pairs: str = typer.Option(..., "--pairs", help=f"{{prompt, chosen, rejected}}: {SourceHelp}."),
     out_dir: Path = typer.Option(..., "--out", help="Directory for the model and its metrics."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of its settings."),
+    report_to: list[str] | None = ReportToOpt,
     field: list[str] | None = FieldOpt,
     base: str | None = typer.Option(None, help="Encoder or causal LM: short name, dir, hub id."),
     epochs: int | None = typer.Option(None),
@@ -547,6 +553,7 @@ def train_rm(
         RMConfig,
         config_file,
         "reward model settings",
+        report_to=report_to or None,
         base=base,
         epochs=epochs,
         batch_size=batch_size,
@@ -787,6 +794,7 @@ def sft(
     out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of SFT settings."),
+    report_to: list[str] | None = ReportToOpt,
     model: str | None = typer.Option(None, help="Model or policy directory to start from."),
     epochs: int | None = typer.Option(None),
     batch_size: int | None = typer.Option(None),
@@ -803,6 +811,7 @@ def sft(
         SFTConfig,
         config_file,
         "SFT settings",
+        report_to=report_to or None,
         model=model,
         epochs=epochs,
         batch_size=batch_size,
@@ -828,6 +837,7 @@ def dpo(
     out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of DPO settings."),
+    report_to: list[str] | None = ReportToOpt,
     model: str | None = typer.Option(None, help="Model or policy directory to start from."),
     mode: str | None = typer.Option(
         None, help="How the pairs' prompts were put to the model: raw (default) or chat."
@@ -852,6 +862,7 @@ def dpo(
         DPOConfig,
         config_file,
         "DPO settings",
+        report_to=report_to or None,
         model=model,
         mode=mode,
         beta=beta,
@@ -879,6 +890,7 @@ def dpo(
 def ppo(
     out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of PPO settings."),
+    report_to: list[str] | None = ReportToOpt,
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     model: str | None = typer.Option(None, help="Policy: short name, dir or hub id."),
     reward: str | None = typer.Option(None, help="Reward spec (see README)."),
@@ -918,6 +930,7 @@ def ppo(
         PPOConfig,
         config_file,
         "PPO settings",
+        report_to=report_to or None,
         model=model,
         reward=reward,
         prompts=prompts,
@@ -1077,6 +1090,7 @@ def run_pipeline_command(
         help="Comma-separated seeds, e.g. 0,1,2: the stages after pairs run once per seed, "
         "in RUN_DIR/seed-N/ (default: the config's seeds, or its one seed).",
     ),
+    report_to: list[str] | None = ReportToOpt,
 ):
     """The stages as one run: [revise → sft →] generate → label → agreement → pairs →
     train-rm → [dpo →] ppo → eval → report. Rerunning skips finished stages and resumes an
@@ -1089,6 +1103,8 @@ def run_pipeline_command(
         config = with_stages(config, [s.strip() for s in stages.split(",")])
     if seeds is not None:
         config = with_seeds(config, parse_seeds(seeds))
+    if report_to:
+        config = type(config).make(**{**config.model_dump(by_alias=True), "report_to": report_to})
     started = time.perf_counter()
     with _progress() as progress:
         rows = run_pipeline(config, str(config_file), progress)

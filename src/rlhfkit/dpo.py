@@ -34,6 +34,7 @@ from rlhfkit.reward.data import source_sha256
 from rlhfkit.rl.checkpoint import CHECKPOINT
 from rlhfkit.rl.losses import dpo_loss
 from rlhfkit.sft import IGNORE, collate, labelled_logps
+from rlhfkit.trackers import Tracker
 from rlhfkit.training import Schedule, adamw, restore, train_epochs
 
 MADE_BY = "dpo"
@@ -62,6 +63,9 @@ class DPOConfig(StageConfig):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
     fields: dict[str, str] = Field(
         default_factory=dict, description="the data's columns by our names, e.g. prompt: question"
+    )
+    report_to: list[Tracker] | None = Field(
+        None, description="tensorboard, wandb, mlflow (default: tensorboard if installed)"
     )
     seed: int = 0
 
@@ -243,6 +247,7 @@ def train_dpo(
         lambda: held_out_numbers(model, data, reference, pad, config),
         progress,
         "DPO",
+        config,
     )
     last = state["evals"][-1] if state["evals"] else {}
     after = {k: last[k] for k in ("loss", "accuracy")} if "accuracy" in last else None

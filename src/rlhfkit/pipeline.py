@@ -67,6 +67,7 @@ from rlhfkit.stages.generate import GenerateStage, generate_stage
 from rlhfkit.stages.label import LabelStage, label_stage
 from rlhfkit.stages.pairs import PairsStage, agreement_stage, pairs_stage
 from rlhfkit.stages.train import dpo_stage, ppo_stage, train_rm_stage
+from rlhfkit.trackers import Tracker
 
 Stage = Literal[
     "revise",
@@ -95,7 +96,7 @@ NEEDS = {  # stage → stages whose outputs it reads (eval: the policy it evalua
 # once per run, whatever the seeds
 SHARED_STAGES = ["revise", "sft", "generate", "label", "agreement", "pairs"]
 # Settings a run directory is not checked against: adding a seed or a target is the same run.
-NOT_COMPARED = {"stages", "seeds", "targets"}
+NOT_COMPARED = {"stages", "seeds", "targets", "report_to"}
 Seed = Annotated[int, Field(strict=True, ge=0)]
 
 
@@ -111,6 +112,9 @@ class PipelineConfig(StageConfig):
     prompts: str = "builtin:rtp"
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="prompts held out for eval")
     seed: int = 0
+    report_to: list[Tracker] | None = Field(
+        None, description="trackers of every training stage (default: tensorboard if installed)"
+    )
     seeds: list[Seed] | None = Field(
         None, min_length=1, description="run the stages after pairs once per seed, in seed-N/"
     )
@@ -183,12 +187,13 @@ class PipelineConfig(StageConfig):
     def sft_config(self):
         from rlhfkit.sft import SFTConfig
 
-        return SFTConfig.make(**{"model": self.model, "seed": self.seed, **self.sft})
+        defaults = {"model": self.model, "seed": self.seed, "report_to": self.report_to}
+        return SFTConfig.make(**{**defaults, **self.sft})
 
     def rm_config(self):
         from rlhfkit.reward.train import RMConfig
 
-        return RMConfig.make(**{"seed": self.seed, **self.train_rm})
+        return RMConfig.make(**{"seed": self.seed, "report_to": self.report_to, **self.train_rm})
 
     def dpo_config(self):
         """DPO from the model generate sampled from, on the prompts as they were put to it,
@@ -201,6 +206,7 @@ class PipelineConfig(StageConfig):
             "mode": default_mode(self.prompts),  # as the generate stage put them
             "eval_fraction": self.rm_config().eval_fraction,
             "seed": self.seed,
+            "report_to": self.report_to,
         }
         return DPOConfig.make(**{**defaults, **self.dpo})
 
@@ -215,6 +221,7 @@ class PipelineConfig(StageConfig):
             "eval_fraction": self.eval_fraction,
             "reward": f"rm:{self.run / 'rm'}",
             "seed": self.seed,
+            "report_to": self.report_to,
         }
         return PPOConfig.make(**{**defaults, **self.ppo})
 

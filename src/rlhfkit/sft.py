@@ -29,6 +29,7 @@ from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adap
 from rlhfkit.progress import Progress
 from rlhfkit.reward.data import source_sha256
 from rlhfkit.rl.checkpoint import CHECKPOINT
+from rlhfkit.trackers import Tracker
 from rlhfkit.training import Schedule, adamw, restore, train_epochs
 
 MADE_BY = "sft"
@@ -52,6 +53,9 @@ class SFTConfig(StageConfig):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
     fields: dict[str, str] = Field(
         default_factory=dict, description="the data's columns by our names, e.g. prompt: question"
+    )
+    report_to: list[Tracker] | None = Field(
+        None, description="tensorboard, wandb, mlflow (default: tensorboard if installed)"
     )
     seed: int = 0
 
@@ -230,6 +234,7 @@ def train_sft(
         evaluate,
         progress,
         "supervised fine-tuning",
+        config,
     )
     after = state["evals"][-1].get("loss") if state["evals"] else None
     summary = {

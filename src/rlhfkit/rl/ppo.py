@@ -41,6 +41,7 @@ from rlhfkit.rl.losses import (
 )
 from rlhfkit.rl.policy import Policy
 from rlhfkit.rl.rollout import Rollout, response_logits, token_logp
+from rlhfkit.trackers import Tracker
 
 
 class PPOConfig(StageConfig):
@@ -114,6 +115,9 @@ class PPOConfig(StageConfig):
     no_eos_penalty: float | None = Field(None, description="score of a response without EOS")
     target_reward: float | None = Field(None, description="stop once the mean score reaches it")
     max_kl: float = Field(50.0, gt=0, description="stop if the mean KL exceeds it")
+    report_to: list[Tracker] | None = Field(
+        None, description="tensorboard, wandb, mlflow (default: tensorboard if installed)"
+    )
     seed: int = 0
 
     @model_validator(mode="after")

@@ -111,7 +111,7 @@ def check_resumable(state: dict, path: Path, config: PPOConfig, world_size: int)
             f"{world_size}: resume with as many"
         )
     # How long to train may change on resume; anything else would make it another run.
-    extendable = {"steps", "target_reward"}
+    extendable = {"steps", "target_reward", "report_to"}
     changed = sorted(
         k
         for k, v in config.model_dump().items()
@@ -286,7 +286,7 @@ def _open_log(out: Path, config: PPOConfig, step: int, state: dict | None) -> Me
     step that was checkpointed but killed before it was logged."""
     claim_directory(out, "ppo")
     atomic_write(out / "config.json", json.dumps(config.model_dump(), indent=2))
-    log = MetricsLog(out)
+    log = MetricsLog(out, config, "ppo")
     if step and _last_logged_step(out) < step:
         log.write(state["record"])
     return log
