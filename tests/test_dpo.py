@@ -154,3 +154,55 @@ def test_dpo_on_smollm2_learns_clearly_separable_pairs(tmp_path):
     after = summary["held_out"]["after"]
     assert summary["counts"]["held_out_pairs"] >= 10
     assert after["accuracy"] >= 0.6 and after["loss"] < summary["held_out"]["before"]["loss"]
+
+
+def test_a_schedule_by_group_keeps_each_groups_examples_together():
+    from rlhfkit.training import Schedule
+
+    groups = tuple(i // 5 for i in range(40))  # 8 groups of 5
+    schedule = Schedule(40, 10, 3, seed=1, max_grad_norm=1.0, groups=groups)
+    orders = [schedule.order(epoch) for epoch in range(3)]
+    for order in orders:
+        assert sorted(order) == list(range(40))  # each example once an epoch
+        runs = [groups[i] for i in order]
+        # a group's examples are one run: its group never reappears after another's
+        assert len({g for g in runs}) == len(
+            [g for k, g in enumerate(runs) if k == 0 or g != runs[k - 1]]
+        )
+    assert orders[0] != orders[1]  # a fresh order each epoch
+    again = Schedule(40, 10, 3, seed=1, max_grad_norm=1.0, groups=groups)
+    assert [again.batch(s) for s in range(12)] == [schedule.batch(s) for s in range(12)]
+    plain = Schedule(40, 10, 3, seed=1, max_grad_norm=1.0)
+    assert any(len({groups[i] for i in plain.batch(s)}) > 2 for s in range(4))
+
+
+def test_dpo_by_prompt_reads_each_completion_once_for_all_its_pairs(
+    tmp_path, tiny_model, monkeypatch
+):
+    import rlhfkit.dpo as dpo
+
+    replies = [" Thank you.", " That is kind.", " Go away.", " Whatever, fool."]
+    rows = [
+        {"prompt": f"Message {i}?", "chosen": replies[a], "rejected": replies[b]}
+        for i in range(12)
+        for a in range(4)
+        for b in range(a + 1, 4)
+    ]  # 12 prompts × C(4,2) = 6 pairs
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    read = []
+    original = dpo.logps_of
+
+    def counting(model, sequences, which, pad_id, batch_size, on_batch=None):
+        if torch.is_grad_enabled():  # a training step, not the reference or held-out pass
+            read.append(len(which))
+        return original(model, sequences, which, pad_id, batch_size, on_batch)
+
+    monkeypatch.setattr(dpo, "logps_of", counting)
+    per_step = {}
+    for batching in ("by_prompt", "shuffled"):
+        read.clear()
+        config = DPOConfig(model=tiny_model, batch_size=6, batching=batching, eval_fraction=0)
+        train_dpo(pairs, tmp_path / batching, config)
+        per_step[batching] = sum(read) / len(read)
+    assert per_step["by_prompt"] == 4  # one prompt's 6 pairs: its 4 completions
+    assert per_step["shuffled"] > 6  # pairs of several prompts: more distinct texts

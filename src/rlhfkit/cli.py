@@ -220,7 +220,8 @@ ReportToOpt = typer.Option(
     help="tensorboard | wandb | mlflow, repeat for several (default: tensorboard if installed).",
 )
 SourceHelp = (
-    "a JSONL, Parquet, CSV or JSON file, a saved `datasets` directory, or hf:NAME[:CONFIG][@SPLIT]"
+    "a JSONL, Parquet, CSV or JSON file, a saved `datasets` directory, or "
+    "hf:NAME:CONFIG@SPLIT (config and split optional)"
 )
 
 
@@ -848,6 +849,9 @@ def dpo(
     epochs: int | None = typer.Option(None),
     max_steps: int | None = typer.Option(None, help="Stop after this many steps."),
     batch_size: int | None = typer.Option(None, help="Pairs per step."),
+    batching: str | None = typer.Option(
+        None, help="by_prompt (a step's pairs from few prompts) or shuffled."
+    ),
     lr: float | None = typer.Option(None),
     max_length: int | None = typer.Option(None, help="Tokens of prompt and completion."),
     eval_fraction: float | None = typer.Option(None, help="Share of prompts held out."),
@@ -871,6 +875,7 @@ def dpo(
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
+        batching=batching,
         lr=lr,
         max_length=max_length,
         eval_fraction=eval_fraction,

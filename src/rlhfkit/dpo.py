@@ -9,7 +9,11 @@ copy of the weights serves as policy and reference, with LoRA or without. Each d
 sampled: `mode` raw or chat) followed by the completion; only the completion's tokens count.
 Prompts are split into train and held out exactly as `train-rm` splits them, so DPO's
 held-out pair accuracy (its implicit reward β·Δ ranking the pair's chosen first) and the
-reward model's are measured on the same pairs. A checkpoint after each epoch (and every
+reward model's are measured on the same pairs. A step's pairs come from as few prompts as
+they can (`batching: by_prompt`): a prompt's K completions make up to C(K,2) pairs, and each
+distinct completion is read once however many of the step's pairs hold it, so a step of 8
+pairs of one prompt costs about K forward passes rather than 16 (InstructGPT trains its
+reward model on whole prompts for the same reason). A checkpoint after each epoch (and every
 `checkpoint_every` steps) lets `--resume` continue; the result is a policy directory
 (models/stack.py) with `stage: dpo`, which eval, ppo and serve-model load.
 """
@@ -52,6 +56,11 @@ class DPOConfig(StageConfig):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="chance a label is flipped")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1, description="pairs per step")
+    batching: Literal["by_prompt", "shuffled"] = Field(
+        "by_prompt",
+        description="by_prompt: a step's pairs come from as few prompts as they can, so each "
+        "completion is read once for all its pairs; shuffled: from anywhere",
+    )
     lr: float = Field(1e-4, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(256, ge=8, description="tokens of prompt and completion together")
@@ -78,6 +87,7 @@ class EncodedPairs:
     sequences: list[tuple[list[int], list[int]]]
     train: list[tuple[int, int]]
     held_out: list[tuple[int, int]]
+    train_prompts: tuple[int, ...]  # the prompt (its group's index) of each training pair
 
 
 def encode_pairs(tokenizer, groups_train, groups_held, mode: str, max_length: int) -> EncodedPairs:
@@ -111,7 +121,8 @@ def encode_pairs(tokenizer, groups_train, groups_held, mode: str, max_length: in
             for c, r in g.pairs
         ]
 
-    return EncodedPairs(sequences, pairs_of(groups_train), pairs_of(groups_held))
+    train_prompts = tuple(k for k, g in enumerate(groups_train) for _ in g.pairs)
+    return EncodedPairs(sequences, pairs_of(groups_train), pairs_of(groups_held), train_prompts)
 
 
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -201,6 +212,7 @@ def train_dpo(
                 "eval_fraction",
                 "lora",
                 "batch_size",
+                "batching",
                 "lora_r",
                 "seed",
             }
@@ -223,7 +235,8 @@ def train_dpo(
     if resuming:
         state = restore(checkpoint, model, optimizer, generator, run)
     reference = state["reference"]
-    schedule = Schedule.of(config, len(data.train))
+    by_prompt = data.train_prompts if config.batching == "by_prompt" else None
+    schedule = Schedule.of(config, len(data.train), by_prompt)
 
     def step(indices: list[int]):
         batch = [data.train[i] for i in indices]

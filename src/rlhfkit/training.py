@@ -4,6 +4,7 @@ trainers (SFT, DPO) share."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -55,7 +56,9 @@ def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer
 class Schedule:
     """How a supervised trainer walks its data: `epochs` passes over `examples` items in
     batches (or the first `max_steps` batches of them), a checkpoint after each epoch, at
-    the last step and every `checkpoint_every` steps."""
+    the last step and every `checkpoint_every` steps. With `groups` (each example's group,
+    e.g. its prompt) an epoch takes the groups in a shuffled order, each group's examples
+    together (shuffled among themselves), so a batch holds few groups."""
 
     examples: int
     batch_size: int
@@ -64,9 +67,10 @@ class Schedule:
     max_grad_norm: float
     checkpoint_every: int | None = None
     max_steps: int | None = None
+    groups: tuple[int, ...] | None = None
 
     @classmethod
-    def of(cls, config, examples: int) -> Schedule:
+    def of(cls, config, examples: int, groups: tuple[int, ...] | None = None) -> Schedule:
         """From a trainer's config (batch_size, epochs, seed, max_grad_norm,
         checkpoint_every, max_steps)."""
         return cls(
@@ -77,6 +81,7 @@ class Schedule:
             config.max_grad_norm,
             config.checkpoint_every,
             config.max_steps,
+            groups,
         )
 
     @property
@@ -92,9 +97,22 @@ class Schedule:
         """The example indices of step `step` (0-based): each epoch in its own seeded order,
         so a resumed run takes exactly the batches the first would have."""
         epoch, within = divmod(step, self.steps_per_epoch)
+        return self.order(epoch)[within * self.batch_size : (within + 1) * self.batch_size]
+
+    @functools.cache  # noqa: B019 (a few epochs of a frozen schedule)
+    def order(self, epoch: int) -> list[int]:
+        """The examples of epoch `epoch` in the order it takes them (seeded by the epoch)."""
+        rng = random.Random(f"{self.seed}:{epoch}")
         order = list(range(self.examples))
-        random.Random(f"{self.seed}:{epoch}").shuffle(order)
-        return order[within * self.batch_size : (within + 1) * self.batch_size]
+        rng.shuffle(order)
+        if self.groups is None:
+            return order
+        members: dict[int, list[int]] = {}
+        for index in order:  # each group's members, in the shuffled order
+            members.setdefault(self.groups[index], []).append(index)
+        keys = list(members)
+        rng.shuffle(keys)
+        return [index for key in keys for index in members[key]]
 
 
 def restore(checkpoint: Path, model, optimizer, generator: torch.Generator, run: dict) -> dict:
