@@ -81,7 +81,8 @@ def run_ours(args) -> dict:
         max_steps=args.steps,
         lora_r=LORA_R,
         lora_alpha=LORA_ALPHA,
-        seed=0,
+        batching=args.batching,
+        seed=args.seed,
     )
     with tempfile.TemporaryDirectory() as out:
         pairs = Path(out) / "pairs.jsonl"
@@ -133,7 +134,7 @@ def run_trl(args) -> dict:
             save_strategy="no",
             logging_steps=10**6,
             disable_tqdm=True,
-            seed=0,
+            seed=args.seed,
         )
 
         def on_disk(name: str, groups):
@@ -179,6 +180,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=48, help="the first N prompts' pairs")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--batching", choices=["shuffled", "by_prompt"], default="shuffled", help="rlhfkit's"
+    )
     parser.add_argument("--run", choices=["ours", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.pairs.is_file():

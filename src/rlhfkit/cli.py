@@ -850,7 +850,7 @@ def dpo(
     max_steps: int | None = typer.Option(None, help="Stop after this many steps."),
     batch_size: int | None = typer.Option(None, help="Pairs per step."),
     batching: str | None = typer.Option(
-        None, help="by_prompt (a step's pairs from few prompts) or shuffled."
+        None, help="shuffled, or by_prompt (a step's pairs from few prompts: cheaper steps)."
     ),
     lr: float | None = typer.Option(None),
     max_length: int | None = typer.Option(None, help="Tokens of prompt and completion."),

@@ -9,13 +9,14 @@ copy of the weights serves as policy and reference, with LoRA or without. Each d
 sampled: `mode` raw or chat) followed by the completion; only the completion's tokens count.
 Prompts are split into train and held out exactly as `train-rm` splits them, so DPO's
 held-out pair accuracy (its implicit reward β·Δ ranking the pair's chosen first) and the
-reward model's are measured on the same pairs. A step's pairs come from as few prompts as
-they can (`batching: by_prompt`): a prompt's K completions make up to C(K,2) pairs, and each
-distinct completion is read once however many of the step's pairs hold it, so a step of 8
-pairs of one prompt costs about K forward passes rather than 16 (InstructGPT trains its
-reward model on whole prompts for the same reason). A checkpoint after each epoch (and every
-`checkpoint_every` steps) lets `--resume` continue; the result is a policy directory
-(models/stack.py) with `stage: dpo`, which eval, ppo and serve-model load.
+reward model's are measured on the same pairs. A step reads each distinct completion once,
+however many of its pairs hold it; with `batching: by_prompt` its pairs come from as few
+prompts as they can, so 8 pairs of one prompt cost about its K completions' passes rather
+than 16 (InstructGPT trains its reward model on whole prompts for that reason). Measured on
+the comparison's pairs, that halves the time a step and about halves what a step learns, so
+the default draws a step's pairs from anywhere (`shuffled`). A checkpoint after each epoch
+(and every `checkpoint_every` steps) lets `--resume` continue; the result is a policy
+directory (models/stack.py) with `stage: dpo`, which eval, ppo and serve-model load.
 """
 
 from __future__ import annotations
@@ -56,10 +57,11 @@ class DPOConfig(StageConfig):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="chance a label is flipped")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1, description="pairs per step")
-    batching: Literal["by_prompt", "shuffled"] = Field(
-        "by_prompt",
-        description="by_prompt: a step's pairs come from as few prompts as they can, so each "
-        "completion is read once for all its pairs; shuffled: from anywhere",
+    batching: Literal["shuffled", "by_prompt"] = Field(
+        "shuffled",
+        description="shuffled: a step's pairs from anywhere; by_prompt: from as few prompts as "
+        "they can, each completion read once for all its pairs (half the time a step, about "
+        "half the learning a step, measured)",
     )
     lr: float = Field(1e-4, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)

@@ -13,7 +13,6 @@ records here (`conversational_to_text`); a multi-turn prompt keeps its messages 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -125,15 +124,16 @@ def _hub_dataset(datasets, spec: str):
         raise RlhfkitError(f"{spec}: expected hf:NAME[:CONFIG][@SPLIT]")
     hint = "where the Hub is reachable, load it and save_to_disk(), then pass that directory"
     offline = not _hub_reachable()
-    if offline:  # the local cache only, no retries against an unreachable Hub
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        datasets.config.HF_HUB_OFFLINE = True
+    was = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = was or offline  # unreachable: the local cache only
     try:
         return datasets.load_dataset(name, config or None, split=split)
     except Exception as e:
         where = "the Hub is not reachable and it is not in the local cache" if offline else ""
         reason = where or _first_line(e)
         raise RlhfkitError(f"cannot load {spec}: {reason}; {hint}") from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = was
 
 
 def _one_split(loaded, split: str | None, where: str):
