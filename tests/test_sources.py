@@ -191,3 +191,16 @@ def test_train_rm_reads_a_parquet_of_conversational_pairs(tmp_path, cli):
     cli("train-rm", "--pairs", source, "--out", out, "--epochs", "1", "--eval-fraction", "0")
     info = json.loads((out / "model" / "reward.json").read_text())
     assert info["data"]["pairs"] == 12 and info["data"]["pairs_file"] == source
+
+
+def test_rendered_conversations_are_sampled_raw_never_wrapped_twice(tmp_path, cli, tiny_model):
+    shape = [CONVERSATION[0], {"role": "user", "content": "Name a shape."}]
+    rows = [{"prompt": CONVERSATION}, {"prompt": shape}]
+    source = write_formats(tmp_path, rows)["jsonl"]
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    args = ["--prompts", source, "--model", tiny_model, "-n", "2", "--max-new-tokens", "2"]
+    result = cli("generate", *args, "--store", store)
+    assert "mode raw" in result.stdout + result.stderr  # auto: every prompt is rendered
+    answer = cli("generate", *args, "--mode", "chat", "--store", store, ok=False)
+    assert "2 of the 2 prompts" in answer.output and "mode raw" in answer.output
+    assert "Traceback" not in answer.output

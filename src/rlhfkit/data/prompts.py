@@ -136,6 +136,22 @@ def load_prompts(
     return prompts
 
 
+def resolve_mode(mode: str, spec: str, prompts: list[PromptRecord]) -> str:
+    """How to put these prompts to a model: `mode`, or for "auto" the set's own default,
+    raw when every prompt is a conversation already rendered with a chat template (a
+    multi-turn record of data/sources.py). Such a prompt in chat mode would be wrapped in a
+    template twice: an error."""
+    rendered = sum(p.messages is not None for p in prompts)
+    if mode == "auto":
+        mode = "raw" if prompts and rendered == len(prompts) else default_mode(spec)
+    if mode == "chat" and rendered:
+        raise RlhfkitError(
+            f"{rendered} of the {len(prompts)} prompts of {spec} are conversations already "
+            "rendered with a chat template: sample them with mode raw, apart from single prompts"
+        )
+    return mode
+
+
 def default_mode(spec: str) -> str:
     return (
         BUILTIN_MODES.get(spec.removeprefix("builtin:"), "chat")

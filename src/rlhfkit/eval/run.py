@@ -360,14 +360,14 @@ def summary_header(result: dict) -> list[str]:
 
 def sampling_mode(config: EvalConfig, info: dict | None) -> str:
     """How prompts are put to the models: as asked, else as the policy was trained, else the
-    prompt set's own default."""
-    from rlhfkit.data.prompts import default_mode
+    prompt set's own default (data/prompts.py `resolve_mode`)."""
+    from rlhfkit.data.prompts import load_prompts, resolve_mode
 
     mode = config.mode
-    if mode == "auto":
-        mode = info.get("mode", "auto") if info else "auto"
-        mode = default_mode(config.prompts) if mode == "auto" else mode
-    return mode
+    if mode == "auto" and info:
+        mode = info.get("mode", "auto")
+    prompts = load_prompts(config.prompts, config.split, config.eval_fraction)
+    return resolve_mode(mode, config.prompts, prompts)
 
 
 def score_rows(rows: list[dict], scorers: dict, reward) -> None:

@@ -250,12 +250,13 @@ def _checkpoint_to_resume(
 
 def _set_up(config: PPOConfig, out: Path, processes: Processes, reward) -> _Run:
     """The reward, the prompts, and the seeded policy with its optimiser and controllers."""
-    from rlhfkit.data.prompts import default_mode, load_prompts
+    from rlhfkit.data.prompts import load_prompts, resolve_mode
     from rlhfkit.reward import load_reward
 
     reward = reward or load_reward(config.reward)  # a bad spec fails before the model loads
-    prompts = [p.prompt for p in load_prompts(config.prompts, config.split, config.eval_fraction)]
-    mode = default_mode(config.prompts) if config.mode == "auto" else config.mode
+    records = load_prompts(config.prompts, config.split, config.eval_fraction)
+    mode = resolve_mode(config.mode, config.prompts, records)
+    prompts = [p.prompt for p in records]
     torch.manual_seed(config.seed)  # the same initial adapter in every process (and GPU)
     random.seed(config.seed)
     np.random.seed(config.seed)

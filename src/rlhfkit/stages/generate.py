@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from rlhfkit.config import StageConfig
 from rlhfkit.data.jsonl import write_jsonl
-from rlhfkit.data.prompts import default_mode, load_prompts, split_of
+from rlhfkit.data.prompts import load_prompts, resolve_mode, split_of
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.feedback.store import (
     Completion,
@@ -155,9 +155,9 @@ def run_generate(
     from rlhfkit.models.stack import load_policy_model
 
     params = params or SamplingParams(mode="auto")
-    if params.mode == "auto":
-        params = SamplingParams(**{**params.as_dict(), "mode": default_mode(prompts)})
     records = load_prompts(prompts, split, eval_fraction, limit, fields)
+    mode = resolve_mode(params.mode, prompts, records)
+    params = SamplingParams(**{**params.as_dict(), "mode": mode})
     splits = [split_of(r.prompt, eval_fraction) for r in records]
     key = run_key(model, params, seed)
     done = _done(store, project, key)
