@@ -35,6 +35,9 @@ def _worker(rank: int, port: int, out: str, body) -> None:
     result = body(rank)
     if rank == 0:
         torch.save(result, out)
+    # Both done before either tears its gloo threads down: a process that destroyed its group
+    # while the other still talked to it once died at exit (SIGABRT, "terminate called").
+    dist.barrier()
     dist.destroy_process_group()
 
 
