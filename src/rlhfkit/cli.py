@@ -1100,16 +1100,16 @@ def run_pipeline_command(
     """The stages as one run: [revise → sft →] generate → label → agreement → pairs →
     train-rm → [dpo →] ppo → eval → report. Rerunning skips finished stages and resumes an
     interrupted one."""
-    from rlhfkit.pipeline import load_pipeline, parse_seeds, run_pipeline, with_seeds, with_stages
+    from rlhfkit.pipeline import load_pipeline, parse_seeds, run_pipeline, with_settings
     from rlhfkit.seeds import summary_table
 
     config = load_pipeline(config_file)
     if stages:
-        config = with_stages(config, [s.strip() for s in stages.split(",")])
+        config = with_settings(config, stages=[s.strip() for s in stages.split(",")])
     if seeds is not None:
-        config = with_seeds(config, parse_seeds(seeds))
+        config = with_settings(config, seeds=parse_seeds(seeds))
     if report_to:
-        config = type(config).make(**{**config.model_dump(by_alias=True), "report_to": report_to})
+        config = with_settings(config, report_to=report_to)
     started = time.perf_counter()
     with _progress() as progress:
         rows = run_pipeline(config, str(config_file), progress)
@@ -1182,7 +1182,7 @@ def tictactoe(
     from rlhfkit.rl.tictactoe import TicTacToeConfig, evaluate, train
 
     steps = _renamed(iterations, "--iterations", steps, "--steps")
-    steps = 120 if steps is None else steps
+    steps = TicTacToeConfig.iterations if steps is None else steps
     if steps < 1:
         raise RlhfkitError("--steps must be >= 1")
     if advantage not in ("gae", "rloo", "grpo"):

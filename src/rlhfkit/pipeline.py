@@ -272,14 +272,15 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     return config
 
 
-def with_stages(config: PipelineConfig, stages: list[str]) -> PipelineConfig:
-    """The config with another list of stages (checked, and put in order)."""
-    return PipelineConfig.make(**{**config.model_dump(by_alias=True), "stages": stages})
+def with_settings(config: PipelineConfig, **changes) -> PipelineConfig:
+    """The config with these top-level settings changed (checked again, stages put in
+    order), e.g. stages, seeds or report_to from the command line."""
+    return PipelineConfig.make(**{**config.model_dump(by_alias=True), **changes})
 
 
 def with_seeds(config: PipelineConfig, seeds: list[int]) -> PipelineConfig:
     """The config with another list of seeds (checked)."""
-    return PipelineConfig.make(**{**config.model_dump(by_alias=True), "seeds": seeds})
+    return with_settings(config, seeds=seeds)
 
 
 def parse_seeds(text: str) -> list[int]:

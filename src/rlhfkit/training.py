@@ -34,8 +34,9 @@ class MetricsLog:
 
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        numbers = scalars(record)
         for tracker in self.trackers:
-            tracker.log(scalars(record), record["step"])
+            tracker.log(numbers, record["step"])
 
     def close(self) -> None:
         self.file.close()

@@ -15,7 +15,7 @@ import json
 import yaml
 
 from rlhfkit.data.packages import package_dir
-from rlhfkit.data.records import PromptRecord
+from rlhfkit.data.records import PromptRecord, RecordError, messages_json
 from rlhfkit.data.sources import read_source
 from rlhfkit.errors import RlhfkitError
 
@@ -123,8 +123,10 @@ def load_prompts(
             if not isinstance(text, str) or not text.strip():
                 raise RlhfkitError(f"{spec}:{number}: 'prompt' must be a non-empty string")
             record_id = None if obj.get("id") is None else str(obj["id"])
-            messages = obj.get("prompt_messages")
-            messages = json.dumps(messages, ensure_ascii=False) if messages else None
+            try:
+                messages = messages_json(obj)
+            except RecordError as e:
+                raise RlhfkitError(f"{spec}:{number}: {e}") from None
             prompts.append(PromptRecord(text, record_id, messages))
         prompts = _unique(prompts)
     if split != "all":

@@ -86,7 +86,7 @@ def _labeler(
     return (name.strip() if name else None), kind
 
 
-def _messages(obj: dict[str, Any]) -> str | None:
+def messages_json(obj: dict[str, Any]) -> str | None:
     """A conversation's prompt messages (`prompt_messages`, as data/sources.py keeps them),
     as JSON text, or None."""
     messages = obj.get("prompt_messages")
@@ -162,13 +162,13 @@ def parse_record(
         prompt, completions = check_completions(obj)
         ranks = check_ranks(obj.get("ranks"), len(completions))
         labeler, kind = _labeler(obj, default_labeler, require_labeler)
-        return RankingRecord(prompt, tuple(completions), ranks, labeler, kind, _messages(obj))
+        return RankingRecord(prompt, tuple(completions), ranks, labeler, kind, messages_json(obj))
     if "label" in obj:
         prompt, completion = _text(obj, "prompt"), _text(obj, "completion")
         if obj["label"] not in ("up", "down"):
             raise RecordError("'label' must be 'up' or 'down'")
         labeler, kind = _labeler(obj, default_labeler, require_labeler)
-        return ThumbsRecord(prompt, completion, obj["label"], labeler, kind, _messages(obj))
+        return ThumbsRecord(prompt, completion, obj["label"], labeler, kind, messages_json(obj))
     if "chosen" in obj or "rejected" in obj:
         chosen, rejected = _text(obj, "chosen"), _text(obj, "rejected")
         if "prompt" in obj:
@@ -180,11 +180,11 @@ def parse_record(
         if chosen == rejected:
             raise RecordError("'chosen' and 'rejected' are the same text")
         labeler, kind = _labeler(obj, default_labeler, require_labeler)
-        return Pair(prompt, chosen, rejected, labeler, kind, _messages(obj))
+        return Pair(prompt, chosen, rejected, labeler, kind, messages_json(obj))
     if "prompt" in obj:
         record_id = obj.get("id")
         record_id = None if record_id is None else str(record_id)
-        return PromptRecord(_text(obj, "prompt"), record_id, _messages(obj))
+        return PromptRecord(_text(obj, "prompt"), record_id, messages_json(obj))
     raise RecordError(
         "not a prompt, ranking, thumbs or pair record: expected 'prompt' alone, "
         "'completions' + 'ranks', 'completion' + 'label', or 'chosen' + 'rejected'"

@@ -26,6 +26,7 @@ import torch
 from pydantic import Field, model_validator
 
 from rlhfkit.config import StageConfig
+from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.metrics import (
     LEVEL,
@@ -358,15 +359,14 @@ def summary_header(result: dict) -> list[str]:
     return ["", *sides, "change" if len(sides) == 2 else "change after vs before"]
 
 
-def sampling_mode(config: EvalConfig, info: dict | None) -> str:
-    """How prompts are put to the models: as asked, else as the policy was trained, else the
-    prompt set's own default (data/prompts.py `resolve_mode`)."""
-    from rlhfkit.data.prompts import load_prompts, resolve_mode
+def sampling_mode(config: EvalConfig, info: dict | None, prompts: list[PromptRecord]) -> str:
+    """How `prompts` are put to the models: as asked, else as the policy was trained, else
+    the prompt set's own default (data/prompts.py `resolve_mode`)."""
+    from rlhfkit.data.prompts import resolve_mode
 
     mode = config.mode
     if mode == "auto" and info:
         mode = info.get("mode", "auto")
-    prompts = load_prompts(config.prompts, config.split, config.eval_fraction)
     return resolve_mode(mode, config.prompts, prompts)
 
 
@@ -381,12 +381,12 @@ def score_rows(rows: list[dict], scorers: dict, reward) -> None:
             row["reward"] = float(r)
 
 
-def held_out_prompts(config: EvalConfig) -> tuple[list[str], int]:
+def held_out_prompts(config: EvalConfig) -> tuple[list[PromptRecord], int]:
     """The prompts to evaluate on (the split's first `limit`, or all of them) and how many the
     split holds; a limit beyond the split is an error, not quietly fewer prompts."""
     from rlhfkit.data.prompts import load_prompts
 
-    prompts = [p.prompt for p in load_prompts(config.prompts, config.split, config.eval_fraction)]
+    prompts = load_prompts(config.prompts, config.split, config.eval_fraction)
     if config.limit is not None and config.limit > len(prompts):
         where = (
             config.prompts if config.split == "all" else f"{config.prompts}'s {config.split} split"
@@ -505,7 +505,8 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
     ):
         raise RlhfkitError(f"{config.policy} is neither a PPO policy directory nor a model")
     reference_name = config.reference or (info["base"] if info else config.policy)
-    prompts, in_split = held_out_prompts(config)
+    records, in_split = held_out_prompts(config)
+    prompts = [p.prompt for p in records]
     check_held_out(prompts, info)
     scorers = {spec: toxicity_scorer(spec) for spec in config.scorers}
     reward = load_reward(config.reward) if config.reward else None
@@ -515,7 +516,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
             f"{trained_on} made the training reward and scores the evaluation too: reward "
             "hacking hides from its own scorer, so judge by an independent one"
         )
-    mode = sampling_mode(config, info)
+    mode = sampling_mode(config, info, records)
     between = intermediate_stages(config.policy, reference_name) if config.intermediate else {}
     judge = constitution = None
     if config.judge:  # opened first: an unreachable endpoint is refused before any sampling

@@ -9,7 +9,6 @@ known and which serve to measure labelers, give no pairs and count in no agreeme
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -154,7 +153,7 @@ def build_pairs(
         prompt = prompts[prompt_id]
         record = {
             "prompt": prompt.text,
-            **({"prompt_messages": json.loads(prompt.messages)} if prompt.messages else {}),
+            **prompt.messages_field(),
             "chosen": texts[chosen],
             "rejected": texts[rejected],
             "prompt_id": prompt.external_id or str(prompt.id),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -114,6 +115,11 @@ class Prompt(Base):
     completions: Mapped[list[Completion]] = relationship(
         back_populates="prompt", order_by="Completion.id"
     )
+
+    def messages_field(self) -> dict[str, Any]:
+        """What an exported record holds beside the prompt's text: its messages, as they
+        were imported, when it is a conversation; else nothing."""
+        return {"prompt_messages": json.loads(self.messages)} if self.messages else {}
 
 
 class Completion(Base):

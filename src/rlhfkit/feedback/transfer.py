@@ -11,7 +11,6 @@ person's rankings into another's.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -594,11 +593,11 @@ def _export_rankings(session, project: Project) -> Iterator[dict[str, Any]]:
         select(Ranking).join(Prompt).where(Prompt.project_id == project.id).order_by(Ranking.id)
     )
     for ranking in rankings:
-        texts = {c.id: c.text for c in session.get(Prompt, ranking.prompt_id).completions}
         prompt = session.get(Prompt, ranking.prompt_id)
+        texts = {c.id: c.text for c in prompt.completions}
         yield {
             "prompt": prompt.text,
-            **_messages_of(prompt),
+            **prompt.messages_field(),
             "completions": [texts[i.completion_id] for i in ranking.items],
             "ranks": [i.rank for i in ranking.items],
             "labeler": ranking.labeler.name,
@@ -617,7 +616,7 @@ def _export_thumbs(session, project: Project) -> Iterator[dict[str, Any]]:
     for thumb in thumbs:
         yield {
             "prompt": thumb.completion.prompt.text,
-            **_messages_of(thumb.completion.prompt),
+            **thumb.completion.prompt.messages_field(),
             "completion": thumb.completion.text,
             "label": thumb.label,
             "labeler": thumb.labeler.name,
@@ -636,7 +635,7 @@ def _export_pairs(session, project: Project) -> Iterator[dict[str, Any]]:
     for p in preferences:
         yield {
             "prompt": p.chosen.prompt.text,
-            **_messages_of(p.chosen.prompt),
+            **p.chosen.prompt.messages_field(),
             "chosen": p.chosen.text,
             "rejected": p.rejected.text,
             "labeler": p.labeler.name,
@@ -652,15 +651,10 @@ def _export_completions(session, project: Project) -> Iterator[dict[str, Any]]:
         yield {
             "id": prompt.external_id or str(prompt.id),
             "prompt": prompt.text,
-            **_messages_of(prompt),
+            **prompt.messages_field(),
             "split": prompt.split,
             "completions": [c.text for c in prompt.completions],
         }
-
-
-def _messages_of(prompt: Prompt) -> dict[str, Any]:
-    """A conversation's prompt messages, as they were imported, beside its rendered text."""
-    return {"prompt_messages": json.loads(prompt.messages)} if prompt.messages else {}
 
 
 _EXPORTERS = {
