@@ -77,7 +77,7 @@ def peft_lora():
     """That adapter as peft's config, for TRL: rlhfkit's targets, no dropout."""
     from peft import LoraConfig
 
-    from rlhfkit.rl.policy import LORA_TARGETS
+    from rlhfkit.models.lora import LORA_TARGETS
 
     return LoraConfig(
         task_type="CAUSAL_LM",

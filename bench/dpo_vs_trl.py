@@ -56,8 +56,8 @@ def rows(groups) -> list[dict]:
 
 def run_ours(args) -> dict:
     from rlhfkit.data.jsonl import write_jsonl
-    from rlhfkit.dpo import DPOConfig, train_dpo
     from rlhfkit.progress import Progress
+    from rlhfkit.train.dpo import DPOConfig, train_dpo
 
     train, held = subset(args)
     times: dict[str, list[float]] = {}

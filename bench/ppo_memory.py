@@ -27,11 +27,11 @@ import tempfile
 def measure(args) -> dict:
     import time
 
-    from rlhfkit.rl.ppo import PPOConfig
-    from rlhfkit.rl.trainer import run_ppo
+    from rlhfkit.train.ppo.step import PPOConfig
+    from rlhfkit.train.ppo.trainer import run_ppo
 
     if args.run == "baseline":  # the runtime and libraries alone, no model
-        import rlhfkit.rl.trainer  # noqa: F401
+        import rlhfkit.train.ppo.trainer  # noqa: F401
 
         return {}
     config = PPOConfig(

@@ -42,7 +42,7 @@ BATCH, RESPONSE_LENGTH = 8, 24
 def prompts(args) -> list[str]:
     """The prompts rlhfkit's run takes, step by step, in its order."""
     from rlhfkit.data.prompts import load_prompts
-    from rlhfkit.rl.trainer import batch_prompts
+    from rlhfkit.train.ppo.trainer import batch_prompts
 
     texts = [p.prompt for p in load_prompts("builtin:rtp", "train", 0.2)]
     return [p for step in range(args.steps) for p in batch_prompts(texts, step, BATCH, 0)]
@@ -74,10 +74,10 @@ def timed(module, name: str, sink: list[float]) -> None:
 def run_ours(args) -> dict:
     import torch
 
-    import rlhfkit.rl.rollout
+    import rlhfkit.train.ppo.rollout
     from rlhfkit.progress import Progress
-    from rlhfkit.rl.ppo import PPOConfig
-    from rlhfkit.rl.trainer import run_ppo
+    from rlhfkit.train.ppo.step import PPOConfig
+    from rlhfkit.train.ppo.trainer import run_ppo
 
     model, tokenizer = reward_model()
 
@@ -109,7 +109,7 @@ def run_ours(args) -> dict:
         def advance(self, n=1, description=None):
             ends.append(time.perf_counter())
 
-    timed(rlhfkit.rl.rollout, "sample_responses", generate)
+    timed(rlhfkit.train.ppo.rollout, "sample_responses", generate)
     with tempfile.TemporaryDirectory() as out:
         run_ppo(config, out, reward=reward, progress=StepEnds())
         lines = (Path(out) / "metrics.jsonl").read_text().splitlines()

@@ -45,7 +45,7 @@ def accuracy(model, tokenizer, held_out, max_length) -> float:
 def run_ours(args) -> dict:
     from rlhfkit.data.jsonl import write_jsonl
     from rlhfkit.reward.model import RewardModel
-    from rlhfkit.reward.train import RMConfig, train_reward_model
+    from rlhfkit.train.reward_model import RMConfig, train_reward_model
 
     train, held_out = data(args)
     with tempfile.TemporaryDirectory() as tmp:

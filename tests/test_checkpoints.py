@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.rl import trainer
-from rlhfkit.rl.policy import Policy
-from rlhfkit.rl.ppo import PPOConfig
-from rlhfkit.rl.trainer import run_ppo, save_policy
+from rlhfkit.train import loop
+from rlhfkit.train.ppo import trainer
+from rlhfkit.train.ppo.policy import Policy
+from rlhfkit.train.ppo.step import PPOConfig
+from rlhfkit.train.ppo.trainer import run_ppo, save_ppo_policy
 
 TIMING = ("seconds", "per_s")  # differ from run to run; everything else must not
 
@@ -77,7 +78,7 @@ def test_a_resume_with_other_settings_is_refused_naming_them(tiny_model, tmp_pat
         run_ppo(changed, out, resume=True, reward=length_reward)
     message = str(refused.value)
     assert "\n" not in message
-    assert "written with other settings (lr, temperature)" in message
+    assert "other settings (lr 0.0001, not 0.0003; temperature 1.0, not 0.7)" in message
     assert (out / "metrics.jsonl").read_bytes() == before
     # Training longer is the same run, not another one.
     run_ppo(tiny_config(tiny_model, steps=2), out, resume=True, reward=length_reward)
@@ -147,10 +148,10 @@ def test_a_crash_while_saving_the_policy_leaves_the_previous_one_or_none(
     with monkeypatch.context() as m:  # the first save dies after the adapter, before the tokenizer
         m.setattr(policy.tokenizer, "save_pretrained", disk_full)
         with pytest.raises(OSError):
-            save_policy(policy, tmp_path / "policy", config)
+            save_ppo_policy(policy, tmp_path / "policy", config)
     assert not (tmp_path / "policy").exists()
 
-    save_policy(policy, tmp_path / "policy", config)
+    save_ppo_policy(policy, tmp_path / "policy", config)
     complete = _snapshot(tmp_path / "policy")
     assert {"adapter_model.safetensors", "value_head.safetensors", "rlhfkit_policy.json"} <= set(
         complete
@@ -160,7 +161,7 @@ def test_a_crash_while_saving_the_policy_leaves_the_previous_one_or_none(
     with monkeypatch.context() as m:
         m.setattr(policy.tokenizer, "save_pretrained", disk_full)
         with pytest.raises(OSError):
-            save_policy(policy, tmp_path / "policy", config)
+            save_ppo_policy(policy, tmp_path / "policy", config)
     assert _snapshot(tmp_path / "policy") == complete
     assert trainer.read_value_head(tmp_path / "policy")["weight"].eq(0).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]  # no debris left
@@ -189,12 +190,12 @@ def test_ctrl_c_during_a_steps_bookkeeping_takes_effect_when_it_ends():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if ignored here
     try:
         finished = False
-        with pytest.raises(KeyboardInterrupt), trainer._ctrl_c_waits():
+        with pytest.raises(KeyboardInterrupt), loop._ctrl_c_waits():
             os.kill(os.getpid(), signal.SIGINT)
             finished = True
         assert finished
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        with trainer._ctrl_c_waits():  # no Ctrl-C: nothing raised
+        with loop._ctrl_c_waits():  # no Ctrl-C: nothing raised
             finished = "again"
         assert finished == "again"
     finally:
@@ -205,7 +206,7 @@ def test_an_ignored_ctrl_c_stays_ignored_during_a_steps_bookkeeping():
     """A run started with SIGINT ignored (a background job, nohup) is not interrupted."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with trainer._ctrl_c_waits():
+        with loop._ctrl_c_waits():
             os.kill(os.getpid(), signal.SIGINT)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:

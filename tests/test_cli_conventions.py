@@ -57,7 +57,7 @@ def test_help_shows_the_defaults_of_the_settings_class(cli, monkeypatch, command
 
 
 def test_settings_class_defaults_in_help_match_the_class(cli, monkeypatch):
-    from rlhfkit.rl.ppo import PPOConfig
+    from rlhfkit.train.ppo.step import PPOConfig
 
     monkeypatch.setenv("COLUMNS", "400")
     lines = cli("ppo", "--help").stdout.splitlines()

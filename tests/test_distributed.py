@@ -17,9 +17,9 @@ import torch.multiprocessing as mp
 
 from conftest import tiny_llama
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.rl.distributed import Processes, full_state, is_shard
-from rlhfkit.rl.policy import Policy
-from rlhfkit.rl.trainer import CHECKPOINT, read_checkpoint
+from rlhfkit.train.distributed import Processes, full_state, is_shard
+from rlhfkit.train.ppo.policy import Policy
+from rlhfkit.train.ppo.trainer import CHECKPOINT, read_checkpoint
 from test_ppo import TINY, _rlhfkit
 
 

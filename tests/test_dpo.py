@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from rlhfkit.dpo import DPOConfig, encode_pairs, train_dpo
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.train.dpo import DPOConfig, encode_pairs, train_dpo
 
 
 def _pairs(tmp_path, n: int = 40, name: str = "pairs.jsonl"):
@@ -87,14 +87,14 @@ def test_dpo_learns_separable_pairs_and_resumes(tmp_path, tiny_model):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, resumed["steps"] + 1)) and resumed["steps"] > summary["steps"]
     # The reference came back with the checkpoint: one log-probability per distinct text.
-    from rlhfkit.rl.checkpoint import CHECKPOINT, read_state
+    from rlhfkit.train.checkpoint import CHECKPOINT, read_state
 
-    assert len(read_state(out / CHECKPOINT)["state"]["reference"]) == 2 * 40
+    assert len(read_state(out / CHECKPOINT)["trainer"]["reference"]) == 2 * 40
     # Resuming with other data or settings would continue another run: refused.
     other = _pairs(tmp_path, 41, "other.jsonl")
-    with pytest.raises(RlhfkitError, match="was started with pairs_sha256"):
+    with pytest.raises(RlhfkitError, match="was started on other data"):
         train_dpo(other, out, longer, resume=True)
-    with pytest.raises(RlhfkitError, match="was started with batch_size 8, not 4"):
+    with pytest.raises(RlhfkitError, match=r"other settings \(batch_size 8, not 4\)"):
         train_dpo(pairs, out, DPOConfig(**{**longer.model_dump(), "batch_size": 4}), resume=True)
 
 
@@ -103,9 +103,9 @@ def test_max_steps_cuts_the_epoch_short_and_still_evaluates_and_checkpoints(tmp_
     config = DPOConfig(model=tiny_model, max_steps=2, lr=1e-2, eval_fraction=0.25)
     summary = train_dpo(_pairs(tmp_path), out, config)  # 30 train pairs: 4 steps an epoch
     assert summary["steps"] == 2 and summary["held_out"]["after"] is not None
-    from rlhfkit.rl.checkpoint import CHECKPOINT, read_state
+    from rlhfkit.train.checkpoint import CHECKPOINT, read_state
 
-    assert read_state(out / CHECKPOINT)["state"]["step"] == 2
+    assert read_state(out / CHECKPOINT)["step"] == 2
     resumed = train_dpo(_pairs(tmp_path), out, config.model_copy(update={"max_steps": 3}), True)
     assert resumed["steps"] == 3
 
@@ -157,10 +157,10 @@ def test_dpo_on_smollm2_learns_clearly_separable_pairs(tmp_path):
 
 
 def test_a_schedule_by_group_keeps_each_groups_examples_together():
-    from rlhfkit.training import Schedule
+    from rlhfkit.train.loop import Schedule
 
     groups = tuple(i // 5 for i in range(40))  # 8 groups of 5
-    schedule = Schedule(40, 10, 3, seed=1, max_grad_norm=1.0, groups=groups)
+    schedule = Schedule(40, 10, 3, seed=1, groups=groups)
     orders = [schedule.order(epoch) for epoch in range(3)]
     for order in orders:
         assert sorted(order) == list(range(40))  # each example once an epoch
@@ -170,16 +170,16 @@ def test_a_schedule_by_group_keeps_each_groups_examples_together():
             [g for k, g in enumerate(runs) if k == 0 or g != runs[k - 1]]
         )
     assert orders[0] != orders[1]  # a fresh order each epoch
-    again = Schedule(40, 10, 3, seed=1, max_grad_norm=1.0, groups=groups)
+    again = Schedule(40, 10, 3, seed=1, groups=groups)
     assert [again.batch(s) for s in range(12)] == [schedule.batch(s) for s in range(12)]
-    plain = Schedule(40, 10, 3, seed=1, max_grad_norm=1.0)
+    plain = Schedule(40, 10, 3, seed=1)
     assert any(len({groups[i] for i in plain.batch(s)}) > 2 for s in range(4))
 
 
 def test_dpo_by_prompt_reads_each_completion_once_for_all_its_pairs(
     tmp_path, tiny_model, monkeypatch
 ):
-    import rlhfkit.dpo as dpo
+    import rlhfkit.train.dpo as dpo
 
     replies = [" Thank you.", " That is kind.", " Go away.", " Whatever, fool."]
     rows = [

@@ -304,7 +304,7 @@ def _check_the_after_side(run: Path, result: dict) -> None:
 
     from rlhfkit.eval.run import load_model
     from rlhfkit.models import load_causal_lm
-    from rlhfkit.rl.rollout import sample_responses
+    from rlhfkit.train.ppo.rollout import sample_responses
 
     config, samples = result["config"], result["samples"]
     assert len(samples) <= config["batch_size"]  # the evaluation sampled them in one batch

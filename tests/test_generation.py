@@ -45,7 +45,7 @@ def test_n_samples_per_prompt_in_order_and_reproducible_by_seed(lm):
 def test_ppo_samples_as_generate_does(lm):
     """One sampler: under the same seed, the rollout's responses are generate's, with the same
     lengths and ends."""
-    from rlhfkit.rl.rollout import sample_responses
+    from rlhfkit.train.ppo.rollout import sample_responses
 
     model, tokenizer = lm
     prompts = ["I think that", "My favourite food is", "Yesterday we went to the"]

@@ -5,10 +5,9 @@ import math
 import pytest
 import torch
 
-from rlhfkit.reward.losses import pairwise_loss
-from rlhfkit.rl.kl import AdaptiveKL, FixedKL
-from rlhfkit.rl.losses import (
-    dpo_loss,
+from rlhfkit.reward.losses import dpo_loss, pairwise_loss
+from rlhfkit.train.ppo.kl import AdaptiveKL, FixedKL
+from rlhfkit.train.ppo.losses import (
     entropy_anchor_loss,
     entropy_from_logits,
     gae,

@@ -86,9 +86,9 @@ def test_greedy_decoding_of_smollm2_is_the_same_packed_or_not():
 def test_packed_sampling_is_on_policy_with_a_trained_adapter():
     """PPO's ratios assume the tokens were sampled from π: the log-probabilities generate saw
     while sampling under packed weights must be the policy's own, not the reference's."""
-    from rlhfkit.rl.policy import Policy
-    from rlhfkit.rl.ppo import PPOConfig
-    from rlhfkit.rl.rollout import response_logits, token_logp
+    from rlhfkit.train.ppo.policy import Policy
+    from rlhfkit.train.ppo.rollout import response_logits, token_logp
+    from rlhfkit.train.ppo.step import PPOConfig
 
     torch.manual_seed(0)
     policy = Policy.load("smollm2-135m-instruct", PPOConfig().lora_args()).eval()

@@ -14,11 +14,17 @@ import torch
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.generation import truncate_after_eos
-from rlhfkit.rl.losses import entropy_from_logits, kl_penalty
-from rlhfkit.rl.policy import Policy
-from rlhfkit.rl.ppo import PPOConfig, RewardScale, ppo_update, response_forward, with_old_logp
-from rlhfkit.rl.rollout import response_logits, rollout, token_logp
-from rlhfkit.rl.trainer import CHECKPOINT, read_checkpoint, run_ppo
+from rlhfkit.train.ppo.losses import entropy_from_logits, kl_penalty
+from rlhfkit.train.ppo.policy import Policy
+from rlhfkit.train.ppo.rollout import response_logits, rollout, token_logp
+from rlhfkit.train.ppo.step import (
+    PPOConfig,
+    RewardScale,
+    ppo_update,
+    response_forward,
+    with_old_logp,
+)
+from rlhfkit.train.ppo.trainer import CHECKPOINT, read_checkpoint, run_ppo
 
 
 def exclamations(prompts, completions):

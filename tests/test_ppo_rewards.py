@@ -10,11 +10,11 @@ import torch
 
 from conftest import save_tiny_llama
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.rl.losses import masked_mean
-from rlhfkit.rl.policy import Policy
-from rlhfkit.rl.ppo import PPOConfig, advantages_and_returns, ppo_update, shape_scores
-from rlhfkit.rl.rollout import rollout
-from rlhfkit.rl.trainer import run_ppo
+from rlhfkit.train.ppo.losses import masked_mean
+from rlhfkit.train.ppo.policy import Policy
+from rlhfkit.train.ppo.rollout import rollout
+from rlhfkit.train.ppo.step import PPOConfig, advantages_and_returns, ppo_update, shape_scores
+from rlhfkit.train.ppo.trainer import run_ppo
 
 PROMPTS = ["Tell me about cats.", "What is rain?", "Say something nice.", "Hi!"]
 
@@ -254,11 +254,13 @@ def test_a_critic_free_run_has_no_value_head_and_resumes(tiny_lm, tmp_path):
     policy_dir = tmp_path / "run" / "policy"
     assert (policy_dir / "adapter_model.safetensors").exists()
     assert not (policy_dir / "value_head.safetensors").exists()
-    from rlhfkit.rl.checkpoint import read_state
+    from rlhfkit.train.checkpoint import read_state
 
     state = read_state(tmp_path / "run" / "checkpoint.safetensors")
-    assert state["trainable"] and not [k for k in state["trainable"] if "value_head" in k]
-    assert len(state["optimizer"]["param_groups"]) == 1
+    assert state["trainer"]["trainable"] and not [
+        k for k in state["trainer"]["trainable"] if "value_head" in k
+    ]
+    assert len(state["trainer"]["optimizer"]["param_groups"]) == 1
     run_ppo(
         config.model_copy(update={"steps": 3}),
         tmp_path / "run",

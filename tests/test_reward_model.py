@@ -14,12 +14,12 @@ from rlhfkit.feedback.agreement import labeler_agreement
 from rlhfkit.feedback.pairs import build_pairs, load_rankings
 from rlhfkit.feedback.store import Registry, Store, get_project
 from rlhfkit.reward import load_reward
-from rlhfkit.reward import train as train_module
 from rlhfkit.reward.data import group_pairs, read_pairs, split_by_prompt
 from rlhfkit.reward.evaluate import evaluate_reward, pair_metrics, score_pairs
 from rlhfkit.reward.labelers import auto_label
 from rlhfkit.reward.model import RewardModel
-from rlhfkit.reward.train import RMConfig, train_reward_model
+from rlhfkit.train import reward_model as train_module
+from rlhfkit.train.reward_model import RMConfig, train_reward_model
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_model(tmp_path
         return loss * float("nan") if len(calls) == 5 else loss
 
     monkeypatch.setattr(train_module, "pairwise_loss", explode_at_step_5)
-    with pytest.raises(RlhfkitError, match=r"loss became nan at step 5: .*step 4\) is kept"):
+    with pytest.raises(RlhfkitError, match=r"loss became nan at step 5; .*step 4\) is kept"):
         train_reward_model(
             path, tmp_path / "rm", RMConfig(epochs=1, eval_every=2, eval_fraction=0.3, patience=10)
         )
@@ -162,7 +162,7 @@ def test_a_causal_lm_reward_model_with_lora(tmp_path):
 def test_inputs_longer_than_max_length_are_counted_not_those_that_fit():
     from rlhfkit.reward.data import group_pairs
     from rlhfkit.reward.model import RewardModel
-    from rlhfkit.reward.train import _count_truncated
+    from rlhfkit.train.reward_model import _count_truncated
 
     reward = RewardModel.from_base("minilm-l6", max_length=12)
     # [CLS] a [SEP] + 8 words + [SEP] = 12 tokens, exactly the limit; 9 words are one too many

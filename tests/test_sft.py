@@ -11,7 +11,15 @@ import torch
 
 from conftest import write_jsonl
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.sft import IGNORE, Example, SFTConfig, collate, encode, read_examples, response_nll
+from rlhfkit.train.sft import (
+    IGNORE,
+    Example,
+    SFTConfig,
+    collate,
+    encode,
+    read_examples,
+    response_nll,
+)
 
 
 def test_only_the_response_and_its_end_token_are_labelled(tiny_model):
@@ -47,7 +55,7 @@ def test_labelled_logps_of_a_padded_batch_are_each_rows_own(tiny_model):
     """Rows of different lengths, left-padded, logits kept for the responses only: each
     labelled token's log p is what the model gives the row alone, over all its positions."""
     from rlhfkit.models import load_causal_lm
-    from rlhfkit.sft import labelled_logps
+    from rlhfkit.train.sft import labelled_logps
 
     model, tokenizer = load_causal_lm(tiny_model)
     rows = [
@@ -89,7 +97,7 @@ def test_sft_lowers_the_held_out_loss_and_resumes(tmp_path, tiny_model, cli):
     config = SFTConfig(
         model=tiny_model, epochs=2, batch_size=8, lr=1e-2, eval_fraction=0.25, lora=False
     )
-    from rlhfkit.sft import train_sft
+    from rlhfkit.train.sft import train_sft
 
     summary = train_sft(data, out, config)
     loss = summary["held_out_loss"]
@@ -103,7 +111,7 @@ def test_sft_lowers_the_held_out_loss_and_resumes(tmp_path, tiny_model, cli):
     resumed = train_sft(data, out, longer, resume=True)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, resumed["steps"] + 1)) and resumed["steps"] > summary["steps"]
-    with pytest.raises(RlhfkitError, match="was started with max_length 256, not 128"):
+    with pytest.raises(RlhfkitError, match=r"other settings \(max_length 256, not 128\)"):
         train_sft(data, out, SFTConfig(**{**longer.model_dump(), "max_length": 128}), resume=True)
 
 
@@ -112,7 +120,7 @@ def test_a_killed_runs_metrics_after_its_last_checkpoint_are_dropped_on_resume(
 ):
     """A kill between a step's metrics line and the next checkpoint leaves lines the resumed
     run writes again: they are dropped first, so every step is logged once."""
-    from rlhfkit.sft import train_sft
+    from rlhfkit.train.sft import train_sft
 
     data = _data(tmp_path)
     out = tmp_path / "sft"
@@ -129,9 +137,9 @@ def test_a_killed_runs_metrics_after_its_last_checkpoint_are_dropped_on_resume(
 
 def test_a_policy_stacked_on_sft_starts_at_the_sft_model(tmp_path, tiny_model):
     from rlhfkit.models.stack import lineage, load_policy_model
-    from rlhfkit.rl.policy import Policy
-    from rlhfkit.rl.ppo import PPOConfig
-    from rlhfkit.sft import train_sft
+    from rlhfkit.train.ppo.policy import Policy
+    from rlhfkit.train.ppo.step import PPOConfig
+    from rlhfkit.train.sft import train_sft
 
     out = tmp_path / "sft"
     train_sft(_data(tmp_path), out, SFTConfig(model=tiny_model, epochs=1, lr=1e-2))
@@ -154,7 +162,7 @@ def test_sft_holds_out_revisions_of_prompts_from_the_runs_train_split():
     """The revise stage answers the train split's prompts; SFT's own split must still hold
     some of them out (the run's split, unsalted, would hold out none)."""
     from rlhfkit.data.prompts import load_prompts, split_of
-    from rlhfkit.sft import is_held_out
+    from rlhfkit.train.sft import is_held_out
 
     prompts = [p.prompt for p in load_prompts("builtin:redteam", "train", 0.2, 100)]
     assert not any(split_of(p, 0.2) == "eval" for p in prompts)

@@ -6,7 +6,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from rlhfkit.rl.tictactoe import Agent, TicTacToeConfig, evaluate, play, train, winner
+from rlhfkit.train.tictactoe import Agent, TicTacToeConfig, evaluate, play, train, winner
 
 
 def test_rules():

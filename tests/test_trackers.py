@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.sft import SFTConfig
-from rlhfkit.training import MetricsLog
+from rlhfkit.train.loop import MetricsLog
+from rlhfkit.train.sft import SFTConfig
 
 
 def _records(n: int, start: int = 1):

@@ -95,10 +95,10 @@ ConfigOpt = typer.Option(
 # The settings class of each command that has one: its flags default to None (a flag left out
 # does not override --config), and --help shows the class's defaults.
 _SETTINGS_CLASSES = {
-    "ppo": ("rlhfkit.rl.ppo", "PPOConfig"),
-    "sft": ("rlhfkit.sft", "SFTConfig"),
-    "dpo": ("rlhfkit.dpo", "DPOConfig"),
-    "train-rm": ("rlhfkit.reward.train", "RMConfig"),
+    "ppo": ("rlhfkit.train.ppo.step", "PPOConfig"),
+    "sft": ("rlhfkit.train.sft", "SFTConfig"),
+    "dpo": ("rlhfkit.train.dpo", "DPOConfig"),
+    "train-rm": ("rlhfkit.train.reward_model", "RMConfig"),
     "eval": ("rlhfkit.eval.run", "EvalConfig"),
 }
 _FIELD_OF_FLAG = {"samples_per_prompt": "samples"}  # eval's flag for its `samples` setting
@@ -546,9 +546,10 @@ def train_rm(
         "training ones).",
     ),
     seed: int | None = typer.Option(None),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
 ):
     """Train a reward model with the pairwise loss −log σ(r_chosen − r_rejected)."""
-    from rlhfkit.reward.train import RMConfig, train_reward_model
+    from rlhfkit.train.reward_model import RMConfig, train_reward_model
 
     config = _settings(
         RMConfig,
@@ -576,7 +577,7 @@ def train_rm(
     )
     # The output folder is checked first thing in train_reward_model, before the bar shows.
     with _progress() as progress:
-        info = train_reward_model(pairs, out_dir, config, progress)
+        info = train_reward_model(pairs, out_dir, config, progress, resume)
     metrics = info.get("metrics", {})
     accuracy = metrics.get("eval_accuracy")
     console.print(
@@ -806,7 +807,7 @@ def sft(
     seed: int | None = typer.Option(None),
 ):
     """Supervised fine-tuning on (prompt, response) pairs, the loss on the response only."""
-    from rlhfkit.sft import SFTConfig, held_out_line, train_sft
+    from rlhfkit.train.sft import SFTConfig, held_out_line, train_sft
 
     config = _settings(
         SFTConfig,
@@ -860,7 +861,7 @@ def dpo(
 ):
     """Direct preference optimisation on pairs: no reward model, the model as loaded is the
     reference."""
-    from rlhfkit.dpo import DPOConfig, held_out_line, train_dpo
+    from rlhfkit.train.dpo import DPOConfig, held_out_line, train_dpo
 
     config = _settings(
         DPOConfig,
@@ -928,8 +929,8 @@ def ppo(
     seed: int | None = typer.Option(None),
 ):
     """PPO with a KL penalty against the frozen reference (LoRA: the same weights, adapter off)."""
-    from rlhfkit.rl.ppo import PPOConfig
-    from rlhfkit.rl.trainer import run_ppo
+    from rlhfkit.train.ppo.step import PPOConfig
+    from rlhfkit.train.ppo.trainer import run_ppo
 
     config = _settings(
         PPOConfig,
@@ -1179,7 +1180,7 @@ def tictactoe(
     config: Path | None = ConfigOpt,
 ):
     """The seed's RL example: PPO learns tic-tac-toe against a random opponent."""
-    from rlhfkit.rl.tictactoe import TicTacToeConfig, evaluate, train
+    from rlhfkit.train.tictactoe import TicTacToeConfig, evaluate, train
 
     steps = _renamed(iterations, "--iterations", steps, "--steps")
     steps = TicTacToeConfig.iterations if steps is None else steps
@@ -1196,7 +1197,7 @@ def tictactoe(
         f"draw {rates['draw']:.3f}, loss {rates['loss']:.3f}"
     )
     if plot:
-        from rlhfkit.rl.tictactoe import plot_history
+        from rlhfkit.train.tictactoe import plot_history
 
         plot_history(history, plot)
         out.print(f"learning curve: {plot}")

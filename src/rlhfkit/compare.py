@@ -93,13 +93,13 @@ class CompareConfig(StageConfig):
         return seed_config(self.shared(), seed)
 
     def ppo_config(self, seed: int, method: Method):
-        from rlhfkit.rl.ppo import PPOConfig
+        from rlhfkit.train.ppo.step import PPOConfig
 
         defaults = self.seed_run(seed).ppo_config().model_dump()
         return PPOConfig.make(**{**defaults, **self.ppo, **method.ppo})
 
     def dpo_config(self, seed: int, method: Method):
-        from rlhfkit.dpo import DPOConfig
+        from rlhfkit.train.dpo import DPOConfig
 
         defaults = self.seed_run(seed).dpo_config().model_dump()
         return DPOConfig.make(**{**defaults, **self.dpo, **method.dpo})
@@ -107,7 +107,7 @@ class CompareConfig(StageConfig):
     def eval_config(self, seed: int, name: str):
         """The same prompts, scorers, reward and sampling seed for every method."""
         from rlhfkit.eval.run import EvalConfig
-        from rlhfkit.rl.ppo import PPOConfig
+        from rlhfkit.train.ppo.step import PPOConfig
 
         method = self.methods[name]
         shared = self.shared()
@@ -155,28 +155,26 @@ def peak_memory_mb() -> float:
 def run_method(config: CompareConfig, seed: int, name: str, progress: Progress) -> dict:
     """Train one method of one seed (resuming), then evaluate it; writes result.json last."""
     from rlhfkit.eval.run import run_eval, write_result
-    from rlhfkit.files import remove_ours
-    from rlhfkit.rl.checkpoint import CHECKPOINT
+    from rlhfkit.stages import resume_or_clear
 
     method = config.methods[name]
     out = config.method_dir(seed, name)
     train = out / "train"
     claim_directory(out, "compare")
     started = time.perf_counter()
-    resumed = (train / CHECKPOINT).exists()
     if method.kind == "ppo":
-        from rlhfkit.rl.trainer import run_ppo
+        from rlhfkit.train.ppo.trainer import run_ppo
 
-        if not resumed:
-            remove_ours(train, "ppo")
+        resumed = resume_or_clear(train, "ppo")
         run_ppo(config.ppo_config(seed, method), train, resume=resumed, progress=progress)
     elif method.kind == "dpo":
-        from rlhfkit.dpo import MADE_BY, train_dpo
+        from rlhfkit.train.dpo import MADE_BY, train_dpo
 
-        if not resumed:
-            remove_ours(train, MADE_BY)
+        resumed = resume_or_clear(train, MADE_BY)
         pairs = config.run / "pairs" / "pairs.jsonl"
         train_dpo(pairs, train, config.dpo_config(seed, method), resumed, progress)
+    else:
+        resumed = False
     trained = time.perf_counter()
     train_peak = peak_memory_mb()
     result = run_eval(config.eval_config(seed, name), progress)

@@ -16,6 +16,8 @@ from rlhfkit.files import read_text
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     setting: ClassVar[str] = "setting"  # how errors name these settings, e.g. "PPO setting"
+    # what a trainer's resumed run may set otherwise than its checkpoint (train/loop.py)
+    may_change_on_resume: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def make(cls, **values) -> Self:

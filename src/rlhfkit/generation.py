@@ -86,6 +86,11 @@ def prompt_lengths(
     return [len(tokenizer(t, add_special_tokens=add_special).input_ids) for t in texts]
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that start at 0 on the first real token of a left-padded row."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
 def truncate_after_eos(tokens: torch.Tensor, stops: Sequence[int], pad_id: int):
     """Keep each row up to and including its first stop token; pad the rest. Returns the
     tokens, the response mask and whether each row finished."""

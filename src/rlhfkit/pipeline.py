@@ -185,13 +185,13 @@ class PipelineConfig(StageConfig):
         return "dpo" if self.uses("dpo") and not self.uses("ppo") else "ppo"
 
     def sft_config(self):
-        from rlhfkit.sft import SFTConfig
+        from rlhfkit.train.sft import SFTConfig
 
         defaults = {"model": self.model, "seed": self.seed, "report_to": self.report_to}
         return SFTConfig.make(**{**defaults, **self.sft})
 
     def rm_config(self):
-        from rlhfkit.reward.train import RMConfig
+        from rlhfkit.train.reward_model import RMConfig
 
         return RMConfig.make(**{"seed": self.seed, "report_to": self.report_to, **self.train_rm})
 
@@ -199,7 +199,7 @@ class PipelineConfig(StageConfig):
         """DPO from the model generate sampled from, on the prompts as they were put to it,
         holding out the prompts the reward model holds out."""
         from rlhfkit.data.prompts import default_mode
-        from rlhfkit.dpo import DPOConfig
+        from rlhfkit.train.dpo import DPOConfig
 
         defaults = {
             "model": self.policy_model,
@@ -211,7 +211,7 @@ class PipelineConfig(StageConfig):
         return DPOConfig.make(**{**defaults, **self.dpo})
 
     def ppo_config(self):
-        from rlhfkit.rl.ppo import PPOConfig
+        from rlhfkit.train.ppo.step import PPOConfig
 
         start = self.run / "dpo" / "policy" if self.uses("dpo") else self.policy_model
         defaults = {

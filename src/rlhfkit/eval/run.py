@@ -116,8 +116,8 @@ def toxicity_scorer(spec: str):
 @torch.no_grad()
 def response_logps(model, responses) -> list[list[float]]:
     """log p(token) of every response token under `model` (temperature 1)."""
-    from rlhfkit.rl.policy import position_ids
-    from rlhfkit.rl.rollout import response_logits, token_logp
+    from rlhfkit.generation import position_ids
+    from rlhfkit.train.ppo.rollout import response_logits, token_logp
 
     length = responses.response_mask.shape[1]
     logits = model(
@@ -138,7 +138,7 @@ def sample_model(
 ) -> list[dict]:
     """`config.samples` responses to each prompt, with their log-probabilities under the
     model and the reference."""
-    from rlhfkit.rl.rollout import sample_responses
+    from rlhfkit.train.ppo.rollout import sample_responses
 
     torch.manual_seed(config.seed)
     repeated = [p for p in prompts for _ in range(config.samples)]

@@ -9,8 +9,8 @@ from rlhfkit.models.loading import (
     load_classifier,
     load_encoder,
     resolve_model,
-    with_lora,
 )
+from rlhfkit.models.lora import with_lora
 
 __all__ = [
     "DEFAULT_ENCODER",

@@ -210,14 +210,3 @@ def load_classifier(
     if device:
         model.to(device)
     return model.eval(), tokenizer
-
-
-def with_lora(model, task_type: str, **lora):
-    """The model wrapped with a fresh peft LoRA adapter (`task_type`: CAUSAL_LM, SEQ_CLS)."""
-    import warnings
-
-    from peft import LoraConfig, get_peft_model
-
-    with warnings.catch_warnings():  # peft asks transformers a deprecated question
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        return get_peft_model(model, LoraConfig(task_type=task_type, **lora))

@@ -53,20 +53,30 @@ def load_policy_model(name: str | Path):
 def with_fresh_adapter(model, r: int, alpha: int):
     """The model with a new LoRA adapter (its B at zero, so the model is unchanged until it
     trains) on the projections PPO trains too."""
-    from rlhfkit.models import with_lora
-    from rlhfkit.rl.policy import LORA_TARGETS
+    from rlhfkit.models.lora import lora_settings, with_lora
 
-    return with_lora(
-        model, "CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS
-    )
+    return with_lora(model, "CAUSAL_LM", **lora_settings(r, alpha))
 
 
-def save_policy(model, tokenizer, path: Path, info: dict) -> None:
-    """A policy directory, whole or not at all: the weights (the adapter, or the whole
-    model), the tokenizer, and `info` (at least `base`, `stage`, `lora`) as POLICY_INFO."""
+def save_policy(
+    model,
+    tokenizer,
+    path: Path,
+    info: dict,
+    weights: dict | None = None,
+    tensors: dict[str, dict] | None = None,
+) -> None:
+    """A policy directory, whole or not at all (a crash mid-save leaves the previous one):
+    the weights (the adapter, or the whole model; `weights` in place of the model's own,
+    when they were gathered from shards), the tokenizer, `info` (at least `base`, `stage`,
+    `lora`) as POLICY_INFO, and any other `tensors` (a value head) by file name."""
+    from safetensors.torch import save_file
+
     from rlhfkit.files import atomic_directory
 
     with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
+        for name, state in (tensors or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / name)
         (tmp / POLICY_INFO).write_text(json.dumps(info, indent=2))

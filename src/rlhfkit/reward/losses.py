@@ -1,6 +1,7 @@
-"""The reward model's loss as a pure tensor function, tested on hand-computed numbers in
-tests/test_losses.py. Here rather than with PPO's math (rl/losses.py) so that training a
-reward model does not depend on the RL package: `rl` imports `reward`, never the reverse.
+"""The preference losses as pure tensor functions, tested on hand-computed numbers in
+tests/test_losses.py: the reward model's, −log σ(r_chosen − r_rejected), and DPO's, the same
+Bradley–Terry likelihood with the policy's implicit reward β·log(π/π_ref) in place of r.
+PPO's math is in train/ppo/losses.py.
 """
 
 from __future__ import annotations
@@ -29,3 +30,36 @@ def pairwise_loss(
     )
     counts = torch.bincount(index, minlength=groups).to(per_pair.dtype)
     return (sums / counts).mean()
+
+
+def dpo_loss(
+    chosen_logratio: torch.Tensor,
+    rejected_logratio: torch.Tensor,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    loss_type: str = "sigmoid",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Direct preference optimisation on pairs, no reward model. Per pair, with
+    Δ = log π(y|x) − log π_ref(y|x) summed over the response's tokens:
+        sigmoid (DPO): z = β·(Δ_chosen − Δ_rejected),  −(1−ε)·log σ(z) − ε·log σ(−z)
+                       (ε, label smoothing: the chance that a pair's label is flipped)
+        ipo:           (Δ_chosen − Δ_rejected − 1/(2β))², a finite target for the gap
+    Returns the mean loss and, for logging, the implicit rewards β·Δ of the chosen and the
+    rejected, their margin, and the accuracy (pairs whose chosen has the larger reward)."""
+    gap = chosen_logratio - rejected_logratio
+    if loss_type == "sigmoid":
+        z = beta * gap
+        losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    elif loss_type == "ipo":
+        losses = (gap - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss '{loss_type}' (sigmoid or ipo)")
+    with torch.no_grad():
+        chosen, rejected = beta * chosen_logratio, beta * rejected_logratio
+        stats = {
+            "chosen_reward": chosen.mean(),
+            "rejected_reward": rejected.mean(),
+            "reward_margin": (chosen - rejected).mean(),
+            "accuracy": (gap > 0).float().mean(),
+        }
+    return losses.mean(), stats

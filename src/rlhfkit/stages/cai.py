@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from rlhfkit.config import StageConfig
-from rlhfkit.files import remove_ours
 from rlhfkit.progress import Progress
-from rlhfkit.stages import run_store
+from rlhfkit.stages import resume_or_clear, run_store
 
 if TYPE_CHECKING:
-    from rlhfkit.sft import SFTConfig
+    from rlhfkit.train.sft import SFTConfig
 
 REVISE_PROJECT = "cai-revise"
 
@@ -66,13 +65,10 @@ def revise_stage(
 
 def sft_stage(run: Path, config: SFTConfig, progress: Progress) -> str:
     """SFT in RUN/sft on RUN/revise/revisions.jsonl, resuming from its checkpoint if any."""
-    from rlhfkit.rl.checkpoint import CHECKPOINT
-    from rlhfkit.sft import held_out_line, train_sft
+    from rlhfkit.train.sft import MADE_BY, held_out_line, train_sft
 
     out = run / "sft"
-    resume = (out / CHECKPOINT).exists()
-    if not resume:  # what a run killed before its first checkpoint left: start afresh
-        remove_ours(out, "sft")
+    resume = resume_or_clear(out, MADE_BY)
     summary = train_sft(run / "revise" / "revisions.jsonl", out, config, resume, progress)
     return (
         f"{summary['examples']['train']} revisions, {summary['steps']} steps, "

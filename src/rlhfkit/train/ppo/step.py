@@ -22,9 +22,11 @@ from pydantic import Field, field_validator, model_validator
 
 from rlhfkit.config import StageConfig
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.rl.distributed import Processes, clip_grad_norm, resolve_device
-from rlhfkit.rl.kl import AdaptiveKL, FixedKL
-from rlhfkit.rl.losses import (
+from rlhfkit.models.lora import lora_settings
+from rlhfkit.trackers import Tracker
+from rlhfkit.train.distributed import Processes, clip_grad_norm, resolve_device
+from rlhfkit.train.ppo.kl import AdaptiveKL, FixedKL
+from rlhfkit.train.ppo.losses import (
     entropy_anchor_loss,
     entropy_from_logits,
     gae,
@@ -39,15 +41,15 @@ from rlhfkit.rl.losses import (
     token_rewards,
     value_loss,
 )
-from rlhfkit.rl.policy import Policy
-from rlhfkit.rl.rollout import Rollout, response_logits, token_logp
-from rlhfkit.trackers import Tracker
+from rlhfkit.train.ppo.policy import Policy
+from rlhfkit.train.ppo.rollout import Rollout, response_logits, token_logp
 
 
 class PPOConfig(StageConfig):
     """Settings of `rlhfkit ppo`; unknown keys and impossible values are errors."""
 
     setting = "PPO setting"
+    may_change_on_resume = frozenset({"steps", "target_reward", "report_to"})
 
     model: str = "smollm2-135m-instruct"
     reward: str = "scorer:profanity"
@@ -205,18 +207,7 @@ class PPOConfig(StageConfig):
         return self.minibatches == 1 and self.grad_accumulation == 1
 
     def lora_args(self) -> dict | None:
-        from rlhfkit.rl.policy import LORA_TARGETS
-
-        return (
-            dict(
-                r=self.lora_r,
-                lora_alpha=self.lora_alpha,
-                lora_dropout=0.0,
-                target_modules=LORA_TARGETS,
-            )
-            if self.lora
-            else None
-        )
+        return lora_settings(self.lora_r, self.lora_alpha) if self.lora else None
 
     def kl_controller(self) -> FixedKL | AdaptiveKL:
         if self.adaptive_kl:
@@ -480,7 +471,7 @@ def train_step(
 ) -> tuple[dict, Rollout]:
     """Rollout, score and update on one batch of prompts (this process's share of the step's
     batch); the statistics returned are the whole batch's."""
-    from rlhfkit.rl.rollout import rollout
+    from rlhfkit.train.ppo.rollout import rollout
 
     processes = processes or Processes()
     started = time.perf_counter()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +22,7 @@ from rlhfkit.config import StageConfig
 from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import check_ours, claim_directory
+from rlhfkit.models.lora import lora_settings
 from rlhfkit.progress import Progress
 from rlhfkit.reward.data import (
     PromptPairs,
@@ -36,13 +36,25 @@ from rlhfkit.reward.evaluate import flatten, pair_metrics, score_pairs
 from rlhfkit.reward.losses import pairwise_loss
 from rlhfkit.reward.model import RewardModel
 from rlhfkit.trackers import Tracker
-from rlhfkit.training import MetricsLog, adamw
+from rlhfkit.train.checkpoint import CHECKPOINT
+from rlhfkit.train.distributed import load_optimizer_state, optimizer_state
+from rlhfkit.train.loop import (
+    Trainer,
+    adamw,
+    descend,
+    fit,
+    load_trainable_weights,
+    resume_state,
+    run_key,
+    trainable_weights,
+)
 
 
 class RMConfig(StageConfig):
     """Settings of `rlhfkit train-rm`; unknown keys and impossible values are errors."""
 
     setting = "reward model setting"
+    may_change_on_resume = frozenset({"report_to"})
 
     base: str = "minilm-l6"
     epochs: int = Field(3, ge=1)
@@ -102,16 +114,129 @@ def _count_truncated(reward: RewardModel, groups: list[PromptPairs]) -> tuple[in
     return sum(n > reward.max_length for n in lengths), len(prompts)
 
 
-@dataclass
-class _TrainState:
-    """What the training loop carries from one step and evaluation to the next."""
+class RewardModelTrainer(Trainer):
+    """The pairwise loss on batches of whole prompts (`pack_batches`, in a fresh order each
+    epoch), a learning-rate schedule, the held-out pairs before the first step and at each
+    evaluation; every evaluation that improves held-out accuracy saves the model to OUT/model
+    (so it holds the best one so far), and `patience` evaluations without improvement stop
+    the run early. A checkpoint after each evaluation lets `--resume` continue."""
 
-    step: int = 0
-    pairs_seen: int = 0
-    train_seconds: float = 0.0  # forward, backward and update; evaluation excluded
-    best_accuracy: float = -1.0
-    best_step: int | None = None
-    stale: int = 0  # evaluations since the best one
+    made_by, title = "train-rm", "training"
+    evaluation_line = True
+
+    def __init__(self, reward: RewardModel, train, held_out, config: RMConfig, out, progress):
+        self.reward, self.held_out, self.progress = reward, held_out, progress
+        self.train, self.settings, self.out = train, config, Path(out)
+        # The learning-rate schedule spans the epochs at their unshuffled batch count.
+        self.schedule_steps = len(pack_batches(train, config.batch_size)) * config.epochs
+        self.epochs = self._epochs()
+        self.total_steps = sum(len(batches) for batches in self.epochs)
+        self.params = [p for p in reward.model.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = _optimiser(self.params, config, self.schedule_steps)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.pairs_seen = 0
+        self.train_seconds = 0.0  # forward, backward and update; evaluation excluded
+        self.best_accuracy, self.best_step, self.stale = -1.0, None, 0
+
+    def _epochs(self) -> list[list[list[PromptPairs]]]:
+        """Each epoch's batches: one seeded stream of jittered, shuffled packings."""
+        rng = random.Random(self.settings.seed)
+        return [
+            pack_batches(self.train, self.settings.batch_size, rng)
+            for _ in range(self.settings.epochs)
+        ]
+
+    def _epoch_of(self, step: int) -> tuple[int, int]:
+        """(epoch, index within it) of step `step` (0-based)."""
+        for epoch, batches in enumerate(self.epochs):
+            if step < len(batches):
+                return epoch, step
+            step -= len(batches)
+        raise IndexError(step)
+
+    def update(self, step: int) -> dict:
+        epoch, index = self._epoch_of(step)
+        batch = self.epochs[epoch][index]
+        self.reward.model.train(self.settings.dropout)
+        tick = time.perf_counter()
+        prompts, completions, chosen, rejected, group = flatten(batch)
+        scores = self.reward.raw(prompts, completions)
+        loss = pairwise_loss(scores[chosen], scores[rejected], torch.tensor(group))
+        if not torch.isfinite(loss):  # no update on it: the model on disk stays the best
+            return {"loss": loss.item()}
+        norm = descend(loss, self.params, self.optimizer, self.settings.max_grad_norm)
+        self.scheduler.step()
+        self.pairs_seen += len(chosen)
+        self.train_seconds += time.perf_counter() - tick
+        margins = (scores[chosen] - scores[rejected]).detach()
+        return {
+            "epoch": epoch + 1,
+            "loss": loss.item(),
+            "accuracy": float((margins > 0).float().mean()),
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": norm,
+            "pairs_per_s": self.pairs_seen / self.train_seconds,
+        }
+
+    def kept(self, saved: int) -> str:
+        if self.best_step is None:
+            return "no model was saved"
+        return f"the best model so far (step {self.best_step}) is kept in {self.out}"
+
+    def describe(self, record: dict) -> str:
+        return f"training: loss {record['loss']:.3f}, {record['pairs_per_s']:.0f} pairs/s"
+
+    def evaluation_due(self, steps_done: int) -> bool:
+        every = self.settings.eval_every
+        if every:
+            return steps_done % every == 0
+        epoch, index = self._epoch_of(steps_done - 1)
+        return index == len(self.epochs[epoch]) - 1
+
+    checkpoint_due = evaluation_due
+
+    def evaluate(self, steps_done: int) -> dict | None:
+        """The held-out pairs' numbers; the model is saved when it is the best so far."""
+        if not self.held_out:
+            return None
+        metrics = pair_metrics(score_pairs(self.reward, self.held_out))
+        self.progress.note(
+            f"step {steps_done}: held-out accuracy {metrics['accuracy']:.3f}, "
+            f"loss {metrics['loss']:.3f}"
+        )
+        numbers = {f"eval_{k}": v for k, v in metrics.items()}
+        if metrics["accuracy"] > self.best_accuracy:
+            self.best_accuracy, self.best_step, self.stale = metrics["accuracy"], steps_done, 0
+            self.reward.info["metrics"] = {"step": steps_done, **numbers}
+            self.reward.save(self.out)
+        else:
+            self.stale += 1
+        return numbers
+
+    def stop(self, record: dict) -> str | None:
+        if self.stale >= self.settings.patience:
+            return f"no better held-out accuracy in {self.stale} evaluations"
+        return None
+
+    def state_dict(self) -> dict:
+        return {
+            "weights": trainable_weights(self.reward.model),
+            "optimizer": optimizer_state(self.reward.model, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "pairs_seen": self.pairs_seen,
+            "train_seconds": self.train_seconds,
+            "best": [self.best_accuracy, self.best_step, self.stale],
+            "info_metrics": self.reward.info.get("metrics"),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        load_trainable_weights(self.reward.model, state["weights"], self.out / CHECKPOINT)
+        load_optimizer_state(self.reward.model, self.optimizer, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.pairs_seen, self.train_seconds = state["pairs_seen"], state["train_seconds"]
+        self.best_accuracy, self.best_step, self.stale = state["best"]
+        if state["info_metrics"] is not None:
+            self.reward.info["metrics"] = state["info_metrics"]
 
 
 def train_reward_model(
@@ -119,6 +244,7 @@ def train_reward_model(
     out: str | Path,
     config: RMConfig | None = None,
     progress: Progress | None = None,
+    resume: bool = False,
 ) -> dict:
     """Train, save the best model to `out`, return its summary (also in out/reward.json),
     reporting the steps, each evaluation and any warning to `progress`."""
@@ -127,45 +253,20 @@ def train_reward_model(
     check_ours(out, "train-rm")  # a folder of the user's is refused before any work
     progress = progress or Progress()
     groups, train, held_out = _split_pairs(pairs_path, config, progress)
+    data = _data_summary(pairs_path, groups, train, held_out)
+    run = run_key(config, data["sha256"])
+    saved = resume_state(out, "a reward model's", resume, run, config)
     reward = _new_model(config, groups, progress)
-    reward.info.update(
-        data=_data_summary(pairs_path, groups, train, held_out), config=config.model_dump()
-    )
-    rng = random.Random(config.seed)
-    total_steps = len(pack_batches(train, config.batch_size)) * config.epochs
-    trainable = [p for p in reward.model.parameters() if p.requires_grad]
-    optimizer, scheduler = _optimiser(trainable, config, total_steps)
+    reward.info.update(data=data, config=config.model_dump())
+    trainer = RewardModelTrainer(reward, train, held_out, config, out, progress)
     claim_directory(out, "train-rm")
-    log = MetricsLog(out, config, "train-rm")
-    progress.start("training", total_steps)
     progress.note(f"{len(train)} training prompts, {len(held_out)} held out")
-    state = _TrainState()
-    try:
-        # The untrained head's accuracy first: the baseline to beat.
-        stop = _evaluate(reward, held_out, state, config, out, log, progress)
-        for epoch in range(config.epochs):
-            if stop:
-                break
-            for batch in pack_batches(train, config.batch_size, rng):
-                record = _train_step(
-                    reward, batch, epoch, state, trainable, optimizer, scheduler, config, out
-                )
-                log.write(record)
-                progress.advance(
-                    1, f"training: loss {record['loss']:.3f}, {record['pairs_per_s']:.0f} pairs/s"
-                )
-                if config.eval_every and state.step % config.eval_every == 0:
-                    stop = _evaluate(reward, held_out, state, config, out, log, progress)
-                    if stop:
-                        break
-            if not stop and not config.eval_every:
-                stop = _evaluate(reward, held_out, state, config, out, log, progress)
-        if not held_out:  # nothing chose a best model: the last one is it
-            reward.info["metrics"] = {"step": state.step}
-            reward.save(out)
-    finally:
-        log.close()
-    return _finish(out, config, train, state, stopped_early=stop and state.step < total_steps)
+    finished = fit(trainer, saved, run, progress)
+    if not held_out:  # nothing chose a best model: the last one is it
+        reward.info["metrics"] = {"step": finished.steps}
+        reward.save(out)
+    stopped_early = finished.stopped != "steps" and finished.steps < trainer.schedule_steps
+    return _finish(out, config, train, trainer, finished.steps, stopped_early)
 
 
 def _split_pairs(
@@ -185,16 +286,7 @@ def _new_model(config: RMConfig, groups: list[PromptPairs], progress: Progress) 
     """The base model with a fresh, seeded head (and LoRA adapter if asked); warns about
     texts too long for it."""
     torch.manual_seed(config.seed)
-    lora = (
-        dict(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-        )
-        if config.lora
-        else None
-    )
+    lora = lora_settings(config.lora_r, config.lora_alpha) if config.lora else None
     reward = RewardModel.from_base(config.base, config.max_length, lora, config.reads)
     truncated, total = _count_truncated(reward, groups)
     if truncated:
@@ -236,96 +328,22 @@ def _optimiser(trainable: list[torch.nn.Parameter], config: RMConfig, total_step
     return optimizer, scheduler
 
 
-def _train_step(
-    reward: RewardModel,
-    batch: list[PromptPairs],
-    epoch: int,
-    state: _TrainState,
-    trainable: list[torch.nn.Parameter],
-    optimizer,
-    scheduler,
-    config: RMConfig,
-    out: Path,
-) -> dict:
-    """One update on a batch of whole prompts; counts it in `state` and returns its metrics.
-    A non-finite loss stops training, keeping the best model saved so far."""
-    reward.model.train(config.dropout)
-    tick = time.perf_counter()
-    prompts, completions, chosen, rejected, group = flatten(batch)
-    scores = reward.raw(prompts, completions)
-    loss = pairwise_loss(scores[chosen], scores[rejected], torch.tensor(group))
-    state.step += 1
-    if not torch.isfinite(loss):
-        kept = (
-            f"the best model so far (step {state.best_step}) is kept in {out}"
-            if state.best_step is not None
-            else "no model was saved"
-        )
-        raise RlhfkitError(
-            f"loss became {loss.item()} at step {state.step}: training stopped; {kept}"
-        )
-    optimizer.zero_grad()
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    state.pairs_seen += len(chosen)
-    state.train_seconds += time.perf_counter() - tick
-    margins = (scores[chosen] - scores[rejected]).detach()
-    return {
-        "step": state.step,
-        "epoch": epoch + 1,
-        "loss": loss.item(),
-        "accuracy": float((margins > 0).float().mean()),
-        "lr": scheduler.get_last_lr()[0],
-        "grad_norm": float(grad_norm),
-        "pairs_per_s": state.pairs_seen / state.train_seconds,
-    }
-
-
-def _evaluate(
-    reward: RewardModel,
-    held_out: list[PromptPairs],
-    state: _TrainState,
-    config: RMConfig,
-    out: Path,
-    log: MetricsLog,
-    progress: Progress,
-) -> bool:
-    """Score the held-out pairs and log them; save the model when it is the best so far.
-    Returns True when `patience` evaluations in a row have not improved on the best."""
-    if not held_out:
-        return False
-    metrics = pair_metrics(score_pairs(reward, held_out))
-    record = {"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}}
-    log.write(record)
-    progress.note(
-        f"step {state.step}: held-out accuracy {metrics['accuracy']:.3f}, "
-        f"loss {metrics['loss']:.3f}"
-    )
-    if metrics["accuracy"] > state.best_accuracy:
-        state.best_accuracy, state.best_step, state.stale = metrics["accuracy"], state.step, 0
-        reward.info["metrics"] = {
-            "step": state.step,
-            **{f"eval_{k}": v for k, v in metrics.items()},
-        }
-        reward.save(out)
-    else:
-        state.stale += 1
-    return state.stale >= config.patience
-
-
 def _finish(
-    out: Path, config: RMConfig, train: list[PromptPairs], state: _TrainState, stopped_early: bool
+    out: Path,
+    config: RMConfig,
+    train: list[PromptPairs],
+    trainer: RewardModelTrainer,
+    steps: int,
+    stopped_early: bool,
 ) -> dict:
     """The best model, as saved, with how training went and its normalisation, saved again;
     returns its summary."""
     final = RewardModel.load(out)
     final.info.update(
         training={
-            "steps": state.step,
-            "train_seconds": state.train_seconds,
-            "pairs_per_s": state.pairs_seen / state.train_seconds if state.step else None,
+            "steps": steps,
+            "train_seconds": trainer.train_seconds,
+            "pairs_per_s": trainer.pairs_seen / trainer.train_seconds if steps else None,
             "stopped_early": bool(stopped_early),
         }
     )

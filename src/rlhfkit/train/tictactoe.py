@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rlhfkit.progress import Progress
-from rlhfkit.rl.losses import (
+from rlhfkit.train.ppo.losses import (
     entropy_from_logits,
     gae,
     group_advantages,

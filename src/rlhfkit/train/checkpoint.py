@@ -1,4 +1,4 @@
-"""PPO checkpoints and saved value heads, without pickle.
+"""Checkpoints and saved value heads, without pickle.
 
 A checkpoint is one safetensors file: every tensor (weights, optimiser moments, torch's
 random states) by a path-like name, and everything else (step, settings, metrics, the KL
@@ -78,10 +78,6 @@ def read_state(path: Path) -> dict:
             f"{path}: not a checkpoint of this rlhfkit ({str(e).splitlines()[0]}): start a new "
             "run directory"
         ) from None
-
-
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

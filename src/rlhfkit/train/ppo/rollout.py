@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.generation import SamplingParams, format_prompt, prompt_lengths, sample
-from rlhfkit.rl.policy import Policy
+from rlhfkit.train.ppo.policy import Policy
 
 
 @dataclass

@@ -25,12 +25,24 @@ from rlhfkit.data.prompts import split_of
 from rlhfkit.data.sources import read_source
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_write, check_ours, claim_directory
+from rlhfkit.generation import position_ids
 from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
 from rlhfkit.progress import Progress
 from rlhfkit.reward.data import source_sha256
-from rlhfkit.rl.checkpoint import CHECKPOINT
 from rlhfkit.trackers import Tracker
-from rlhfkit.training import Schedule, adamw, restore, train_epochs
+from rlhfkit.train.checkpoint import CHECKPOINT
+from rlhfkit.train.distributed import load_optimizer_state, optimizer_state
+from rlhfkit.train.loop import (
+    Schedule,
+    Trainer,
+    adamw,
+    descend,
+    fit,
+    load_trainable_weights,
+    resume_state,
+    run_key,
+    trainable_weights,
+)
 
 MADE_BY = "sft"
 IGNORE = -100  # label of a position the loss skips
@@ -38,6 +50,7 @@ IGNORE = -100  # label of a position the loss skips
 
 class SFTConfig(StageConfig):
     setting = "SFT setting"
+    may_change_on_resume = frozenset({"epochs", "max_steps", "checkpoint_every", "report_to"})
 
     model: str = "smollm2-135m-instruct"
     epochs: int = Field(2, ge=1)
@@ -132,8 +145,6 @@ def labelled_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     left, so logits are needed at the last n + 1 positions only: the projection onto the
     vocabulary and the softmax over it, most of a small model's work, shrink to the
     responses."""
-    from rlhfkit.rl.policy import position_ids
-
     labels, mask = batch["labels"], batch["attention_mask"]
     n = max(1, int((labels != IGNORE).sum(dim=1).max()))
     logits = model(
@@ -168,6 +179,59 @@ def held_out_loss(model, rows, pad_id: int, batch_size: int) -> float | None:
     return total / max(tokens, 1)
 
 
+class SFTTrainer(Trainer):
+    """Fine-tuning on the training examples, a checkpoint and the held-out loss at the end
+    of each epoch (and a checkpoint every `checkpoint_every` steps)."""
+
+    made_by, title = MADE_BY, "supervised fine-tuning"
+
+    def __init__(self, model, train: list, held: list, pad_id: int, config: SFTConfig, out):
+        self.model, self.train, self.held, self.pad_id = model, train, held, pad_id
+        self.settings, self.out = config, Path(out)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = adamw(self.params, config.lr)
+        self.schedule = Schedule(len(train), config.batch_size, config.epochs, config.seed,
+                                 config.max_steps)  # fmt: skip
+        self.total_steps = self.schedule.total_steps
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.evals: list[dict] = []
+        self.before: float | None = None  # the held-out loss before training
+
+    def update(self, step: int) -> dict:
+        self.model.train()
+        rows = [self.train[i] for i in self.schedule.batch(step)]
+        nll, tokens = response_nll(self.model, collate(rows, self.pad_id))
+        loss = nll / max(tokens, 1)
+        norm = descend(loss, self.params, self.optimizer, self.settings.max_grad_norm)
+        return {"loss": loss.item(), "grad_norm": norm}
+
+    def evaluation_due(self, steps_done: int) -> bool:
+        return self.schedule.end_of_epoch(steps_done)
+
+    def evaluate(self, steps_done: int) -> dict | None:
+        loss = held_out_loss(self.model, self.held, self.pad_id, self.settings.batch_size)
+        held = None if loss is None else {"loss": loss}
+        self.evals.append({"step": steps_done, **(held or {})})
+        return held
+
+    def checkpoint_due(self, steps_done: int) -> bool:
+        every = self.settings.checkpoint_every
+        return self.schedule.end_of_epoch(steps_done) or bool(every and steps_done % every == 0)
+
+    def state_dict(self) -> dict:
+        return {
+            "weights": trainable_weights(self.model),
+            "optimizer": optimizer_state(self.model, self.optimizer),
+            "evals": self.evals,
+            "before": self.before,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        load_trainable_weights(self.model, state["weights"], self.out / CHECKPOINT)
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        self.evals, self.before = list(state["evals"]), state["before"]
+
+
 def train_sft(
     data: str | Path,
     out: str | Path,
@@ -182,9 +246,8 @@ def train_sft(
     check_ours(out, MADE_BY)
     examples, empty = read_examples(data, config.fields)
     progress = progress or Progress()
-    checkpoint = out / CHECKPOINT
-    if not resume and checkpoint.exists():
-        raise RlhfkitError(f"{out} holds an SFT run already: pass --resume, or another --out")
+    run = run_key(config, source_sha256(data))
+    saved = resume_state(out, "an SFT", resume, run, config)
     claim_directory(out, MADE_BY)
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy_model(config.model)
@@ -198,51 +261,18 @@ def train_sft(
         (held if is_held_out(example.prompt, config.eval_fraction) else train).append(row)
     if not train:
         raise RlhfkitError(f"{data}: every example is held out; lower --eval-fraction")
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], config.lr)
-    pad = tokenizer.pad_token_id
-    schedule = Schedule.of(config, len(train))
-    generator = torch.Generator().manual_seed(config.seed)
-    run = {
-        "data_sha256": source_sha256(data),
-        **config.model_dump(
-            include={"model", "max_length", "eval_fraction", "lora", "batch_size", "lora_r", "seed"}
-        ),
-    }
-    if resume and checkpoint.exists():
-        state = restore(checkpoint, model, optimizer, generator, run)
-    else:
-        before = held_out_loss(model, held, pad, config.batch_size)
-        state = {"step": 0, "evals": [], "before": before, "run": run}
-
-    def step(indices: list[int]):
-        nll, tokens = response_nll(model, collate([train[i] for i in indices], pad))
-        return nll / max(tokens, 1), {}
-
-    def evaluate():
-        loss = held_out_loss(model, held, pad, config.batch_size)
-        return None if loss is None else {"loss": loss}
-
+    trainer = SFTTrainer(model, train, held, tokenizer.pad_token_id, config, out)
+    if saved is None:
+        trainer.before = held_out_loss(model, held, trainer.pad_id, config.batch_size)
     started = time.monotonic()
-    train_epochs(
-        out,
-        model,
-        optimizer,
-        schedule,
-        state,
-        generator,
-        step,
-        evaluate,
-        progress,
-        "supervised fine-tuning",
-        config,
-    )
-    after = state["evals"][-1].get("loss") if state["evals"] else None
+    finished = fit(trainer, saved, run, progress)
+    after = trainer.evals[-1].get("loss") if trainer.evals else None
     summary = {
         "data": str(data),
         "model": config.model,
         "examples": {"train": len(train), "held_out": len(held), "empty_skipped": empty},
-        "held_out_loss": {"before": state["before"], "after": after},
-        "steps": state["step"],
+        "held_out_loss": {"before": trainer.before, "after": after},
+        "steps": finished.steps,
         "seconds": round(time.monotonic() - started, 1),
         "config": config.model_dump(),
     }

@@ -1,14 +1,13 @@
 """The math of PPO as pure tensor functions: tensors in, tensors out, no models.
 
 Each function is short and reads like its formula; trainers call these and never re-derive
-them (the reward model's loss is in reward/losses.py). Tested on hand-computed numbers in
-tests/test_losses.py.
+them (the preference losses, the reward model's and DPO's, are in reward/losses.py).
+Tested on hand-computed numbers in tests/test_losses.py.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 # Shapes: [batch, T] over response tokens (or an agent's moves), `mask` 1 on real steps and 0
 # on padding after the end. Every mean below is a masked mean over real steps only.
@@ -178,36 +177,3 @@ def ppo_loss(
     loss to minimise, with `policy` and `value` the losses above and `entropy` a mean
     entropy (to keep high): L = L_policy + c1·L_value − c2·H."""
     return policy + vf_coef * value - ent_coef * entropy
-
-
-def dpo_loss(
-    chosen_logratio: torch.Tensor,
-    rejected_logratio: torch.Tensor,
-    beta: float = 0.1,
-    label_smoothing: float = 0.0,
-    loss_type: str = "sigmoid",
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Direct preference optimisation on pairs, no reward model. Per pair, with
-    Δ = log π(y|x) − log π_ref(y|x) summed over the response's tokens:
-        sigmoid (DPO): z = β·(Δ_chosen − Δ_rejected),  −(1−ε)·log σ(z) − ε·log σ(−z)
-                       (ε, label smoothing: the chance that a pair's label is flipped)
-        ipo:           (Δ_chosen − Δ_rejected − 1/(2β))², a finite target for the gap
-    Returns the mean loss and, for logging, the implicit rewards β·Δ of the chosen and the
-    rejected, their margin, and the accuracy (pairs whose chosen has the larger reward)."""
-    gap = chosen_logratio - rejected_logratio
-    if loss_type == "sigmoid":
-        z = beta * gap
-        losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
-    elif loss_type == "ipo":
-        losses = (gap - 1 / (2 * beta)) ** 2
-    else:
-        raise ValueError(f"unknown DPO loss '{loss_type}' (sigmoid or ipo)")
-    with torch.no_grad():
-        chosen, rejected = beta * chosen_logratio, beta * rejected_logratio
-        stats = {
-            "chosen_reward": chosen.mean(),
-            "rejected_reward": rejected.mean(),
-            "reward_margin": (chosen - rejected).mean(),
-            "accuracy": (gap > 0).float().mean(),
-        }
-    return losses.mean(), stats

@@ -1,6 +1,6 @@
 """`rlhfkit dpo`: direct preference optimisation on the pairs `feedback pairs` writes, with no
 reward model and no sampling: the policy is pushed to raise log π(chosen) − log π_ref(chosen)
-above the same for the rejected answer (the loss is in rl/losses.py).
+above the same for the rejected answer (the loss is in reward/losses.py).
 
 The reference is the model as loaded, before training: its log-probability of every
 sequence is computed once, before the first step, and kept (in the checkpoint too), so one
@@ -35,18 +35,30 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_write, check_ours, claim_directory
 from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
 from rlhfkit.progress import Progress
-from rlhfkit.reward.data import source_sha256
-from rlhfkit.rl.checkpoint import CHECKPOINT
-from rlhfkit.rl.losses import dpo_loss
-from rlhfkit.sft import IGNORE, collate, labelled_logps
+from rlhfkit.reward.data import group_pairs, read_pairs, source_sha256, split_by_prompt
+from rlhfkit.reward.losses import dpo_loss
 from rlhfkit.trackers import Tracker
-from rlhfkit.training import Schedule, adamw, restore, train_epochs
+from rlhfkit.train.checkpoint import CHECKPOINT
+from rlhfkit.train.distributed import load_optimizer_state, optimizer_state
+from rlhfkit.train.loop import (
+    Schedule,
+    Trainer,
+    adamw,
+    descend,
+    fit,
+    load_trainable_weights,
+    resume_state,
+    run_key,
+    trainable_weights,
+)
+from rlhfkit.train.sft import IGNORE, collate, labelled_logps
 
 MADE_BY = "dpo"
 
 
 class DPOConfig(StageConfig):
     setting = "DPO setting"
+    may_change_on_resume = frozenset({"epochs", "max_steps", "checkpoint_every", "report_to"})
 
     model: str = "smollm2-135m-instruct"
     mode: Literal["raw", "chat"] = Field(
@@ -171,6 +183,65 @@ def held_out_numbers(model, data: EncodedPairs, reference, pad_id: int, config: 
     return {"loss": loss.item(), "accuracy": stats["accuracy"].item()}
 
 
+class DPOTrainer(Trainer):
+    """DPO on the training pairs against reference log-probabilities computed once; the
+    held-out pairs and a checkpoint at the end of each epoch (and a checkpoint every
+    `checkpoint_every` steps)."""
+
+    made_by, title = MADE_BY, "DPO"
+
+    def __init__(self, model, data: EncodedPairs, pad_id: int, config: DPOConfig, out):
+        self.model, self.data, self.pad_id = model, data, pad_id
+        self.settings, self.out = config, Path(out)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = adamw(self.params, config.lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        by_prompt = data.train_prompts if config.batching == "by_prompt" else None
+        self.schedule = Schedule(len(data.train), config.batch_size, config.epochs,
+                                 config.seed, config.max_steps, by_prompt)  # fmt: skip
+        self.total_steps = self.schedule.total_steps
+        self.evals: list[dict] = []
+        self.reference: list[float] = []  # log π_ref of every sequence
+
+    def update(self, step: int) -> dict:
+        self.model.train()
+        batch = [self.data.train[i] for i in self.schedule.batch(step)]
+        which = sorted({i for pair in batch for i in pair})
+        values = logps_of(self.model, self.data.sequences, which, self.pad_id, len(which))
+        logps = dict(zip(which, values, strict=True))
+        reference, config = self.reference, self.settings
+        chosen = torch.stack([logps[c] - reference[c] for c, _ in batch])
+        rejected = torch.stack([logps[r] - reference[r] for _, r in batch])
+        loss, stats = dpo_loss(chosen, rejected, config.beta, config.label_smoothing, config.loss)
+        norm = descend(loss, self.params, self.optimizer, config.max_grad_norm)
+        return {"loss": loss.item(), "grad_norm": norm, **{k: v.item() for k, v in stats.items()}}
+
+    def evaluation_due(self, steps_done: int) -> bool:
+        return self.schedule.end_of_epoch(steps_done)
+
+    def evaluate(self, steps_done: int) -> dict | None:
+        held = held_out_numbers(self.model, self.data, self.reference, self.pad_id, self.settings)
+        self.evals.append({"step": steps_done, **(held or {})})
+        return held
+
+    def checkpoint_due(self, steps_done: int) -> bool:
+        every = self.settings.checkpoint_every
+        return self.schedule.end_of_epoch(steps_done) or bool(every and steps_done % every == 0)
+
+    def state_dict(self) -> dict:
+        return {
+            "weights": trainable_weights(self.model),
+            "optimizer": optimizer_state(self.model, self.optimizer),
+            "evals": self.evals,
+            "reference": self.reference,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        load_trainable_weights(self.model, state["weights"], self.out / CHECKPOINT)
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        self.evals, self.reference = list(state["evals"]), state["reference"]
+
+
 def train_dpo(
     pairs_path: str | Path,
     out: str | Path,
@@ -180,8 +251,6 @@ def train_dpo(
 ) -> dict:
     """Train, write `out/policy` and `out/dpo.json` (held-out pair accuracy and loss before
     and after, the counts); returns that summary."""
-    from rlhfkit.reward.data import group_pairs, read_pairs, split_by_prompt
-
     config = config or DPOConfig()
     out = Path(out)
     progress = progress or Progress()
@@ -196,75 +265,27 @@ def train_dpo(
         )
     if not train_groups:
         raise RlhfkitError(f"{pairs_path}: every prompt is held out; lower --eval-fraction")
-    checkpoint = out / CHECKPOINT
-    if not resume and checkpoint.exists():
-        raise RlhfkitError(f"{out} holds a DPO run already: pass --resume, or another --out")
+    run = run_key(config, source_sha256(pairs_path))
+    saved = resume_state(out, "a DPO", resume, run, config)
     claim_directory(out, MADE_BY)
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy_model(config.model)
     data = encode_pairs(tokenizer, train_groups, held_groups, config.mode, config.max_length)
-    run = {
-        "pairs_sha256": source_sha256(pairs_path),
-        "sequences": len(data.sequences),
-        **config.model_dump(
-            include={
-                "model",
-                "mode",
-                "max_length",
-                "eval_fraction",
-                "lora",
-                "batch_size",
-                "batching",
-                "lora_r",
-                "seed",
-            }
-        ),
-    }
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    resuming = resume and checkpoint.exists()
-    state = {}
-    if not resuming:  # the reference: the model before any training, each sequence once
+    reference = None
+    if saved is None:  # the reference: the model before any training, each sequence once
         progress.start("reference log-probabilities", len(data.sequences))
         with torch.no_grad():
             model.eval()
             every = list(range(len(data.sequences)))
             reference = logps_of(model, data.sequences, every, pad, 16, progress.advance).tolist()
-        state = {"step": 0, "evals": [], "reference": reference, "run": run}
     if config.lora:
         model = with_fresh_adapter(model, config.lora_r, config.lora_alpha)
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
-    if resuming:
-        state = restore(checkpoint, model, optimizer, generator, run)
-    reference = state["reference"]
-    by_prompt = data.train_prompts if config.batching == "by_prompt" else None
-    schedule = Schedule.of(config, len(data.train), by_prompt)
-
-    def step(indices: list[int]):
-        batch = [data.train[i] for i in indices]
-        which = sorted({i for pair in batch for i in pair})
-        values = logps_of(model, data.sequences, which, pad, len(which))
-        logps = dict(zip(which, values, strict=True))
-        chosen = torch.stack([logps[c] - reference[c] for c, _ in batch])
-        rejected = torch.stack([logps[r] - reference[r] for _, r in batch])
-        loss, stats = dpo_loss(chosen, rejected, config.beta, config.label_smoothing, config.loss)
-        return loss, {k: v.item() for k, v in stats.items()}
-
+    trainer = DPOTrainer(model, data, pad, config, out)
+    trainer.reference = reference
     started = time.monotonic()
-    train_epochs(
-        out,
-        model,
-        optimizer,
-        schedule,
-        state,
-        generator,
-        step,
-        lambda: held_out_numbers(model, data, reference, pad, config),
-        progress,
-        "DPO",
-        config,
-    )
-    last = state["evals"][-1] if state["evals"] else {}
+    finished = fit(trainer, saved, run, progress)
+    last = trainer.evals[-1] if trainer.evals else {}
     after = {k: last[k] for k in ("loss", "accuracy")} if "accuracy" in last else None
     summary = {
         "pairs": str(pairs_path),
@@ -276,7 +297,7 @@ def train_dpo(
             "held_out_prompts": len(held_groups),
         },
         "held_out": {"before": untrained(data, config), "after": after},
-        "steps": state["step"],
+        "steps": finished.steps,
         "seconds": round(time.monotonic() - started, 1),
         "config": config.model_dump(),
     }

@@ -14,15 +14,9 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
+from rlhfkit.generation import position_ids
 from rlhfkit.models import with_lora
 from rlhfkit.models.stack import load_policy_model
-
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that start at 0 on the first real token of a left-padded row."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def _add_adapters_in_fp32(model) -> None:
