@@ -10,7 +10,7 @@ rlhfkit() { .venv/bin/rlhfkit "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1. Sample 4 completions for 48 RealToxicityPrompts (train split) with SmolLM2-135M"
-rlhfkit generate --prompts builtin:rtp --split train --limit 48 -n 4 --max-new-tokens 24 \
+rlhfkit generate --prompts builtin:rtp --split train --limit 48 --samples-per-prompt 4 --max-new-tokens 24 \
     --project rtp --out "$RUN/completions.jsonl"
 
 step "2. A helpfulness project with instructions; rankings by four labelers imported"
@@ -40,8 +40,8 @@ rlhfkit feedback agreement --project rtp
 rlhfkit feedback pairs --project rtp --out "$RUN/rtp_pairs.jsonl"
 
 step "7. A MiniLM reward model on those pairs, and how it ranks them"
-rlhfkit train-rm --pairs "$RUN/rtp_pairs.jsonl" --out "$RUN/rm" --epochs 2 --eval-fraction 0.25
-rlhfkit eval-rm --model "$RUN/rm" --pairs "$RUN/rtp_pairs.jsonl" --project rtp
+rlhfkit train-rm --pairs "$RUN/rtp_pairs.jsonl" --out "$RUN/rm" --epochs 2 --held-out-fraction 0.25
+rlhfkit eval-rm --reward-model "$RUN/rm" --pairs "$RUN/rtp_pairs.jsonl" --project rtp
 
 step "8. The seed's RL example: PPO learns tic-tac-toe against a random player"
 rlhfkit examples tictactoe --plot "$RUN/tictactoe.png"

@@ -18,7 +18,6 @@ import torch
 import yaml
 
 from conftest import ScorerJudge
-from rlhfkit.cai.backends import BackendError, EndpointBackend, LocalBackend, option_logprobs
 from rlhfkit.cai.constitution import (
     Constitution,
     Example,
@@ -36,6 +35,7 @@ from rlhfkit.cai.judge import (
     ranking_from_preferences,
 )
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.backends import BackendError, EndpointBackend, LocalBackend, option_logprobs
 from rlhfkit.models.server import create_model_app
 from web_support import running_server
 

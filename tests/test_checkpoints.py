@@ -27,7 +27,7 @@ def length_reward(prompts, completions):
 
 def tiny_config(model: str, **changes) -> PPOConfig:
     settings = dict(
-        model=model,
+        policy=model,
         prompts="builtin:dialogues",
         mode="raw",
         batch_size=4,
@@ -171,12 +171,12 @@ def test_a_config_for_other_hardware_loads_and_ppo_refuses_it_when_it_starts(
     tiny_model, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    bf16 = PPOConfig.make(model=tiny_model, device="cpu", precision="bf16")  # loads
+    bf16 = PPOConfig.make(policy=tiny_model, device="cpu", precision="bf16")  # loads
     with pytest.raises(RlhfkitError, match="bf16 on a CPU needs AVX-512.*use fp32"):
         run_ppo(bf16, tmp_path / "bf16", reward=length_reward)
     assert not (tmp_path / "bf16").exists()  # refused before anything was written
     if not torch.cuda.is_available():
-        cuda = PPOConfig.make(model=tiny_model, device="cuda")  # loads
+        cuda = PPOConfig.make(policy=tiny_model, device="cuda")  # loads
         with pytest.raises(RlhfkitError, match="'cuda': this machine has no CUDA device"):
             run_ppo(cuda, tmp_path / "cuda", reward=length_reward)
         assert not (tmp_path / "cuda").exists()

@@ -204,7 +204,7 @@ def test_reward_commands(cli, tmp_path, sqlite_url):
         tmp_path / "rm",
         "--epochs",
         "1",
-        "--eval-fraction",
+        "--held-out-fraction",
         "0.3",
         "--max-length",
         "64",
@@ -213,7 +213,7 @@ def test_reward_commands(cli, tmp_path, sqlite_url):
     report = json.loads(
         cli(
             "eval-rm",
-            "--model",
+            "--reward-model",
             tmp_path / "rm",
             "--pairs",
             pairs,
@@ -226,7 +226,7 @@ def test_reward_commands(cli, tmp_path, sqlite_url):
     )
     assert report["overall"]["pairs"] > 100  # its ECE is pinned by hand in the next test
     assert {row["labeler"] for row in report["labelers"]} == {"seed", "ai-0", "ai-1"}
-    table = cli("eval-rm", "--model", "scorer:profanity", "--pairs", pairs).stdout
+    table = cli("eval-rm", "--reward-model", "scorer:profanity", "--pairs", pairs).stdout
     assert "scorer:profanity on" in table and "accuracy" in table
 
 
@@ -246,7 +246,7 @@ def test_eval_rm_reports_the_hand_computed_calibration(cli, tmp_path, monkeypatc
     ]
     path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     report = json.loads(
-        cli("eval-rm", "--model", "python:score_is_text:score", "--pairs", path, "--json").stdout
+        cli("eval-rm", "--reward-model", "python:score_is_text:score", "--pairs", path, "--json").stdout
     )["overall"]
     sys.modules.pop("score_is_text", None)
     assert report["pairs"] == 4 and report["accuracy"] == 0.75

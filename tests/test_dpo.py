@@ -67,7 +67,7 @@ def test_dpo_learns_separable_pairs_and_resumes(tmp_path, tiny_model):
     pairs = _pairs(tmp_path)
     out = tmp_path / "dpo"
     config = DPOConfig(
-        model=tiny_model, epochs=2, batch_size=8, lr=1e-2, beta=0.5, eval_fraction=0.25
+        policy=tiny_model, epochs=2, batch_size=8, lr=1e-2, beta=0.5, held_out_fraction=0.25
     )
     summary = train_dpo(pairs, out, config)
     before, after = summary["held_out"]["before"], summary["held_out"]["after"]
@@ -100,7 +100,7 @@ def test_dpo_learns_separable_pairs_and_resumes(tmp_path, tiny_model):
 
 def test_max_steps_cuts_the_epoch_short_and_still_evaluates_and_checkpoints(tmp_path, tiny_model):
     out = tmp_path / "dpo"
-    config = DPOConfig(model=tiny_model, max_steps=2, lr=1e-2, eval_fraction=0.25)
+    config = DPOConfig(policy=tiny_model, max_steps=2, lr=1e-2, held_out_fraction=0.25)
     summary = train_dpo(_pairs(tmp_path), out, config)  # 30 train pairs: 4 steps an epoch
     assert summary["steps"] == 2 and summary["held_out"]["after"] is not None
     from rlhfkit.train.checkpoint import CHECKPOINT, read_state
@@ -114,7 +114,7 @@ def test_a_dpo_policy_loads_as_its_base_plus_what_it_learned(tmp_path, tiny_mode
     from rlhfkit.models.stack import lineage, load_policy_model
 
     out = tmp_path / "dpo"
-    train_dpo(_pairs(tmp_path), out, DPOConfig(model=tiny_model, lr=1e-2, eval_fraction=0.25))
+    train_dpo(_pairs(tmp_path), out, DPOConfig(policy=tiny_model, lr=1e-2, held_out_fraction=0.25))
     tuned, tokenizer = load_policy_model(out / "policy")
     base, _ = load_policy_model(tiny_model)
     ids = tokenizer("Message 1: what do you think? Thank you", return_tensors="pt")
@@ -149,7 +149,7 @@ def test_dpo_on_smollm2_learns_clearly_separable_pairs(tmp_path):
         for i, prompt in enumerate(prompts)
     ]
     pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    config = DPOConfig(epochs=1, batch_size=8, lr=2e-4, beta=0.1, eval_fraction=0.25)
+    config = DPOConfig(epochs=1, batch_size=8, lr=2e-4, beta=0.1, held_out_fraction=0.25)
     summary = train_dpo(pairs, tmp_path / "dpo", config)
     after = summary["held_out"]["after"]
     assert summary["counts"]["held_out_pairs"] >= 10
@@ -201,7 +201,7 @@ def test_dpo_by_prompt_reads_each_completion_once_for_all_its_pairs(
     per_step = {}
     for batching in ("by_prompt", "shuffled"):
         read.clear()
-        config = DPOConfig(model=tiny_model, batch_size=6, batching=batching, eval_fraction=0)
+        config = DPOConfig(policy=tiny_model, batch_size=6, batching=batching, held_out_fraction=0)
         train_dpo(pairs, tmp_path / batching, config)
         per_step[batching] = sum(read) / len(read)
     assert per_step["by_prompt"] == 4  # one prompt's 6 pairs: its 4 completions

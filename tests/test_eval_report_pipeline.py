@@ -289,7 +289,7 @@ def test_pipeline_configs_are_checked_before_any_work(tmp_path, cli):
 
 
 def test_a_config_that_names_a_model_that_does_not_load(tmp_path, cli):
-    path = _tiny(tmp_path, **{"run_dir:": "model: /no/such/model\nrun_dir:"})
+    path = _tiny(tmp_path, **{"run_dir:": "policy: /no/such/model\nrun_dir:"})
     result = cli("run", path, ok=False)
     assert result.exit_code == 1 and "/no/such/model" in result.output
     assert not (tmp_path / "run" / "generate").exists()

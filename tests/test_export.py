@@ -77,7 +77,7 @@ def policies(tiny_model, tmp_path_factory):
 
 
 def test_a_merged_export_loads_in_plain_transformers_with_the_policys_logits(policies, tmp_path):
-    from rlhfkit.models.export import export_policy
+    from rlhfkit.export import export_policy
 
     out = tmp_path / "export"
     done = export_policy(policies["ppo"], out)
@@ -91,7 +91,7 @@ def test_a_merged_export_loads_in_plain_transformers_with_the_policys_logits(pol
 
 
 def test_an_adapter_export_names_its_base_and_loads_in_plain_peft(policies, tmp_path):
-    from rlhfkit.models.export import export_policy
+    from rlhfkit.export import export_policy
 
     out = tmp_path / "adapter"
     export_policy(policies["dpo"], out, adapter_only=True, base_id=policies["base"])
@@ -123,7 +123,7 @@ def test_export_refuses_what_is_not_a_policy_and_an_occupied_folder(policies, tm
 
 
 def test_the_model_card_says_how_it_was_trained_and_how_it_scored(policies, tmp_path, cli):
-    from rlhfkit.models.export import export_policy
+    from rlhfkit.export import export_policy
 
     run = policies["ppo"].parent.parent
     cli(

@@ -88,7 +88,7 @@ def test_generate_command_on_builtin_rtp_stores_completions(cli, tmp_path, sqlit
         "generate",
         "--prompts",
         "builtin:rtp",
-        "-n",
+        "--samples-per-prompt",
         "4",
         "--limit",
         "3",

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, event, func, select, text
 
 from conftest import SEED_COMPLETIONS, SEED_PROMPT, seed_rankings, write_jsonl
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.feedback.labelers import auto_label
 from rlhfkit.feedback.pairs import build_pairs
 from rlhfkit.feedback.store import (
     Completion,
@@ -30,7 +31,6 @@ from rlhfkit.feedback.store import (
 )
 from rlhfkit.feedback.summary import agreement_summary
 from rlhfkit.feedback.transfer import export_records, import_file
-from rlhfkit.reward.labelers import auto_label
 
 RLHFKIT = os.path.join(os.path.dirname(sys.executable), "rlhfkit")
 TABLES = (Prompt, Completion, Labeler, Ranking, RankingItem, Thumb, Preference)

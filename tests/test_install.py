@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from rlhfkit.data.packages import DATA_PACKAGES, missing, package_dir, packages_home
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.packages import DATA_PACKAGES, missing, package_dir, packages_home
 
 
 def test_package_dir_finds_a_package_in_the_packages_folder_without_importing_it(

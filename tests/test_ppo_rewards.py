@@ -27,7 +27,7 @@ def tiny_lm(tmp_path_factory) -> str:
 
 def tiny_config(model: str, **changes) -> PPOConfig:
     settings = dict(
-        model=model,
+        policy=model,
         prompts="builtin:dialogues",
         device="cpu",
         batch_size=4,

@@ -117,23 +117,6 @@ def imports(path: Path) -> set[str]:
     return found
 
 
-def test_imports_flow_one_way_from_the_cli_to_the_domain():
-    layers = [
-        "rlhfkit.__main__",
-        "rlhfkit.cli",
-        "rlhfkit.compare",  # runs the pipeline, then methods, as the cli runs stages
-        "rlhfkit.pipeline",
-        "rlhfkit.stages",
-    ]
-    for path in PACKAGE.rglob("*.py"):
-        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-        module = module.removesuffix(".__init__")
-        level = next((i for i, layer in enumerate(layers) if module.startswith(layer)), None)
-        above = layers[: len(layers) if level is None else level]
-        for name in imports(path):
-            assert not any(name.startswith(layer) for layer in above), (module, name)
-
-
 def test_the_cli_holds_no_sql():
     """The CLI calls the domain's API: no queries, sessions or store internals of its own."""
     source = (PACKAGE / "cli.py").read_text()

@@ -11,12 +11,12 @@ from rlhfkit.data.records import Pair
 from rlhfkit.data.synthetic import relevance_pairs
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.agreement import labeler_agreement
+from rlhfkit.feedback.labelers import auto_label
 from rlhfkit.feedback.pairs import build_pairs, load_rankings
 from rlhfkit.feedback.store import Registry, Store, get_project
 from rlhfkit.reward import load_reward
 from rlhfkit.reward.data import group_pairs, read_pairs, split_by_prompt
 from rlhfkit.reward.evaluate import evaluate_reward, pair_metrics, score_pairs
-from rlhfkit.reward.labelers import auto_label
 from rlhfkit.reward.model import RewardModel
 from rlhfkit.train import reward_model as train_module
 from rlhfkit.train.reward_model import RMConfig, train_reward_model
@@ -35,7 +35,7 @@ def relevance_rm(tmp_path_factory):
     """MiniLM trained on the synthetic relevance preference (own reply ≻ off-topic replies)."""
     folder = tmp_path_factory.mktemp("relevance")
     path = pairs_file(folder / "pairs.jsonl", relevance_pairs(k=3)[:900])
-    info = train_reward_model(path, folder / "rm", RMConfig(epochs=2, eval_fraction=0.2))
+    info = train_reward_model(path, folder / "rm", RMConfig(epochs=2, held_out_fraction=0.2))
     return folder, path, info
 
 
@@ -89,7 +89,7 @@ def test_profanity_labelers_to_a_reward_model(tmp_path):
         pairs = build_pairs(session, project).pairs
     assert all(0.3 < a.tau_b < 0.8 and not a.flagged for a in agreement)  # they disagree
     path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
-    info = train_reward_model(path, tmp_path / "rm", RMConfig(epochs=3, eval_fraction=0.2))
+    info = train_reward_model(path, tmp_path / "rm", RMConfig(epochs=3, held_out_fraction=0.2))
     accuracy = info["metrics"]["eval_accuracy"]
     _, held_out = split_by_prompt(group_pairs(read_pairs(path)), 0.2)
     ceiling = pair_metrics(score_pairs(scorer, held_out))["accuracy"]
@@ -116,7 +116,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_model(tmp_path
     monkeypatch.setattr(train_module, "pairwise_loss", explode_at_step_5)
     with pytest.raises(RlhfkitError, match=r"loss became nan at step 5; .*step 4\) is kept"):
         train_reward_model(
-            path, tmp_path / "rm", RMConfig(epochs=1, eval_every=2, eval_fraction=0.3, patience=10)
+            path, tmp_path / "rm", RMConfig(epochs=1, eval_every=2, held_out_fraction=0.3, patience=10)
         )
     kept = RewardModel.load(tmp_path / "rm")
     assert kept.info["metrics"]["step"] in (2, 4)
@@ -141,7 +141,7 @@ def test_a_causal_lm_reward_model_with_lora(tmp_path):
         batch_size=8,
         lr=1e-3,
         max_length=64,
-        eval_fraction=0.0,
+        held_out_fraction=0.0,
     )
     info = train_reward_model(path, tmp_path / "rm", config)
     assert info["kind"] == "causal" and info["lora"]["r"] == 4
@@ -175,7 +175,7 @@ def test_inputs_longer_than_max_length_are_counted_not_those_that_fit():
 
 def test_a_model_that_reads_the_completion_alone_ignores_the_prompt(tmp_path):
     path = pairs_file(tmp_path / "pairs.jsonl", relevance_pairs(k=3)[:24])
-    config = RMConfig(reads="completion", epochs=1, eval_fraction=0.0, max_length=64)
+    config = RMConfig(reads="completion", epochs=1, held_out_fraction=0.0, max_length=64)
     info = train_reward_model(path, tmp_path / "rm", config)
     assert info["reads"] == "completion"
     model = RewardModel.load(tmp_path / "rm")  # the setting travels with the model

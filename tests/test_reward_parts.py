@@ -11,10 +11,10 @@ import torch
 from rlhfkit.data.records import Pair
 from rlhfkit.data.synthetic import relevance_pairs
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.feedback.labelers import noisy_ranks
 from rlhfkit.reward import load_reward
 from rlhfkit.reward.data import group_pairs, pack_batches, split_by_prompt
 from rlhfkit.reward.evaluate import expected_calibration_error, flatten
-from rlhfkit.reward.labelers import noisy_ranks
 from rlhfkit.reward.scorers import HateSonarScorer, ProfanityScorer
 from test_records_and_prompts import held_out_by_hash
 

@@ -97,12 +97,12 @@ def test_train_rm_and_ppo_leave_a_users_out_folder_alone(tmp_path, cli, tiny_mod
     )
     mine = _users_folder(tmp_path / "mine")
     before = _snapshot(mine)
-    args = ["--pairs", pairs, "--out", mine, "--epochs", "1", "--eval-fraction", "0"]
+    args = ["--pairs", pairs, "--out", mine, "--epochs", "1", "--held-out-fraction", "0"]
     result = cli("train-rm", *args, ok=False)
     assert _snapshot(mine) == before
     assert f"{mine} is not empty and was not made by rlhfkit" in _one_line(result)
 
-    ppo = ["--out", mine, "--model", tiny_model, "--reward", "scorer:profanity", "--steps", "1"]
+    ppo = ["--out", mine, "--policy", tiny_model, "--reward", "scorer:profanity", "--steps", "1"]
     result = cli("ppo", *ppo, "--batch-size", "2", "--minibatches", "1", ok=False)
     assert _snapshot(mine) == before
     assert f"{mine} is not empty and was not made by rlhfkit" in _one_line(result)
@@ -147,7 +147,7 @@ def test_an_eval_limit_beyond_the_split_is_one_line_before_any_work(tmp_path, cl
 
 def test_yaml_errors_are_one_line_naming_the_file_and_line(tmp_path, cli):
     broken = tmp_path / "broken.yaml"
-    broken.write_text(f"run_dir: {tmp_path / 'run'}\nseed: 1\nmodel: a: b\n")
+    broken.write_text(f"run_dir: {tmp_path / 'run'}\nseed: 1\npolicy: a: b\n")
     line = _one_line(cli("run", broken, ok=False))
     assert f"{broken}:3: invalid YAML" in line
 

@@ -419,7 +419,7 @@ def test_seed_runs_share_the_pairs_land_in_their_own_directories_resume_and_summ
         "  - {metric: length, at_least: -10}",  # a relative change is never below -100%
         "  - {metric: distinct_2, at_most: -5}",
     ]
-    path = _config(tmp_path, "seeds: [0, 1]", f"model: {tiny_model}", *targets)
+    path = _config(tmp_path, "seeds: [0, 1]", f"policy: {tiny_model}", *targets)
     first = cli("run", path)
     assert "done before" not in first.output and "over the seeds [95% interval]" in first.output
 

@@ -95,7 +95,7 @@ def test_sft_lowers_the_held_out_loss_and_resumes(tmp_path, tiny_model, cli):
     data = _data(tmp_path)
     out = tmp_path / "sft"
     config = SFTConfig(
-        model=tiny_model, epochs=2, batch_size=8, lr=1e-2, eval_fraction=0.25, lora=False
+        policy=tiny_model, epochs=2, batch_size=8, lr=1e-2, held_out_fraction=0.25, lora=False
     )
     from rlhfkit.train.sft import train_sft
 
@@ -124,7 +124,7 @@ def test_a_killed_runs_metrics_after_its_last_checkpoint_are_dropped_on_resume(
 
     data = _data(tmp_path)
     out = tmp_path / "sft"
-    config = SFTConfig(model=tiny_model, epochs=1, batch_size=8, lr=1e-2, eval_fraction=0.25)
+    config = SFTConfig(policy=tiny_model, epochs=1, batch_size=8, lr=1e-2, held_out_fraction=0.25)
     first = train_sft(data, out, config)
     with (out / "metrics.jsonl").open("a") as log:  # as if step N+1 was logged, then killed
         log.write(json.dumps({"step": first["steps"] + 1, "loss": 9.9}) + "\n")
@@ -142,14 +142,14 @@ def test_a_policy_stacked_on_sft_starts_at_the_sft_model(tmp_path, tiny_model):
     from rlhfkit.train.sft import train_sft
 
     out = tmp_path / "sft"
-    train_sft(_data(tmp_path), out, SFTConfig(model=tiny_model, epochs=1, lr=1e-2))
+    train_sft(_data(tmp_path), out, SFTConfig(policy=tiny_model, epochs=1, lr=1e-2))
     sft_model, tokenizer = load_policy_model(out / "policy")
     base, _ = load_policy_model(tiny_model)
     ids = tokenizer("Question 1: how are you?", return_tensors="pt")
     with torch.no_grad():
         tuned = sft_model(**ids).logits
         assert not torch.allclose(tuned, base(**ids).logits, atol=1e-4)  # SFT changed it
-        policy = Policy.load(str(out / "policy"), PPOConfig(model=tiny_model).lora_args())
+        policy = Policy.load(str(out / "policy"), PPOConfig(policy=tiny_model).lora_args())
         with policy.model.disable_adapter():  # the reference: the adapter off
             reference = policy.model(**ids).logits
         current = policy.model(**ids).logits

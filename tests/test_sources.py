@@ -12,8 +12,9 @@ import pytest
 datasets = pytest.importorskip("datasets")
 
 from rlhfkit.data.prompts import load_prompts, split_of  # noqa: E402
+from rlhfkit.data.sources import source_sha256  # noqa: E402
 from rlhfkit.errors import RlhfkitError  # noqa: E402
-from rlhfkit.reward.data import read_pairs, source_sha256  # noqa: E402
+from rlhfkit.reward.data import read_pairs  # noqa: E402
 
 QUESTIONS = [f"What is {a} plus {b}?" for a in range(6) for b in range(5)]
 
@@ -162,9 +163,9 @@ def test_generate_samples_prompts_of_a_csv_column(tmp_path, cli, tiny_model, sto
         source,
         "--field",
         "prompt=question",
-        "--model",
+        "--policy",
         tiny_model,
-        "-n",
+        "--samples-per-prompt",
         "2",
         "--max-new-tokens",
         "3",
@@ -188,7 +189,7 @@ def test_train_rm_reads_a_parquet_of_conversational_pairs(tmp_path, cli):
         )
     source = write_formats(tmp_path, rows)["parquet"]
     out = tmp_path / "rm"
-    cli("train-rm", "--pairs", source, "--out", out, "--epochs", "1", "--eval-fraction", "0")
+    cli("train-rm", "--pairs", source, "--out", out, "--epochs", "1", "--held-out-fraction", "0")
     info = json.loads((out / "model" / "reward.json").read_text())
     assert info["data"]["pairs"] == 12 and info["data"]["pairs_file"] == source
 
@@ -198,7 +199,7 @@ def test_rendered_conversations_are_sampled_raw_never_wrapped_twice(tmp_path, cl
     rows = [{"prompt": CONVERSATION}, {"prompt": shape}]
     source = write_formats(tmp_path, rows)["jsonl"]
     store = f"sqlite:///{tmp_path / 'store.db'}"
-    args = ["--prompts", source, "--model", tiny_model, "-n", "2", "--max-new-tokens", "2"]
+    args = ["--prompts", source, "--policy", tiny_model, "--samples-per-prompt", "2", "--max-new-tokens", "2"]
     result = cli("generate", *args, "--store", store)
     assert "mode raw" in result.stdout + result.stderr  # auto: every prompt is rendered
     answer = cli("generate", *args, "--mode", "chat", "--store", store, ok=False)

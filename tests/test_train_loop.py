@@ -48,7 +48,7 @@ def test_an_sft_checkpoint_of_the_old_layout_resumes(tiny_model, tmp_path):
     from rlhfkit.train.sft import SFTConfig, train_sft
 
     out = old_run("sft", tmp_path, tiny_model)
-    config = SFTConfig(model=tiny_model, epochs=2, batch_size=4, lr=1e-2, eval_fraction=0.25)
+    config = SFTConfig(policy=tiny_model, epochs=2, batch_size=4, lr=1e-2, held_out_fraction=0.25)
     summary = train_sft(OLD / "sft.jsonl", out, config, resume=True)
     assert steps_logged(out) == list(range(1, summary["steps"] + 1))
     assert summary["steps"] == 2 * steps_logged(OLD / "sft")[-1]  # the second epoch, only
@@ -62,7 +62,7 @@ def test_a_dpo_checkpoint_of_the_old_layout_resumes_with_its_reference(tiny_mode
     from rlhfkit.train.dpo import DPOConfig, train_dpo
 
     out = old_run("dpo", tmp_path, tiny_model)
-    config = DPOConfig(model=tiny_model, epochs=2, batch_size=4, lr=1e-2, eval_fraction=0.25)
+    config = DPOConfig(policy=tiny_model, epochs=2, batch_size=4, lr=1e-2, held_out_fraction=0.25)
     summary = train_dpo(OLD / "pairs.jsonl", out, config, resume=True)
     assert steps_logged(out) == list(range(1, summary["steps"] + 1))
     assert summary["held_out"]["after"]["accuracy"] is not None
@@ -78,7 +78,7 @@ def test_a_ppo_checkpoint_of_the_old_layout_resumes(tiny_model, tmp_path):
     from rlhfkit.train.ppo import PPOConfig, run_ppo
 
     out = old_run("ppo", tmp_path, tiny_model)
-    config = PPOConfig(model=tiny_model, prompts="builtin:dialogues", mode="raw", batch_size=4,
+    config = PPOConfig(policy=tiny_model, prompts="builtin:dialogues", mode="raw", batch_size=4,
                        minibatches=2, max_new_tokens=4, steps=3, seed=3, device="cpu")  # fmt: skip
     result = run_ppo(config, out, resume=True, reward=lambda p, c: torch.ones(len(c)))
     assert result["steps"] == 3 and steps_logged(out) == [1, 2, 3]
@@ -88,7 +88,7 @@ def rm_config(model: str, **changes):
     from rlhfkit.train.reward_model import RMConfig
 
     settings = dict(base=model, lora=True, lora_r=4, epochs=2, batch_size=8, lr=1e-2,
-                    max_length=48, eval_fraction=0.25, eval_every=2, patience=10)  # fmt: skip
+                    max_length=48, held_out_fraction=0.25, eval_every=2, patience=10)  # fmt: skip
     return RMConfig(**{**settings, **changes})
 
 

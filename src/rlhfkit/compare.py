@@ -71,6 +71,24 @@ class CompareConfig(StageConfig):
     eval: dict[str, Any] = Field(default_factory=dict, description="every method's")
     methods: dict[str, Method] = Field(min_length=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_names_of_sections(cls, values: Any) -> Any:
+        """Retired names in the sections kept as mappings, put as the new ones."""
+        if not isinstance(values, dict):
+            return values
+        from rlhfkit.pipeline import PipelineConfig, renew_sections
+
+        values = renew_sections(values)
+        if isinstance(values.get("pipeline"), dict):
+            values["pipeline"] = renew_sections(PipelineConfig.renew(values["pipeline"]))
+        if isinstance(values.get("methods"), dict):
+            values["methods"] = {
+                name: renew_sections(method) if isinstance(method, dict) else method
+                for name, method in values["methods"].items()
+            }
+        return values
+
     @property
     def run(self) -> Path:
         return Path(self.run_dir)
@@ -117,8 +135,8 @@ class CompareConfig(StageConfig):
             for key in ("max_new_tokens", "temperature", "mode")
         }
         defaults = {
-            "policy": shared.model if method.kind == "best_of" else str(trained),
-            "reference": shared.model,
+            "policy": shared.policy if method.kind == "best_of" else str(trained),
+            "reference": shared.policy,
             "prompts": shared.prompts,
             "eval_fraction": shared.eval_fraction,
             "reward": self.seed_run(seed).ppo_config().reward,  # the one PPO trains against

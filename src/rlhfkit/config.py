@@ -3,11 +3,12 @@ line naming the setting, before any model is loaded."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import read_text
@@ -18,6 +19,27 @@ class StageConfig(BaseModel):
     setting: ClassVar[str] = "setting"  # how errors name these settings, e.g. "PPO setting"
     # what a trainer's resumed run may set otherwise than its checkpoint (train/loop.py)
     may_change_on_resume: ClassVar[frozenset[str]] = frozenset()
+    # settings' retired names: old → the one name (docs/glossary.md); read for one release
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_names(cls, values: Any) -> Any:
+        return cls.renew(values) if isinstance(values, dict) else values
+
+    @classmethod
+    def renew(cls, values: dict, quiet: bool = False) -> dict:
+        """`values` with every retired name put as its new one (the new name wins where both
+        are), saying so unless `quiet` (settings a run directory or a checkpoint saved before
+        the rename)."""
+        out = dict(values)
+        for old, new in cls.renamed.items():
+            if old in out:
+                if not quiet:
+                    deprecated(f"{cls.setting} '{old}'", f"'{new}'")
+                value = out.pop(old)
+                out.setdefault(new, value)
+        return out
 
     @classmethod
     def make(cls, **values) -> Self:
@@ -31,6 +53,15 @@ class StageConfig(BaseModel):
                 raise RlhfkitError(f"{cls.setting}s: {message}") from None
             where = ".".join(str(x) for x in first["loc"])
             raise RlhfkitError(f"{cls.setting} '{where}': {message}") from None
+
+
+class RetiredName(FutureWarning):
+    """A setting or flag used by a name that has a new one; it works for one more release."""
+
+
+def deprecated(old: str, new: str) -> None:
+    """Say once that `old` is a retired name of `new` (the CLI prints it as one line)."""
+    warnings.warn(f"{old} is deprecated: use {new}", RetiredName, stacklevel=3)
 
 
 def read_yaml_settings(path: Path, what: str) -> dict[str, Any]:

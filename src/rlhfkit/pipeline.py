@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from rlhfkit.config import StageConfig, read_yaml_settings
 from rlhfkit.errors import RlhfkitError
@@ -61,11 +61,11 @@ from rlhfkit.files import (
 )
 from rlhfkit.progress import Progress
 from rlhfkit.seeds import Target, check_targets
-from rlhfkit.stages.cai import ReviseStage, revise_stage, sft_stage
+from rlhfkit.stages.cai import ReviseConfig, revise_stage, sft_stage
 from rlhfkit.stages.evaluate import eval_stage, report_stage
-from rlhfkit.stages.generate import GenerateStage, generate_stage
-from rlhfkit.stages.label import LabelStage, label_stage
-from rlhfkit.stages.pairs import PairsStage, agreement_stage, pairs_stage
+from rlhfkit.stages.generate import GenerateConfig, generate_stage
+from rlhfkit.stages.label import LabelConfig, LabelerConfig, label_stage
+from rlhfkit.stages.pairs import PairsConfig, agreement_stage, pairs_stage
 from rlhfkit.stages.train import dpo_stage, ppo_stage, train_rm_stage
 from rlhfkit.trackers import Tracker
 
@@ -100,15 +100,38 @@ NOT_COMPARED = {"stages", "seeds", "targets", "report_to"}
 Seed = Annotated[int, Field(strict=True, ge=0)]
 
 
+def _section_settings() -> dict[str, type[StageConfig]]:
+    """The settings class of each stage section a pipeline keeps as a plain mapping."""
+    from rlhfkit.eval.run import EvalConfig
+    from rlhfkit.train.dpo import DPOConfig
+    from rlhfkit.train.ppo.step import PPOConfig
+    from rlhfkit.train.reward_model import RMConfig
+    from rlhfkit.train.sft import SFTConfig
+
+    return {"sft": SFTConfig, "train-rm": RMConfig, "train_rm": RMConfig, "dpo": DPOConfig,
+            "ppo": PPOConfig, "eval": EvalConfig}  # fmt: skip
+
+
+def renew_sections(values: dict, quiet: bool = False) -> dict:
+    """A pipeline's settings with the retired names in its stage sections put as the new ones
+    (the sections kept as mappings; the others are settings classes that do it themselves)."""
+    values = dict(values)
+    for key, settings in _section_settings().items():
+        if isinstance(values.get(key), dict):
+            values[key] = settings.renew(values[key], quiet)
+    return values
+
+
 class PipelineConfig(StageConfig):
     """A run: which stages, the shared defaults, and each stage's own settings (PPO, reward
     model and eval settings are those of `rlhfkit ppo`, `train-rm` and `eval`)."""
 
     setting = "pipeline setting"
+    renamed = {"model": "policy"}
 
     run_dir: str
     stages: list[Stage] = Field(default_factory=lambda: list(DEFAULT_STAGES), min_length=1)
-    model: str = "smollm2-135m-instruct"
+    policy: str = Field("smollm2-135m-instruct", description="the model the run starts from")
     prompts: str = "builtin:rtp"
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="prompts held out for eval")
     seed: int = 0
@@ -119,17 +142,22 @@ class PipelineConfig(StageConfig):
         None, min_length=1, description="run the stages after pairs once per seed, in seed-N/"
     )
     targets: list[Target] = Field(default_factory=list, description="checked over the seeds")
-    revise: ReviseStage = Field(default_factory=ReviseStage)
+    revise: ReviseConfig = Field(default_factory=ReviseConfig)
     sft: dict[str, Any] = Field(default_factory=dict)
-    generate: GenerateStage = Field(default_factory=GenerateStage)
-    label: LabelStage = Field(default_factory=LabelStage)
-    pairs: PairsStage = Field(default_factory=PairsStage)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    label: LabelConfig = Field(default_factory=LabelConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
     train_rm: dict[str, Any] = Field(default_factory=dict, alias="train-rm")
     dpo: dict[str, Any] = Field(default_factory=dict)
     ppo: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
     # Set on one seed's config only: the run directory holding the shared stages' outputs.
     _shared_dir: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_names_of_stages(cls, values: Any) -> Any:
+        return renew_sections(values) if isinstance(values, dict) else values
 
     @model_validator(mode="after")
     def _in_order(self) -> PipelineConfig:
@@ -168,12 +196,12 @@ class PipelineConfig(StageConfig):
         return [s for s in self.stages if self.stage_dir(s) == self.run]
 
     @property
-    def policy_model(self) -> str:
+    def starting_policy(self) -> str:
         """What generate samples from and DPO starts from: the SFT policy of this run when it
-        has an sft stage, else the run's model."""
+        has an sft stage, else the run's policy."""
         if self.uses("sft"):
             return str(self.stage_dir("sft") / "sft" / "policy")
-        return self.model
+        return self.policy
 
     def uses(self, stage: str) -> bool:
         """The stage is in this run: listed, or done in its directory before."""
@@ -187,7 +215,7 @@ class PipelineConfig(StageConfig):
     def sft_config(self):
         from rlhfkit.train.sft import SFTConfig
 
-        defaults = {"model": self.model, "seed": self.seed, "report_to": self.report_to}
+        defaults = {"policy": self.policy, "seed": self.seed, "report_to": self.report_to}
         return SFTConfig.make(**{**defaults, **self.sft})
 
     def rm_config(self):
@@ -202,9 +230,9 @@ class PipelineConfig(StageConfig):
         from rlhfkit.train.dpo import DPOConfig
 
         defaults = {
-            "model": self.policy_model,
+            "policy": self.starting_policy,
             "mode": default_mode(self.prompts),  # as the generate stage put them
-            "eval_fraction": self.rm_config().eval_fraction,
+            "held_out_fraction": self.rm_config().held_out_fraction,
             "seed": self.seed,
             "report_to": self.report_to,
         }
@@ -213,9 +241,9 @@ class PipelineConfig(StageConfig):
     def ppo_config(self):
         from rlhfkit.train.ppo.step import PPOConfig
 
-        start = self.run / "dpo" / "policy" if self.uses("dpo") else self.policy_model
+        start = self.run / "dpo" / "policy" if self.uses("dpo") else self.starting_policy
         defaults = {
-            "model": str(start),
+            "policy": str(start),
             "prompts": self.prompts,
             "split": "train",
             "eval_fraction": self.eval_fraction,
@@ -237,7 +265,7 @@ class PipelineConfig(StageConfig):
         own_rm_missing = self.rewards_with_own_rm(ppo) and not self.uses("train-rm")
         defaults = {
             "policy": str(self.run / self.evaluated_stage / "policy"),
-            "reference": self.model if trained_before_ppo else ppo.model,
+            "reference": self.policy if trained_before_ppo else ppo.policy,
             "prompts": ppo.prompts,
             "eval_fraction": ppo.eval_fraction,
             # the run's reward model, if it has one (a run of DPO alone need not)
@@ -251,7 +279,8 @@ class PipelineConfig(StageConfig):
         if judges:  # the run's AI judge compares the answers too
             defaults |= {
                 "judge": judges[0].judge,
-                "judge_model": judges[0].judge_model,
+                "endpoint_model": judges[0].endpoint_model,
+                "api_key_env": judges[0].api_key_env,
                 "constitution": judges[0].constitution,
             }
         return EvalConfig.make(**{**defaults, **self.eval})
@@ -338,10 +367,7 @@ def check_run_dir(config: PipelineConfig) -> None:
     saved = config.run / "pipeline.json"
     if saved.is_file():
         # A setting rlhfkit gained since the run was made counts as its default there.
-        theirs = {
-            **_settings(PipelineConfig(run_dir=config.run_dir)),
-            **json.loads(saved.read_text()),
-        }
+        theirs = _saved_settings(config, json.loads(saved.read_text()))
         mine = _settings(config)
         if theirs != mine:
             changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -349,6 +375,31 @@ def check_run_dir(config: PipelineConfig) -> None:
                 f"{config.run} holds a run of a different config (differs in "
                 f"{', '.join(changed)}): use another run_dir, or delete {config.run}"
             )
+
+
+def _saved_settings(config: PipelineConfig, saved: dict) -> dict:
+    """The settings a run directory was saved with, under today's names and with the settings
+    rlhfkit gained since then at their defaults (which is what the run had)."""
+    saved = _renew_saved(saved)
+    try:
+        return _settings(PipelineConfig(**{**saved, "run_dir": config.run_dir}))
+    except ValidationError:  # no longer valid: compared as it was
+        return {**_settings(PipelineConfig(run_dir=config.run_dir)), **saved}
+
+
+def _renew_saved(saved: dict) -> dict:
+    """A saved pipeline.json under today's names (a run made before some were retired)."""
+    saved = renew_sections(PipelineConfig.renew(saved, quiet=True), quiet=True)
+    for key, settings in (("generate", GenerateConfig), ("revise", ReviseConfig)):
+        if isinstance(saved.get(key), dict):
+            saved[key] = settings.renew(saved[key], quiet=True)
+    labelers = (saved.get("label") or {}).get("labelers")
+    if isinstance(labelers, list):
+        renewed = [
+            LabelerConfig.renew(x, quiet=True) if isinstance(x, dict) else x for x in labelers
+        ]
+        saved["label"] = {**saved["label"], "labelers": renewed}
+    return saved
 
 
 def _settings(config: PipelineConfig) -> dict:
@@ -398,7 +449,7 @@ def preflight(config: PipelineConfig) -> None:
         if not ours:
             load_reward(ppo.reward)
         if not config.uses("sft"):
-            resolve_model(ppo.model)
+            resolve_model(ppo.policy)
     if "eval" in todo:  # a limit beyond the split, refused now rather than after PPO
         held_out_prompts(config.eval_config())
     if "report" in todo and not (
@@ -408,9 +459,9 @@ def preflight(config: PipelineConfig) -> None:
     ):
         raise RlhfkitError("stage report needs ppo or eval: add one of them to the stages")
     if "dpo" in todo and not config.uses("sft"):
-        resolve_model(config.dpo_config().model)
+        resolve_model(config.dpo_config().policy)
     if {"generate", "revise", "sft"} & set(todo):
-        resolve_model(config.model)
+        resolve_model(config.policy)
 
 
 def run_pipeline(
@@ -502,7 +553,7 @@ def run_stage(config: PipelineConfig, stage: str, progress: Progress) -> str:
     match stage:
         case "revise":
             return revise_stage(
-                run, config.revise, config.model, config.eval_fraction, config.seed, progress
+                run, config.revise, config.policy, config.eval_fraction, config.seed, progress
             )
         case "sft":
             return sft_stage(run, config.sft_config(), progress)
@@ -510,7 +561,7 @@ def run_stage(config: PipelineConfig, stage: str, progress: Progress) -> str:
             return generate_stage(
                 run,
                 config.generate,
-                config.policy_model,
+                config.starting_policy,
                 config.prompts,
                 config.eval_fraction,
                 config.seed,

@@ -493,8 +493,9 @@ def render(template: str = "report.html.j2", **context) -> str:
     return env.get_template(template).render(**context)
 
 
-def build_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/report/report.html and its PNGs; return the HTML's path."""
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write OUT/report.html and its PNGs (OUT: RUN_DIR/report by default); return the
+    HTML's path."""
     run = Path(run_dir)
     if not run.is_dir():
         raise RlhfkitError(f"{run} is not a directory")
@@ -505,7 +506,7 @@ def build_report(run_dir: str | Path) -> Path:
         raise RlhfkitError(f"{run} holds neither PPO metrics nor an evaluation to report on")
     result = load_eval(found["eval"]) if found["eval"] else None
     records = load_metrics(found["metrics"]) if found["metrics"] else []
-    out = run / "report"
+    out = Path(out) if out else run / "report"
     claim_directory(out, "report")  # a report/ folder of the user's is left alone
     page = render(
         run_name=run.name,

@@ -302,10 +302,11 @@ def _seed_sections(run: Path, summary: dict) -> list[dict]:
     return sections
 
 
-def build_seeds_report(run: Path, summary: dict) -> Path:
-    """RUN/report/report.html over the seeds: the summary table, the training curves with a
-    line per seed, each seed's before/after table, the labelers' agreement, and links to
-    each seed's own report. Self-contained: plots are embedded PNGs."""
+def build_seeds_report(run: Path, summary: dict, out: Path | None = None) -> Path:
+    """OUT/report.html (OUT: RUN/report by default) over the seeds: the summary table, the
+    training curves with a line per seed, each seed's before/after table, the labelers'
+    agreement, and links to each seed's own report. Self-contained: plots are embedded
+    PNGs."""
     from rlhfkit.plots import plot_curves_by_seed
     from rlhfkit.report import curves_logged, render
 
@@ -314,7 +315,7 @@ def build_seeds_report(run: Path, summary: dict) -> Path:
     sections = _seed_sections(run, summary)
     heatmap = run / "agreement" / "heatmap.png"
     heatmap_png = heatmap.read_bytes() if heatmap.is_file() else None
-    out = claim_directory(run / "report", "report")
+    out = claim_directory(out or run / "report", "report")
     curves = curves_logged([r for records in training.values() for r in records])
     curves_png = plot_curves_by_seed(training, curves) if curves else None
     if curves_png:
@@ -357,7 +358,7 @@ def _last_summary(run: Path) -> tuple[list[int], list[Target]]:
     return seeds, targets
 
 
-def report_over_seeds(run: Path) -> Path | None:
+def report_over_seeds(run: Path, out: Path | None = None) -> Path | None:
     """`rlhfkit report RUN` on a run over seeds: RUN/summary.json and RUN/report/ made afresh
     from the seeds' evaluations, as the run makes them, for the seeds and targets of the
     summary the run wrote last (before its first: every seed directory RUN holds, without
@@ -368,4 +369,4 @@ def report_over_seeds(run: Path) -> Path | None:
         seeds, targets = seeds_held(run), []
     if not seeds:
         return None
-    return build_seeds_report(run, write_summary(run, seeds, targets))
+    return build_seeds_report(run, write_summary(run, seeds, targets), out)

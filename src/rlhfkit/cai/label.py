@@ -21,7 +21,6 @@ from itertools import combinations
 
 from sqlalchemy import select
 
-from rlhfkit.cai.backends import ChatBackend
 from rlhfkit.cai.constitution import Constitution, judge_text
 from rlhfkit.cai.judge import (
     MIN_OPTION_MASS,
@@ -34,11 +33,12 @@ from rlhfkit.cai.judge import (
 from rlhfkit.data.records import RankingRecord
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.consensus import borda
+from rlhfkit.feedback.labelers import project_prompts
 from rlhfkit.feedback.pairs import load_rankings
 from rlhfkit.feedback.store import Labeler, Prompt, Ranking, Store, get_project
 from rlhfkit.feedback.transfer import import_records
+from rlhfkit.models.backends import ChatBackend
 from rlhfkit.progress import Progress
-from rlhfkit.reward.labelers import project_prompts
 
 PEOPLE = "people"
 

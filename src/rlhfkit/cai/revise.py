@@ -21,12 +21,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from rlhfkit.cai.backends import ChatBackend
 from rlhfkit.cai.constitution import Constitution, critique_messages, revision_messages
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.store import Project, Prompt, Registry, Revision, Store, ensure_project
 from rlhfkit.files import atomic_write
+from rlhfkit.models.backends import ChatBackend
 from rlhfkit.progress import Progress
 
 # Labels a small model puts in front of its rewrite or critique; the text after them is kept.
@@ -197,7 +197,7 @@ def drop_reason(
     a loop, or scores lower than the first answer by more than `margin` (scores: first,
     final; between two clean answers a scorer's small differences are noise, not a
     verdict)."""
-    from rlhfkit.eval.metrics import distinct_n
+    from rlhfkit.data.text import distinct_n
 
     if not final.strip():
         return "empty"

@@ -14,10 +14,10 @@ import json
 
 import yaml
 
-from rlhfkit.data.packages import package_dir
 from rlhfkit.data.records import PromptRecord, RecordError, messages_json
 from rlhfkit.data.sources import read_source
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.packages import package_dir
 
 # The natural generation mode of each built-in set: RTP prompts are sentence starts to
 # continue; the others are things a user says to an assistant.

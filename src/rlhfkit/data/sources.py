@@ -13,6 +13,7 @@ records here (`conversational_to_text`); a multi-turn prompt keeps its messages 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def load_dataset_source(spec: str):
 
 
 def _hub_dataset(datasets, spec: str):
-    from rlhfkit.models.loading import _hub_reachable
+    from rlhfkit.models.loading import hub_reachable
 
     name, split = _split_suffix(spec.removeprefix("hf:"))
     name, _, config = name.partition(":")
@@ -123,7 +124,7 @@ def _hub_dataset(datasets, spec: str):
     if not name:
         raise RlhfkitError(f"{spec}: expected hf:NAME[:CONFIG][@SPLIT]")
     hint = "where the Hub is reachable, load it and save_to_disk(), then pass that directory"
-    offline = not _hub_reachable()
+    offline = not hub_reachable()
     was = datasets.config.HF_HUB_OFFLINE
     datasets.config.HF_HUB_OFFLINE = was or offline  # unreachable: the local cache only
     try:
@@ -226,3 +227,18 @@ def _chat_template():
 
         _TEMPLATE.append(AutoTokenizer.from_pretrained(resolve_model(DEFAULT_POLICY)))
     return _TEMPLATE[0]
+
+
+def source_sha256(spec: str | Path) -> str:
+    """What a run records of its data, to know it again on resume: a file's SHA-256, a saved
+    dataset directory's (its files, in order), or a Hub dataset's name with its fingerprint."""
+    digest = hashlib.sha256()
+    path = Path(spec)
+    if str(spec).startswith("hf:"):
+        digest.update(f"{spec}\0{load_dataset_source(str(spec))._fingerprint}".encode())
+    elif path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+    else:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

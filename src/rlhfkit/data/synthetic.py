@@ -13,8 +13,8 @@ from itertools import combinations
 
 import yaml
 
-from rlhfkit.data.packages import package_dir
 from rlhfkit.data.records import Pair
+from rlhfkit.packages import package_dir
 
 
 def _conversations() -> dict[str, list[tuple[str, str]]]:

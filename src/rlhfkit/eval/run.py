@@ -48,6 +48,7 @@ class EvalConfig(StageConfig):
     """Settings of `rlhfkit eval`; unknown keys and impossible values are errors."""
 
     setting = "eval setting"
+    renamed = {"samples": "samples_per_prompt", "judge_model": "endpoint_model"}
 
     policy: str = Field(description="a PPO run's policy directory, or a model name")
     reference: str | None = Field(None, description="default: the policy's base model")
@@ -55,7 +56,7 @@ class EvalConfig(StageConfig):
     split: Literal["all", "train", "eval"] = "eval"
     eval_fraction: float = Field(0.2, ge=0, lt=1)
     limit: int | None = Field(None, ge=1, description="prompts; default: all of the split")
-    samples: int = Field(2, ge=1, description="samples per prompt and model")
+    samples_per_prompt: int = Field(2, ge=1, description="samples per prompt and model")
     max_new_tokens: int = Field(24, ge=1)
     temperature: float = Field(1.0, gt=0)
     mode: Literal["raw", "chat", "auto"] = "auto"
@@ -73,7 +74,10 @@ class EvalConfig(StageConfig):
         True, description="also evaluate the stages the policy was stacked on (its SFT policy)"
     )
     judge: str | None = Field(None, description="an AI judge: a model or an endpoint's URL")
-    judge_model: str | None = Field(None, description="the model an endpoint judge serves")
+    endpoint_model: str | None = Field(None, description="the model an endpoint judge serves")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="the environment variable holding an endpoint's API key"
+    )
     constitution: str = "builtin:default"
     seed: int = 0
 
@@ -136,12 +140,12 @@ def response_logps(model, responses) -> list[list[float]]:
 def sample_model(
     model, tokenizer, reference, prompts: list[str], config: EvalConfig, mode: str, on_batch
 ) -> list[dict]:
-    """`config.samples` responses to each prompt, with their log-probabilities under the
+    """`config.samples_per_prompt` responses to each prompt, with their log-probabilities under the
     model and the reference."""
     from rlhfkit.train.ppo.rollout import sample_responses
 
     torch.manual_seed(config.seed)
-    repeated = [p for p in prompts for _ in range(config.samples)]
+    repeated = [p for p in prompts for _ in range(config.samples_per_prompt)]
     rows = []
     for start in range(0, len(repeated), config.batch_size):
         batch = repeated[start : start + config.batch_size]
@@ -167,10 +171,10 @@ def best_of_rows(rows: list[dict], n: int) -> list[dict]:
 def sample_best_of(
     reference, tokenizer, prompts: list[str], config: EvalConfig, mode: str, reward, on_batch
 ) -> list[dict]:
-    """`config.samples` rows for each prompt, each the best of `config.best_of` samples of
-    the reference by the reward."""
+    """`config.samples_per_prompt` rows for each prompt, each the best of `config.best_of`
+    samples of the reference by the reward."""
     n = config.best_of
-    many = config.model_copy(update={"samples": config.samples * n})
+    many = config.model_copy(update={"samples_per_prompt": config.samples_per_prompt * n})
     rows = sample_model(reference, tokenizer, reference, prompts, many, mode, on_batch)
     score_rows(rows, {}, reward)
     return best_of_rows(rows, n)
@@ -520,22 +524,24 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
     between = intermediate_stages(config.policy, reference_name) if config.intermediate else {}
     judge = constitution = None
     if config.judge:  # opened first: an unreachable endpoint is refused before any sampling
-        from rlhfkit.cai.backends import open_backend
         from rlhfkit.cai.constitution import load_constitution
+        from rlhfkit.models.backends import open_backend
 
         constitution = load_constitution(config.constitution)
-        judge = open_backend(config.judge, config.judge_model)
+        judge = open_backend(config.judge, config.endpoint_model, api_key_env=config.api_key_env)
     best_of = {f"best-of-{config.best_of}": reference_name} if config.best_of else {}
     names = {"before": reference_name, **between, **best_of, "after": config.policy}
 
     reference, tokenizer = load_model(reference_name)
     draws = len(names) + (config.best_of - 1 if config.best_of else 0)
-    progress.start(f"evaluating {' vs '.join(names)}", draws * len(prompts) * config.samples)
+    progress.start(
+        f"evaluating {' vs '.join(names)}", draws * len(prompts) * config.samples_per_prompt
+    )
     sides = {}
     for side, name in names.items():
         if side == "after" and name == reference_name:  # the same seed: before's samples
             sides[side] = sides["before"]
-            progress.advance(len(prompts) * config.samples)
+            progress.advance(len(prompts) * config.samples_per_prompt)
             continue
         if side in best_of:
             sides[side] = sample_best_of(
@@ -554,7 +560,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
         judged = judge_against_before(
             judge, constitution, sides, config.scorers, config.seed, progress
         )
-    compared = compare(sides, config.scorers, config.samples, config.seed)
+    compared = compare(sides, config.scorers, config.samples_per_prompt, config.seed)
     for side, policy in {**between, **best_of}.items():
         compared["intermediate"][side] = {"policy": policy, **compared["intermediate"][side]}
     return {
@@ -564,7 +570,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = None) -> dict:
         "mode": mode,
         "held_out": {
             "prompts": len(prompts),
-            "samples_per_prompt": config.samples,
+            "samples_per_prompt": config.samples_per_prompt,
             "in_split": in_split,
             "split": config.split,
             "trained_on": info and {k: info.get(k) for k in ("prompts", "split", "eval_fraction")},

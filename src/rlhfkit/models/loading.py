@@ -25,9 +25,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from rlhfkit.data.packages import package_dir
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_directory
+from rlhfkit.packages import package_dir
 
 DEFAULT_POLICY = "smollm2-135m-instruct"
 DEFAULT_ENCODER = "minilm-l6"
@@ -97,7 +97,7 @@ def resolve_model(name: str | os.PathLike) -> str:
     return name
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """A quick TCP probe, so an unreachable Hub fails in seconds, not after minutes of retries."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
@@ -129,7 +129,7 @@ def _load(loader, name: str, **kwargs):
         f"download it where the Hub is reachable and pass its local directory instead, "
         f"or use a packaged model: {', '.join(PACKAGED)}"
     )
-    if not _hub_reachable():
+    if not hub_reachable():
         raise RlhfkitError(f"cannot load '{source}': the Hugging Face Hub is not reachable; {hint}")
     try:
         return loader(source, **kwargs)

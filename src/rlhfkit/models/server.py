@@ -19,8 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from rlhfkit.cai.backends import Generated, LocalBackend
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.backends import Generated, LocalBackend
 
 MAX_TOKENS_LIMIT = 4096
 TOP_LOGPROBS_LIMIT = 20

@@ -3,7 +3,6 @@ read off those scores, so a prompt's C(K,2) pairs cost K forward passes, not 2·
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,23 +47,6 @@ def read_pairs(path: str | Path, fields: dict[str, str] | None = None) -> list[P
             f"{len(records) - len(pairs)} other records"
         )
     return pairs
-
-
-def source_sha256(spec: str | Path) -> str:
-    """What a run records of its data, to know it again on resume: a file's SHA-256, a saved
-    dataset directory's (its files, in order), or a Hub dataset's name with its fingerprint."""
-    digest = hashlib.sha256()
-    path = Path(spec)
-    if str(spec).startswith("hf:"):
-        from rlhfkit.data.sources import load_dataset_source
-
-        digest.update(f"{spec}\0{load_dataset_source(str(spec))._fingerprint}".encode())
-    elif path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
-    else:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def split_by_prompt(

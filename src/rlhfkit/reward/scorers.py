@@ -14,8 +14,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from rlhfkit.data.packages import package_dir
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.packages import package_dir
 
 _EPS = 1e-6  # keeps the logit finite where a classifier is certain
 

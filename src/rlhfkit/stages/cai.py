@@ -19,13 +19,19 @@ if TYPE_CHECKING:
 REVISE_PROJECT = "cai-revise"
 
 
-class ReviseStage(StageConfig):
+class ReviseConfig(StageConfig):
     setting = "revise setting"
+    renamed = {"model": "policy"}
     prompts: str = "builtin:redteam"
     limit: int | None = Field(64, ge=1, description="red-team prompts of the train split")
     constitution: str = "builtin:default"
-    model: str | None = Field(None, description="who answers and revises (default: the run's)")
-    endpoint_model: str | None = None
+    policy: str | None = Field(
+        None, description="who answers and revises: a model or an endpoint (default: the run's)"
+    )
+    endpoint_model: str | None = Field(None, description="the model to ask at an endpoint")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="the environment variable holding an endpoint's API key"
+    )
     rounds: int = Field(1, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.7, ge=0)
@@ -35,17 +41,20 @@ class ReviseStage(StageConfig):
 
 
 def revise_stage(
-    run: Path, settings: ReviseStage, model: str, eval_fraction: float, seed: int, progress
+    run: Path, settings: ReviseConfig, model: str, eval_fraction: float, seed: int, progress
 ) -> str:
-    from rlhfkit.cai.backends import open_backend
     from rlhfkit.cai.constitution import load_constitution
     from rlhfkit.cai.revise import ReviseSettings, export_revisions, revise
     from rlhfkit.data.prompts import load_prompts
+    from rlhfkit.models.backends import open_backend
 
     constitution = load_constitution(settings.constitution)
     prompts = load_prompts(settings.prompts, "train", eval_fraction, settings.limit)
     backend = open_backend(
-        settings.model or model, settings.endpoint_model, batch_size=settings.batch_size
+        settings.policy or model,
+        settings.endpoint_model,
+        batch_size=settings.batch_size,
+        api_key_env=settings.api_key_env,
     )
     store = run_store(run)
     options = ReviseSettings(

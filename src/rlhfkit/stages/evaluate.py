@@ -26,7 +26,7 @@ def eval_stage(run: Path, config: EvalConfig, progress: Progress) -> str:
         f"({_percent(change['toxic_share'], interval['toxic_share'])}), "
         f"mean {before['mean']:.3f} → {after['mean']:.3f} "
         f"({_percent(change['mean'], interval['mean'])}); "
-        f"{result['held_out']['prompts']} prompts × {config.samples} samples"
+        f"{result['held_out']['prompts']} prompts × {config.samples_per_prompt} samples"
     )
 
 

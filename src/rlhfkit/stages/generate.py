@@ -204,10 +204,11 @@ def run_generate(
     )
 
 
-class GenerateStage(StageConfig):
+class GenerateConfig(StageConfig):
     setting = "generate setting"
+    renamed = {"n": "samples_per_prompt"}
     limit: int | None = Field(200, ge=1, description="training prompts to sample for")
-    n: int = Field(4, ge=2, description="completions per prompt, to be ranked")
+    samples_per_prompt: int = Field(4, ge=2, description="completions per prompt, to be ranked")
     max_new_tokens: int = Field(24, ge=1)
     temperature: float = Field(1.0, gt=0)
     batch_size: int = Field(64, ge=1)
@@ -215,7 +216,7 @@ class GenerateStage(StageConfig):
 
 def generate_stage(
     run: Path,
-    settings: GenerateStage,
+    settings: GenerateConfig,
     model: str,
     prompts: str,
     eval_fraction: float,
@@ -227,7 +228,7 @@ def generate_stage(
         run_store(run),
         PROJECT,
         prompts=prompts,
-        n=settings.n,
+        n=settings.samples_per_prompt,
         model=model,
         params=SamplingParams(
             temperature=settings.temperature, max_new_tokens=settings.max_new_tokens, mode="auto"
@@ -241,5 +242,6 @@ def generate_stage(
         progress=progress,
     )
     return (
-        f"{result.prompts} prompts × {settings.n} completions ({result.completions_stored} stored)"
+        f"{result.prompts} prompts × {settings.samples_per_prompt} completions "
+        f"({result.completions_stored} stored)"
     )

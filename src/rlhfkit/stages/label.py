@@ -14,33 +14,39 @@ from rlhfkit.progress import Progress
 from rlhfkit.stages import PROJECT, run_store
 
 
-class Labeler(StageConfig):
+class LabelerConfig(StageConfig):
     setting = "labeler setting"
+    renamed = {"judge_model": "endpoint_model", "reference": "check_against"}
     name: str
     reward: str = "scorer:profanity"
     noise: float = Field(0.5, ge=0, description="in standard deviations of the reward")
     seed: int = 0
     # An AI judge instead of a reward (`rlhfkit label judge`): a model or an endpoint's URL.
     judge: str | None = None
-    judge_model: str | None = None
+    endpoint_model: str | None = Field(None, description="the model to ask at the judge's endpoint")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="the environment variable holding an endpoint's API key"
+    )
     constitution: str = "builtin:default"
-    reference: str = Field("scorer:profanity", description="what the judge is checked against")
+    check_against: str = Field(
+        "scorer:profanity", description="what the judge is checked against: a scorer, or people"
+    )
     min_agreement: float = Field(0.55, ge=0, le=1)
     force: bool = Field(False, description="label even with a judge that fails the check")
 
 
-def _three_labelers() -> list[Labeler]:
-    return [Labeler(name=f"ai-{k}", seed=k) for k in (1, 2, 3)]
+def _three_labelers() -> list[LabelerConfig]:
+    return [LabelerConfig(name=f"ai-{k}", seed=k) for k in (1, 2, 3)]
 
 
-class LabelStage(StageConfig):
+class LabelConfig(StageConfig):
     setting = "label setting"
-    labelers: list[Labeler] = Field(default_factory=_three_labelers, min_length=1)
+    labelers: list[LabelerConfig] = Field(default_factory=_three_labelers, min_length=1)
 
 
-def label_stage(run: Path, settings: LabelStage, progress: Progress) -> str:
+def label_stage(run: Path, settings: LabelConfig, progress: Progress) -> str:
+    from rlhfkit.feedback.labelers import auto_label
     from rlhfkit.reward import load_reward
-    from rlhfkit.reward.labelers import auto_label
 
     store = run_store(run)
     counts = {}
@@ -62,20 +68,20 @@ def label_stage(run: Path, settings: LabelStage, progress: Progress) -> str:
     return ", ".join(f"{name}: {n} rankings" for name, n in counts.items())
 
 
-def _judge(run: Path, store, labeler: Labeler, progress: Progress) -> int:
+def _judge(run: Path, store, labeler: LabelerConfig, progress: Progress) -> int:
     """Rank with an AI judge; its report (agreement with the reference, position bias) goes
     to RUN/label/judge-NAME.json."""
-    from rlhfkit.cai.backends import open_backend
     from rlhfkit.cai.constitution import load_constitution
     from rlhfkit.cai.label import judge_label
+    from rlhfkit.models.backends import open_backend
 
     report = judge_label(
         store,
         PROJECT,
-        open_backend(labeler.judge, labeler.judge_model),
+        open_backend(labeler.judge, labeler.endpoint_model, api_key_env=labeler.api_key_env),
         load_constitution(labeler.constitution),
         labeler=labeler.name,
-        reference=labeler.reference,
+        reference=labeler.check_against,
         min_agreement=labeler.min_agreement,
         force=labeler.force,
         seed=labeler.seed,

@@ -16,13 +16,13 @@ from rlhfkit.progress import Progress
 from rlhfkit.stages import PROJECT, run_store
 
 
-class PairsStage(StageConfig):
+class PairsConfig(StageConfig):
     setting = "pairs setting"
     method: Literal["borda", "tideman"] = "borda"
     min_tau: float | None = Field(0.2, description="exclude labelers below it; null: nobody")
 
 
-def agreement_stage(run: Path, settings: PairsStage, progress: Progress) -> str:
+def agreement_stage(run: Path, settings: PairsConfig, progress: Progress) -> str:
     from rlhfkit.feedback.summary import agreement_summary
 
     folder = run / "agreement"
@@ -44,7 +44,7 @@ def agreement_stage(run: Path, settings: PairsStage, progress: Progress) -> str:
     )
 
 
-def pairs_stage(run: Path, settings: PairsStage, progress: Progress) -> str:
+def pairs_stage(run: Path, settings: PairsConfig, progress: Progress) -> str:
     from rlhfkit.data.jsonl import write_jsonl
     from rlhfkit.feedback.pairs import project_pairs
 

@@ -31,11 +31,12 @@ import torch
 from pydantic import Field
 
 from rlhfkit.config import StageConfig
+from rlhfkit.data.sources import source_sha256
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_write, check_ours, claim_directory
 from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
 from rlhfkit.progress import Progress
-from rlhfkit.reward.data import group_pairs, read_pairs, source_sha256, split_by_prompt
+from rlhfkit.reward.data import group_pairs, read_pairs, split_by_prompt
 from rlhfkit.reward.losses import dpo_loss
 from rlhfkit.trackers import Tracker
 from rlhfkit.train.checkpoint import CHECKPOINT
@@ -59,8 +60,9 @@ MADE_BY = "dpo"
 class DPOConfig(StageConfig):
     setting = "DPO setting"
     may_change_on_resume = frozenset({"epochs", "max_steps", "checkpoint_every", "report_to"})
+    renamed = {"model": "policy", "eval_fraction": "held_out_fraction"}
 
-    model: str = "smollm2-135m-instruct"
+    policy: str = Field("smollm2-135m-instruct", description="the model to train")
     mode: Literal["raw", "chat"] = Field(
         "raw", description="how the prompts were put to the model when the pairs were sampled"
     )
@@ -78,7 +80,9 @@ class DPOConfig(StageConfig):
     lr: float = Field(1e-4, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(256, ge=8, description="tokens of prompt and completion together")
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="as train-rm's, the same split")
+    held_out_fraction: float = Field(
+        0.1, ge=0, lt=1, description="as train-rm's: the same prompts' pairs held out"
+    )
     lora: bool = True
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
@@ -257,19 +261,19 @@ def train_dpo(
     check_ours(out, MADE_BY)
     # an empty text, or chosen = rejected, is a one-line error
     pairs = read_pairs(pairs_path, config.fields)
-    train_groups, held_groups = split_by_prompt(group_pairs(pairs), config.eval_fraction)
-    if config.eval_fraction > 0 and not held_groups:
+    train_groups, held_groups = split_by_prompt(group_pairs(pairs), config.held_out_fraction)
+    if config.held_out_fraction > 0 and not held_groups:
         raise RlhfkitError(
-            f"{pairs_path}: too few prompts to hold any out at eval_fraction "
-            f"{config.eval_fraction} (raise it, or 0 for none)"
+            f"{pairs_path}: too few prompts to hold any out at held_out_fraction "
+            f"{config.held_out_fraction} (raise it, or 0 for none)"
         )
     if not train_groups:
-        raise RlhfkitError(f"{pairs_path}: every prompt is held out; lower --eval-fraction")
+        raise RlhfkitError(f"{pairs_path}: every prompt is held out; lower --held-out-fraction")
     run = run_key(config, source_sha256(pairs_path))
     saved = resume_state(out, "a DPO", resume, run, config)
     claim_directory(out, MADE_BY)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_policy_model(config.model)
+    model, tokenizer = load_policy_model(config.policy)
     data = encode_pairs(tokenizer, train_groups, held_groups, config.mode, config.max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     reference = None
@@ -289,7 +293,7 @@ def train_dpo(
     after = {k: last[k] for k in ("loss", "accuracy")} if "accuracy" in last else None
     summary = {
         "pairs": str(pairs_path),
-        "model": config.model,
+        "model": config.policy,
         "counts": {
             "train_pairs": len(data.train),
             "held_out_pairs": len(data.held_out),
@@ -321,7 +325,7 @@ def held_out_line(summary: dict) -> str:
 def save_dpo_policy(model, tokenizer, path: Path, config: DPOConfig, summary: dict) -> None:
     """The policy directory, with what it sits on and what trained it."""
     info = {
-        "base": config.model,
+        "base": config.policy,
         "stage": "dpo",
         "lora": config.lora,
         "mode": config.mode,

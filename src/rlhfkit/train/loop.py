@@ -262,7 +262,7 @@ def check_same_run(checkpoint: Path, saved: dict, now: dict, settings) -> None:
         )
     fields = type(settings).model_fields
     may_change = getattr(settings, "may_change_on_resume", frozenset())
-    recorded = saved["settings"]
+    recorded = type(settings).renew(saved["settings"], quiet=True)  # names since retired
     keys = recorded if saved.get("partial") else now["settings"]
     changed = []
     for key in keys:

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from rlhfkit.config import StageConfig
 from rlhfkit.data.jsonl import read_jsonl
+from rlhfkit.data.sources import source_sha256
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import check_ours, claim_directory
 from rlhfkit.models.lora import lora_settings
@@ -29,7 +30,6 @@ from rlhfkit.reward.data import (
     group_pairs,
     pack_batches,
     read_pairs,
-    source_sha256,
     split_by_prompt,
 )
 from rlhfkit.reward.evaluate import flatten, pair_metrics, score_pairs
@@ -55,6 +55,7 @@ class RMConfig(StageConfig):
 
     setting = "reward model setting"
     may_change_on_resume = frozenset({"report_to"})
+    renamed = {"eval_fraction": "held_out_fraction", "reference": "normalise_on"}
 
     base: str = "minilm-l6"
     epochs: int = Field(3, ge=1)
@@ -69,7 +70,9 @@ class RMConfig(StageConfig):
         "prompt_and_completion",
         description="completion: score the response alone (criteria such as toxicity)",
     )
-    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    held_out_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of the prompts whose pairs are held out (a salted hash)"
+    )
     eval_every: int | None = Field(None, ge=1, description="steps; default once per epoch")
     patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
     dropout: bool = False
@@ -77,7 +80,7 @@ class RMConfig(StageConfig):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     normalise: bool = True
-    reference: str | None = Field(
+    normalise_on: str | None = Field(
         None,
         description="JSONL of {prompt, completion} or {prompt, completions}: the "
         "completions normalised to mean 0, std 1 (default: the training completions)",
@@ -274,10 +277,12 @@ def _split_pairs(
 ) -> tuple[list[PromptPairs], list[PromptPairs], list[PromptPairs]]:
     """All the pairs grouped by prompt, and those groups split into (train, held out)."""
     groups = group_pairs(read_pairs(pairs_path, config.fields))
-    train, held_out = split_by_prompt(groups, config.eval_fraction)
+    train, held_out = split_by_prompt(groups, config.held_out_fraction)
     if not train:
-        raise RlhfkitError("no training prompts left after the eval split; lower --eval-fraction")
-    if config.eval_fraction > 0 and not held_out:
+        raise RlhfkitError(
+            "no training prompts left after the eval split; lower --held-out-fraction"
+        )
+    if config.held_out_fraction > 0 and not held_out:
         progress.warn("no prompt fell in the eval split: early stopping is off")
     return groups, train, held_out
 
@@ -349,7 +354,7 @@ def _finish(
     )
     if config.normalise:
         prompts, completions = (
-            read_reference(config.reference) if config.reference else flatten(train)[:2]
+            read_reference(config.normalise_on) if config.normalise_on else flatten(train)[:2]
         )
         final.set_normalisation(final.score(prompts, completions, normalise=False))
     final.info.pop("path", None)

@@ -22,13 +22,12 @@ from pydantic import Field
 
 from rlhfkit.config import StageConfig
 from rlhfkit.data.prompts import split_of
-from rlhfkit.data.sources import read_source
+from rlhfkit.data.sources import read_source, source_sha256
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_write, check_ours, claim_directory
 from rlhfkit.generation import position_ids
 from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
 from rlhfkit.progress import Progress
-from rlhfkit.reward.data import source_sha256
 from rlhfkit.trackers import Tracker
 from rlhfkit.train.checkpoint import CHECKPOINT
 from rlhfkit.train.distributed import load_optimizer_state, optimizer_state
@@ -51,14 +50,17 @@ IGNORE = -100  # label of a position the loss skips
 class SFTConfig(StageConfig):
     setting = "SFT setting"
     may_change_on_resume = frozenset({"epochs", "max_steps", "checkpoint_every", "report_to"})
+    renamed = {"model": "policy", "eval_fraction": "held_out_fraction"}
 
-    model: str = "smollm2-135m-instruct"
+    policy: str = Field("smollm2-135m-instruct", description="the model to fine-tune")
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-4, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(256, ge=8, description="tokens of prompt and response together")
-    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    held_out_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of the examples held out (a salted hash of the prompt)"
+    )
     lora: bool = True
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
@@ -250,7 +252,7 @@ def train_sft(
     saved = resume_state(out, "an SFT", resume, run, config)
     claim_directory(out, MADE_BY)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_policy_model(config.model)
+    model, tokenizer = load_policy_model(config.policy)
     if config.lora:
         model = with_fresh_adapter(model, config.lora_r, config.lora_alpha)
     train, held = [], []
@@ -258,9 +260,9 @@ def train_sft(
         row = encode(tokenizer, example, config.max_length)
         if not any(label != IGNORE for label in row[1][1:]):
             continue  # the prompt filled max_length: nothing of the response is left
-        (held if is_held_out(example.prompt, config.eval_fraction) else train).append(row)
+        (held if is_held_out(example.prompt, config.held_out_fraction) else train).append(row)
     if not train:
-        raise RlhfkitError(f"{data}: every example is held out; lower --eval-fraction")
+        raise RlhfkitError(f"{data}: every example is held out; lower --held-out-fraction")
     trainer = SFTTrainer(model, train, held, tokenizer.pad_token_id, config, out)
     if saved is None:
         trainer.before = held_out_loss(model, held, trainer.pad_id, config.batch_size)
@@ -269,7 +271,7 @@ def train_sft(
     after = trainer.evals[-1].get("loss") if trainer.evals else None
     summary = {
         "data": str(data),
-        "model": config.model,
+        "model": config.policy,
         "examples": {"train": len(train), "held_out": len(held), "empty_skipped": empty},
         "held_out_loss": {"before": trainer.before, "after": after},
         "steps": finished.steps,
@@ -292,11 +294,11 @@ def held_out_line(summary: dict) -> str:
 def save_sft_policy(model, tokenizer, path: Path, config: SFTConfig, summary: dict) -> None:
     """The policy directory, with what it sits on and what trained it."""
     info = {
-        "base": config.model,
+        "base": config.policy,
         "stage": "sft",
         "lora": config.lora,
         "data": summary["data"],
-        "eval_fraction": config.eval_fraction,
+        "held_out_fraction": config.held_out_fraction,
         "held_out_loss": summary["held_out_loss"],
     }
     save_policy(model, tokenizer, path, info)

@@ -7,7 +7,7 @@ model trainer uses (rl/losses.py): a game is a padded sequence of the agent's mo
 response is a padded sequence of tokens, and the outcome (+1 win, 0 draw, −1 loss) is the
 reward on its last move, as a reward model's score is on a response's last token. Every game
 starts from the empty board, as every sample of a group starts from its prompt, so the
-critic-free advantages (rloo, grpo) compare consecutive games in groups of `group_size`.
+critic-free advantages (rloo, grpo) compare consecutive games in groups of `samples_per_prompt`.
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ def play(agent: Agent, n: int, generator: torch.Generator, greedy: bool = False)
 
 @dataclass
 class TicTacToeConfig:
-    iterations: int = 120
-    games: int = 256  # games per iteration (the rollout batch)
+    steps: int = 120
+    games: int = 256  # games per step (the rollout batch)
     epochs: int = 4
     minibatches: int = 4
     lr: float = 3e-3
@@ -134,7 +134,7 @@ class TicTacToeConfig:
     gamma: float = 1.0
     lam: float = 0.95
     advantage: Literal["gae", "rloo", "grpo"] = "gae"
-    group_size: int = 8  # games compared with each other, for rloo and grpo
+    samples_per_prompt: int = 8  # games compared with each other, for rloo and grpo
     seed: int = 0
 
 
@@ -160,7 +160,7 @@ def game_advantages(
         rewards[torch.arange(len(last)), last] = games.outcome.float()
         advantages, returns = gae(rewards, games.values, games.mask, config.gamma, config.lam)
         return masked_whiten(advantages, games.mask), returns
-    per_game = group_advantages(games.outcome.float(), config.group_size, config.advantage)
+    per_game = group_advantages(games.outcome.float(), config.samples_per_prompt, config.advantage)
     advantages = per_game[:, None] * games.mask
     if config.advantage == "rloo":
         advantages = masked_whiten(advantages, games.mask)
@@ -173,13 +173,13 @@ def train(
 ) -> tuple[Agent, list[dict]]:
     """PPO against the random opponent; returns the agent and per-iteration statistics."""
     progress = progress or Progress()
-    progress.start("training", config.iterations)
+    progress.start("training", config.steps)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     agent = Agent()
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr)
     history = []
-    for iteration in range(1, config.iterations + 1):
+    for iteration in range(1, config.steps + 1):
         # Phase 1: play; the advantages of every move from the outcomes.
         games = play(agent, config.games, generator)
         advantages, returns = game_advantages(games, config)

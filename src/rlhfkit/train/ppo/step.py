@@ -50,8 +50,9 @@ class PPOConfig(StageConfig):
 
     setting = "PPO setting"
     may_change_on_resume = frozenset({"steps", "target_reward", "report_to"})
+    renamed = {"model": "policy"}
 
-    model: str = "smollm2-135m-instruct"
+    policy: str = Field("smollm2-135m-instruct", description="the model to train")
     reward: str = "scorer:profanity"
     prompts: str = "builtin:rtp"
     split: Literal["all", "train", "eval"] = "train"

@@ -195,7 +195,7 @@ def _set_up(
     random.seed(config.seed)
     np.random.seed(config.seed)
     policy = Policy.load(
-        config.model, config.lora_args(), processes.device, config.precision, config.has_critic
+        config.policy, config.lora_args(), processes.device, config.precision, config.has_critic
     )
     if processes.sharded:
         policy.shard()
@@ -231,7 +231,7 @@ def save_ppo_policy(policy: Policy, path: Path, config: PPOConfig, write: bool =
         return
     # What evaluation needs: the base model, and the prompts trained on, to keep them out.
     keys = ("lora", "mode", "prompts", "split", "eval_fraction", "reward")
-    info = {"base": config.model, "stage": "ppo", **{k: getattr(config, k) for k in keys}}
+    info = {"base": config.policy, "stage": "ppo", **{k: getattr(config, k) for k in keys}}
     save_policy(policy.model, policy.tokenizer, path, info, weights, tensors)
 
 

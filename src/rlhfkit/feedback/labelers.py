@@ -1,4 +1,5 @@
-"""Automatic labelers: rank each prompt's completions by a reward, optionally with noise.
+"""Automatic labelers, a source of feedback: rank each prompt's completions by a reward,
+optionally with noise, and store the rankings as a labeler's.
 
 Several noisy labelers disagree realistically, which lets the whole pipeline (agreement,
 consensus, pairs, reward model) run without people; with a constitution-following judge as
@@ -8,6 +9,7 @@ the reward it is the first step of RL from AI feedback.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 from sqlalchemy import select
@@ -19,7 +21,6 @@ from rlhfkit.feedback.consensus import ranks_from_scores
 from rlhfkit.feedback.store import Prompt, Store, get_project
 from rlhfkit.feedback.transfer import import_records
 from rlhfkit.progress import Progress
-from rlhfkit.reward.specs import Reward
 
 
 def noisy_ranks(rewards: np.ndarray, noise: float, rng: np.random.Generator) -> list[int]:
@@ -52,7 +53,7 @@ def project_prompts(
 def auto_label(
     store: Store,
     project: str,
-    reward: Reward,
+    reward: Callable,
     labeler: str,
     noise: float = 0.0,
     seed: int = 0,
@@ -65,7 +66,8 @@ def auto_label(
 
     Every ranking is made first, then written in bulk in one short transaction: the store's
     write lock is not held while ranking. Returns the counts `rankings created/updated/
-    unchanged`."""
+    unchanged`. `reward` is any reward (reward/specs.py): called on (prompts, completions),
+    it gives a tensor of scores, and it has a `name`."""
     if noise < 0:
         raise RlhfkitError("noise must be >= 0")
     prompts = project_prompts(store, project, split)
