@@ -246,7 +246,9 @@ def test_eval_rm_reports_the_hand_computed_calibration(cli, tmp_path, monkeypatc
     ]
     path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     report = json.loads(
-        cli("eval-rm", "--reward-model", "python:score_is_text:score", "--pairs", path, "--json").stdout
+        cli(
+            "eval-rm", "--reward-model", "python:score_is_text:score", "--pairs", path, "--json"
+        ).stdout
     )["overall"]
     sys.modules.pop("score_is_text", None)
     assert report["pairs"] == 4 and report["accuracy"] == 0.75

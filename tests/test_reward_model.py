@@ -116,7 +116,9 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_model(tmp_path
     monkeypatch.setattr(train_module, "pairwise_loss", explode_at_step_5)
     with pytest.raises(RlhfkitError, match=r"loss became nan at step 5; .*step 4\) is kept"):
         train_reward_model(
-            path, tmp_path / "rm", RMConfig(epochs=1, eval_every=2, held_out_fraction=0.3, patience=10)
+            path,
+            tmp_path / "rm",
+            RMConfig(epochs=1, eval_every=2, held_out_fraction=0.3, patience=10),
         )
     kept = RewardModel.load(tmp_path / "rm")
     assert kept.info["metrics"]["step"] in (2, 4)

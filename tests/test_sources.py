@@ -199,7 +199,8 @@ def test_rendered_conversations_are_sampled_raw_never_wrapped_twice(tmp_path, cl
     rows = [{"prompt": CONVERSATION}, {"prompt": shape}]
     source = write_formats(tmp_path, rows)["jsonl"]
     store = f"sqlite:///{tmp_path / 'store.db'}"
-    args = ["--prompts", source, "--policy", tiny_model, "--samples-per-prompt", "2", "--max-new-tokens", "2"]
+    args = ["--prompts", source, "--policy", tiny_model, "--samples-per-prompt", "2"]
+    args += ["--max-new-tokens", "2"]
     result = cli("generate", *args, "--store", store)
     assert "mode raw" in result.stdout + result.stderr  # auto: every prompt is rendered
     answer = cli("generate", *args, "--mode", "chat", "--store", store, ok=False)

@@ -38,7 +38,8 @@ def test_mlflow_gets_params_and_every_step_and_a_resumed_run_goes_on_in_it(tmp_p
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     run = runs[0]
-    assert run.data.params["lr"] == "0.0003" and run.data.params["policy"] == "smollm2-135m-instruct"
+    params = run.data.params
+    assert params["lr"] == "0.0003" and params["policy"] == "smollm2-135m-instruct"
     history = client.get_metric_history(run.info.run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(s, 1.0 / s) for s in range(1, 6)]
     assert "note" not in run.data.metrics and run.info.status == "FINISHED"

@@ -82,9 +82,8 @@ def _renew(args: list[str], retired: dict[str, str]) -> list[str]:
     for arg in args:
         flag, equals, value = arg.partition("=")
         if flag in retired and retired[flag] in given:
-            raise RlhfkitError(
-                f"{flag} and {retired[flag]} are the same option (use {retired[flag]}); give it once"
-            )
+            new = retired[flag]
+            raise RlhfkitError(f"{flag} and {new} are the same option (use {new}); give it once")
         if flag in retired:
             console.print(f"[yellow]warning:[/yellow] {flag} is deprecated: use {retired[flag]}")
             arg = retired[flag] + equals + value
