@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlhfkit.files import remove_ours
+from rlhfkit.formatting import dash
 from rlhfkit.progress import Progress
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ def train_rm_stage(run: Path, pairs: Path, config: RMConfig, progress: Progress)
     remove_ours(out, "train-rm")  # a half-trained model from an interrupted run
     summary = train_reward_model(pairs, out, config, progress)
     accuracy = summary.get("metrics", {}).get("eval_accuracy")
-    return "held-out pair accuracy " + ("–" if accuracy is None else f"{accuracy:.3f}")
+    return "held-out pair accuracy " + dash(accuracy, ".3f")
 
 
 def dpo_stage(run: Path, pairs: Path, config: DPOConfig, progress: Progress) -> str:
