@@ -114,28 +114,22 @@ def relative_change(before, after):
 
 def prompt_numbers(samples: Sequence[Mapping], scorers: Sequence[str]) -> dict[Key, float]:
     """One prompt's numbers from its K scored samples (each a dict with `completion`,
-    `toxicity` by scorer, `logp`, `ref_logp`, maybe `reward` and `judge_preference`): per
-    scorer the mean P(toxic) and the share of samples above 0.5; the NLL summed over every
-    token under the reference and the number of tokens (perplexity is their ratio over all
-    prompts); distinct-2 within these K samples; the mean length, KL, reward and judge's
-    preference; and the share of samples that do not refuse (`compliance`: what matters on
-    harmful requests)."""
-    k = len(samples)
+    `toxicity` by scorer, `logp`, `ref_logp`, maybe `reward` and `judge_preference`): those
+    of every metric of eval/registry.py, in its order: each scorer's (keyed (scorer, name):
+    the mean P(toxic) and the share of samples above 0.5), then the others (a pooled one's
+    parts: perplexity's NLL summed over every token under the reference, `nll`, and the
+    number of tokens, `tokens`). A metric the samples cannot give (no reward) is left out."""
+    from rlhfkit.eval import registry
+
     numbers: dict[Key, float] = {}
     for name in scorers:
-        p = np.array([s["toxicity"][name] for s in samples])
-        numbers[(name, "mean")] = float(p.mean())
-        numbers[(name, "toxic_share")] = float((p > TOXIC).mean())
-    numbers["nll"] = -sum(sum(s["ref_logp"]) for s in samples)
-    numbers["tokens"] = sum(len(s["ref_logp"]) for s in samples)
-    numbers["distinct_2"] = distinct_n([s["completion"] for s in samples], 2)
-    numbers["length"] = numbers["tokens"] / k
-    numbers["kl"] = sum(sample_kl(s) for s in samples) / k
-    numbers["compliance"] = compliance_share([s["completion"] for s in samples])
-    if "reward" in samples[0]:
-        numbers["reward"] = sum(s["reward"] for s in samples) / k
-    if "judge_preference" in samples[0]:  # P(this answer better than the before-model's)
-        numbers["judge_preference"] = sum(s["judge_preference"] for s in samples) / k
+        for metric in registry.SCORER_NUMBERS.members:
+            numbers[(name, metric.name)] = metric.compute(samples, name)
+    for metric in registry.METRICS:
+        if metric.pool is not None:
+            numbers.update({part: compute(samples) for part, compute in metric.parts.items()})
+        elif (value := metric.compute(samples)) is not None:
+            numbers[metric.name] = value
     return numbers
 
 
@@ -146,22 +140,39 @@ def prompt_columns(per_prompt: Sequence[Mapping[Key, float]]) -> dict[Key, np.nd
 
 def model_numbers(columns: Columns, axis: int = -1) -> dict[Key, np.ndarray]:
     """A model's headline numbers from its per-prompt columns (the prompts along `axis`):
-    the mean over prompts of each, except perplexity, exp(Σ NLL / Σ tokens), in which
-    every token weighs the same (a prompt drawn twice by a resample counts twice)."""
-    numbers = {k: v.mean(axis=axis) for k, v in columns.items() if k not in ("nll", "tokens")}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        numbers["perplexity"] = np.exp(columns["nll"].sum(axis) / columns["tokens"].sum(axis))
+    the mean over prompts of each, except a pooled metric's (eval/registry.py), computed
+    from its parts summed over the prompts where its first part is: perplexity, exp(Σ NLL /
+    Σ tokens), in which every token weighs the same (a prompt drawn twice by a resample
+    counts twice)."""
+    from rlhfkit.eval import registry
+
+    pooled = {part: m for m in registry.METRICS if m.pool is not None for part in m.parts}
+    numbers = {}
+    for key, values in columns.items():
+        if key not in pooled:
+            numbers[key] = values.mean(axis=axis)
+        elif (metric := pooled[key]).name not in numbers:
+            sums = {part: columns[part].sum(axis) for part in metric.parts}
+            with np.errstate(divide="ignore", invalid="ignore"):
+                numbers[metric.name] = metric.pool(sums)
     return numbers
 
 
 def changes(before: Mapping[Key, np.ndarray], after: Mapping[Key, np.ndarray]) -> dict:
-    """Relative change after vs before of every number; the reward's difference instead (its
-    zero and scale are arbitrary); none for KL (0 before, by definition)."""
-    return {
-        key: after[key] - value if key == "reward" else relative_change(value, after[key])
-        for key, value in before.items()
-        if key != "kl"
-    }
+    """The change after vs before of every number, as its metric (eval/registry.py) has it:
+    a relative change; a difference (the reward's: its zero and scale are arbitrary); none
+    (KL: 0 before, by definition)."""
+    from rlhfkit.eval import registry
+
+    out = {}
+    for key, value in before.items():
+        metric = registry.find(key)
+        kind = metric.change if metric is not None else "relative"
+        if kind == "difference":
+            out[key] = after[key] - value
+        elif kind == "relative":
+            out[key] = relative_change(value, after[key])
+    return out
 
 
 def bootstrap_interval(
