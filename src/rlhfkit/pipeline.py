@@ -266,7 +266,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         config = PipelineConfig.make(**values)
         config.sft_config(), config.rm_config(), config.dpo_config(), config.ppo_config()
         evaluation = config.eval_config()
-        check_targets(config.targets, evaluation.scorers, evaluation.reward is not None)
+        check_targets(config.targets, evaluation)
     except RlhfkitError as e:
         raise RlhfkitError(f"{path}: {e}") from None
     return config
