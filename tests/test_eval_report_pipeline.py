@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import tiny_llama
+from rlhfkit.data.text import distinct_n
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.metrics import (
-    distinct_n,
     model_intervals,
     model_numbers,
     relative_change,

@@ -14,7 +14,21 @@ SRC = Path(__file__).parent.parent / "src" / "rlhfkit"
 
 # Bottom to top; a module belongs to the first entry naming it or a package above it.
 LAYERS = [
-    ("base", ["rlhfkit", "errors", "files", "progress", "config", "trackers", "plots", "packages"]),
+    (
+        "base",
+        [
+            "rlhfkit",
+            "errors",
+            "files",
+            "progress",
+            "config",
+            "trackers",
+            "plots",
+            "packages",
+            "formatting",
+            "shapes",
+        ],
+    ),  # fmt: skip
     ("models", ["models", "generation"]),
     ("data", ["data"]),
     ("feedback", ["feedback"]),

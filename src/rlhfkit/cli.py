@@ -553,7 +553,9 @@ def feedback_export(
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    from rlhfkit.formatting import dash
+
+    return dash(value, f".{digits}f")
 
 
 @feedback_app.command("agreement")

@@ -30,7 +30,9 @@ from pydantic import Field, model_validator
 
 from rlhfkit.config import StageConfig, read_yaml_settings
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.eval import registry
 from rlhfkit.files import atomic_write, claim_directory
+from rlhfkit.formatting import DASH
 from rlhfkit.progress import Progress
 
 SHARED = ["generate", "label", "agreement", "pairs", "train-rm"]
@@ -239,33 +241,38 @@ def run_compare(
     return comparison
 
 
+def _columns() -> tuple[list, list]:
+    """The metrics the table shows (eval/registry.py `column`): each scorer's, its headline
+    first, and the others."""
+    family = registry.SCORER_NUMBERS
+    scored = sorted(
+        (m for m in family.members if m.column), key=lambda m: m.name != family.headline
+    )
+    return scored, [m for m in registry.METRICS if m.column]
+
+
 def _method_numbers(result: dict, side: str, scorers: list[str]) -> dict:
+    """A model's numbers the table shows, each with its change from before where it has
+    one; each scorer's with their intervals, and the headline's change with its interval."""
     model = result["models"][side]
     if side == "after":
         change, change_ci = result["change"], result["change_ci"]
     elif side == "before":  # no change from itself
-        change = {"perplexity": None, **{name: {"toxic_share": None} for name in scorers}}
-        change_ci = change
+        change = change_ci = {}
     else:
         change = result["intermediate"][side]["change"]
         change_ci = result["intermediate"][side]["change_ci"]
-    numbers: dict[str, Any] = {
-        "perplexity": model["perplexity"],
-        "distinct_2": model["distinct_2"],
-        "kl": model["kl"],
-        "reward": model.get("reward"),
-        "perplexity_change": change["perplexity"],
-    }
+    scored, others = _columns()
+    numbers: dict[str, Any] = {m.name: model.get(m.name) for m in others}
+    numbers.update({f"{m.name}_change": change.get(m.name) for m in others if m.change})
+    headline = registry.SCORER_NUMBERS.headline
     for name in scorers:
-        scored = model[name]
-        numbers[name] = {
-            "toxic_share": scored["toxic_share"],
-            "toxic_share_ci": [scored["toxic_share_ci_low"], scored["toxic_share_ci_high"]],
-            "mean": scored["mean"],
-            "mean_ci": [scored["ci_low"], scored["ci_high"]],
-            "toxic_share_change": change[name]["toxic_share"],
-            "toxic_share_change_ci": change_ci[name]["toxic_share"],
-        }
+        numbers[name] = {}
+        for metric in scored:
+            numbers[name][metric.name] = model[name][metric.name]
+            numbers[name][f"{metric.name}_ci"] = metric.interval_of(model[name])[0]
+        numbers[name][f"{headline}_change"] = change.get(name, {}).get(headline)
+        numbers[name][f"{headline}_change_ci"] = change_ci.get(name, {}).get(headline)
     return numbers
 
 
@@ -287,43 +294,38 @@ def gather(config: CompareConfig) -> dict:
     return {"scorers": scorers, "held_out": result["held_out"], "rows": rows}
 
 
-def _num(x, digits: int = 2) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _with_interval(x, interval, spec: str) -> str:
-    """x as `spec` (".1%", "+.0%"), followed by its interval where it has one; "–" if none."""
-    if x is None:
-        return "–"
-    text = format(x, spec)
-    if interval and None not in interval:
-        text += f" [{format(interval[0], spec)}, {format(interval[1], spec)}]"
+def _with_interval(x, interval, show) -> str:
+    """x as `show` makes it, followed by its interval where it has one (an undefined end as a
+    dash); a dash alone where x is undefined."""
+    text = show(x)
+    if interval is not None and text != DASH:
+        text += f" [{show(interval[0])}, {show(interval[1])}]"
     return text
 
 
 def table_rows(comparison: dict) -> tuple[list[str], list[list[str]]]:
     """The comparison as a header and text rows, one per seed and method."""
     scorers = comparison["scorers"]
+    scored, others = _columns()
+    headline = registry.SCORER_NUMBERS.headline
     header = ["seed", "method"]
     for name in scorers:
-        short = name.removeprefix("scorer:")
-        header += [f"{short} share toxic", "change", f"{short} mean P(toxic)"]
-    header += ["perplexity", "distinct-2", "KL", "reward", "train s", "eval s", "peak MB"]
+        short = registry.SCORER_NUMBERS.short(name)
+        columns = [m.column.format(scorer=short) for m in scored]
+        header += [columns[0], "change", *columns[1:]]  # the headline's change beside it
+    header += [m.column for m in others] + ["train s", "eval s", "peak MB"]
     rows = []
     for row in comparison["rows"]:
         cells = [str(row["seed"]), row["method"]]
         is_before = row["method"] == "before"
         for name in scorers:
             n = row[name]
-            change = _with_interval(n["toxic_share_change"], n["toxic_share_change_ci"], "+.0%")
-            low, high = n["mean_ci"]
-            cells += [
-                _with_interval(n["toxic_share"], n["toxic_share_ci"], ".1%"),
-                "" if is_before else change,
-                f"{n['mean']:.3f} [{_num(low, 3)}, {_num(high, 3)}]",
-            ]
-        cells += [_num(row["perplexity"]), _num(row["distinct_2"], 3), _num(row["kl"])]
-        cells.append(_num(row["reward"], 3))
+            shown = [_with_interval(n[m.name], n[f"{m.name}_ci"], m.text) for m in scored]
+            change = _with_interval(
+                n[f"{headline}_change"], n[f"{headline}_change_ci"], scored[0].change_text
+            )
+            cells += [shown[0], "" if is_before else change, *shown[1:]]
+        cells += [m.text(row.get(m.name)) for m in others]
         for key in ("train_seconds", "eval_seconds", "peak_mb"):
             cells.append("" if is_before else f"{row[key]:.0f}")
         rows.append(cells)
@@ -354,9 +356,8 @@ def figure(comparison: dict) -> bytes:
 
 def write_comparison(run: Path, comparison: dict) -> None:
     """RUN/comparison.json, .png (the figure) and .html (the table and the figure)."""
-    import base64
-
     from rlhfkit.eval.run import finite
+    from rlhfkit.plots import page_image
     from rlhfkit.report import render
 
     png = figure(comparison)
@@ -368,7 +369,7 @@ def write_comparison(run: Path, comparison: dict) -> None:
         samples=comparison["held_out"]["samples_per_prompt"],
         header=header,
         rows=rows,
-        figure=base64.b64encode(png).decode("ascii"),
+        figure=page_image(png, "share toxic against KL, each method and seed"),
     )
     atomic_write(run / "comparison.json", json.dumps(finite(comparison), indent=1))
     atomic_write(run / "comparison.png", png)

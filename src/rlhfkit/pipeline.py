@@ -295,7 +295,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         config = PipelineConfig.make(**values)
         config.sft_config(), config.rm_config(), config.dpo_config(), config.ppo_config()
         evaluation = config.eval_config()
-        check_targets(config.targets, evaluation.scorers, evaluation.reward is not None)
+        check_targets(config.targets, evaluation)
     except RlhfkitError as e:
         raise RlhfkitError(f"{path}: {e}") from None
     return config
@@ -382,7 +382,7 @@ def _saved_settings(config: PipelineConfig, saved: dict) -> dict:
     rlhfkit gained since then at their defaults (which is what the run had)."""
     saved = _renew_saved(saved)
     try:
-        return _settings(PipelineConfig(**{**saved, "run_dir": config.run_dir}))
+        return _settings(PipelineConfig(**{"run_dir": config.run_dir, **saved}))
     except ValidationError:  # no longer valid: compared as it was
         return {**_settings(PipelineConfig(run_dir=config.run_dir)), **saved}
 

@@ -3,6 +3,7 @@ page can embed the same bytes without reading the file back."""
 
 from __future__ import annotations
 
+import base64
 import io
 
 
@@ -41,3 +42,8 @@ def plot_curves_by_seed(records: dict[str, list[dict]], curves: list[tuple[str, 
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return png_bytes(fig, dpi=110)
+
+
+def page_image(png: bytes, alt: str) -> dict:
+    """A PNG as a page's templates embed it: {"alt", "base64"} (report.html.j2, seeds.html.j2)."""
+    return {"alt": alt, "base64": base64.b64encode(png).decode("ascii")}

@@ -4,25 +4,26 @@ worst first.
 
 Everything read from a run is untrusted text (model output, prompts, a hand-edited
 eval.json): the page is rendered by Jinja2 with autoescaping on, from
-`templates/report.html.j2`. eval.json and metrics.jsonl are checked against the shapes
-below before anything is drawn, so a malformed file is a one-line error naming it.
+`templates/report.html.j2`. eval.json (eval/result.py), metrics.jsonl and the CAI files are
+checked against their shapes before anything is drawn, so a malformed file is a one-line
+error naming it.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from rlhfkit.data.jsonl import read_jsonl
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.files import atomic_write, claim_directory, read_text
-from rlhfkit.plots import png_bytes, pyplot
+from rlhfkit.eval.result import load_eval, samples_per_prompt
+from rlhfkit.files import atomic_write, claim_directory
+from rlhfkit.formatting import dash
+from rlhfkit.plots import page_image, png_bytes, pyplot
+from rlhfkit.shapes import Number, Shape, check, read_json
 
 CURVES = [  # (metrics key, title)
     ("reward_mean", "mean reward"),
@@ -35,123 +36,9 @@ SAMPLES_SHOWN = 25
 SIDE_COLORS = ["#c0504d", "#9bbb59", "#8064a2"]  # before, then stages in between; after is blue
 
 
-# The parts of eval.json and metrics.jsonl the report reads. Strict: a number written as a
-# string is as wrong as a missing key. Numbers may be null (eval writes NaN as null).
-Number = float | None
-Interval = Annotated[list[float], Field(min_length=2, max_length=2)] | None  # [low, high]
-
-
-class _Shape(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-
-class EvalSettings(_Shape):
-    scorers: list[str] = Field(min_length=1)
-    samples: int
-
-
-class HeldOut(_Shape):
-    prompts: int
-    split: str
-    samples_per_prompt: int | None = None  # absent from files written before intervals
-
-
-class ModelNumbers(_Shape):
-    """One model's numbers; each scorer's (ScorerNumbers) sit beside them under its name."""
-
-    kl: Number
-    perplexity: Number
-    distinct_2: Number
-    length: Number
-    reward: Number = None
-    compliance: Number = None
-    judge_preference: Number = None
-    judge_preference_ci: Interval = None
-
-
-class ScorerNumbers(_Shape):
-    mean: Number
-    ci_low: Number
-    ci_high: Number
-    toxic_share: float
-    toxic_share_ci_low: Number = None
-    toxic_share_ci_high: Number = None
-
-
-class Models(_Shape):
-    before: ModelNumbers
-    after: ModelNumbers
-
-
-class Changes(_Shape):
-    """Relative changes; each scorer's (ScorerChanges) sit beside them under its name."""
-
-    perplexity: Number
-    distinct_2: Number
-    length: Number
-    reward: float | None = None  # a difference, present when the models have a reward
-
-
-class ScorerChanges(_Shape):
-    mean: Number
-    toxic_share: Number
-
-
-class ChangeIntervals(_Shape):
-    """The 95% interval of each change (null where undefined); each scorer's
-    (ScorerIntervals) sit beside them under its name."""
-
-    perplexity: Interval
-    distinct_2: Interval
-    length: Interval
-    reward: Interval = None
-
-
-class ScorerIntervals(_Shape):
-    mean: Interval
-    toxic_share: Interval
-
-
-class SampleSide(_Shape):
-    completion: str
-    toxicity: dict[str, float]
-    reward: Number = None
-    judge_preference: Number = None
-
-
-class Sample(_Shape):
-    prompt: str
-    before: SampleSide
-    after: SampleSide
-
-
-class Intermediate(_Shape):
-    """A stage the policy was stacked on (its SFT policy), evaluated between before and after;
-    its numbers are under `models` by the same name."""
-
-    policy: str
-    change: Changes
-    change_ci: ChangeIntervals
-
-
-class Agreement(_Shape):
-    agreements: int
-    comparisons: int
-    share: Number
-
-
-class JudgeNumbers(_Shape):
-    judge: str
-    pairs: int
-    unanswered: int
-    position_bias: Number
-    option_mass: Number
-    scorer_margin: float
-    agreement: dict[str, Agreement]
-
-
+# The parts of metrics.jsonl and the CAI files the report reads (eval.json's: eval/result.py).
 # Constitutional AI's files: revise/chains.jsonl, sft/sft.json and label/judge-NAME.json.
-class ChainStep(_Shape):
+class ChainStep(Shape):
     round: int
     principle: str
     response: str
@@ -159,36 +46,36 @@ class ChainStep(_Shape):
     revision: str
 
 
-class ChainScores(_Shape):
+class ChainScores(Shape):
     first: float
     final: float
 
 
-class ChainLine(_Shape):
+class ChainLine(Shape):
     prompt: str
     steps: list[ChainStep] = Field(min_length=1)
     dropped: str | None
     scores: ChainScores | None = None
 
 
-class SFTExamples(_Shape):
+class SFTExamples(Shape):
     train: int
     held_out: int
     empty_skipped: int
 
 
-class SFTLoss(_Shape):
+class SFTLoss(Shape):
     before: Number
     after: Number
 
 
-class SFTFile(_Shape):
+class SFTFile(Shape):
     examples: SFTExamples
     held_out_loss: SFTLoss
     steps: int
 
 
-class LabelJudgeFile(_Shape):
+class LabelJudgeFile(Shape):
     labeler: str
     judge: str
     reference: str
@@ -202,20 +89,7 @@ class LabelJudgeFile(_Shape):
     forced: bool
 
 
-class EvalFile(_Shape):
-    config: EvalSettings
-    policy: str
-    reference: str
-    held_out: HeldOut
-    models: Models
-    change: Changes
-    change_ci: ChangeIntervals | None = None  # absent from files written before intervals
-    intermediate: dict[str, Intermediate] = Field(default_factory=dict)
-    judge: JudgeNumbers | None = None
-    samples: list[Sample]
-
-
-class MetricsLine(_Shape):
+class MetricsLine(Shape):
     step: int
     reward_mean: Number = None
     kl: Number = None
@@ -224,72 +98,11 @@ class MetricsLine(_Shape):
     clipfrac: Number = None
 
 
-def _check(shape: type[_Shape], value, where: str, prefix: str = "") -> None:
-    """Raise `WHERE: 'FIELD': what is wrong` (one line) unless `value` has `shape`."""
-    try:
-        shape.model_validate(value)
-    except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(([prefix] if prefix else []) + [str(x) for x in first["loc"]])
-        message = "should be a JSON object" if first["type"] == "model_type" else first["msg"]
-        where = f"{where}: '{field}'" if field else where
-        raise RlhfkitError(f"{where}: {message}") from None
-
-
-def _check_entry(container: dict, key: str, shape: type[_Shape], path: Path, where: str) -> None:
-    if key not in container:
-        raise RlhfkitError(f"{path}: '{where}.{key}': Field required")
-    _check(shape, container[key], str(path), f"{where}.{key}")
-
-
-def _read_json(path: Path):
-    text = read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RlhfkitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-
-
-def load_eval(path: Path) -> dict:
-    """eval.json as written by `rlhfkit eval`, or a one-line error naming the file."""
-    from rlhfkit.eval.run import columns_of
-
-    result = _read_json(path)
-    _check(EvalFile, result, str(path))
-    # The entries keyed by a scorer's name, which a fixed shape cannot name.
-    scorers = result["config"]["scorers"]
-    models, change, change_ci = result["models"], result["change"], result.get("change_ci")
-    sides = columns_of(result)
-    for side in sides[1:-1]:
-        _check_entry(models, side, ModelNumbers, path, "models")
-    for name in scorers:
-        for side in sides:
-            _check_entry(models[side], name, ScorerNumbers, path, f"models.{side}")
-        _check_entry(change, name, ScorerChanges, path, "change")
-        if change_ci is not None:
-            _check_entry(change_ci, name, ScorerIntervals, path, "change_ci")
-    if "reward" in models["before"]:  # then the later sides and the difference are shown too
-        for side in sides[1:]:
-            if "reward" not in models[side]:
-                raise RlhfkitError(f"{path}: 'models.{side}.reward': Field required")
-        if "reward" not in change or not isinstance(change["reward"], int | float | None):
-            raise RlhfkitError(f"{path}: 'change.reward': Input should be a number or null")
-    for i, sample in enumerate(result["samples"]):
-        for side in sides:
-            _check_entry(sample, side, SampleSide, path, f"samples.{i}")
-            missing = [n for n in scorers if n not in sample[side]["toxicity"]]
-            if missing:
-                raise RlhfkitError(
-                    f"{path}: 'samples.{i}.{side}.toxicity' has no score from {missing[0]}"
-                )
-    return result
-
-
 def load_metrics(path: Path) -> list[dict]:
     """The PPO steps in metrics.jsonl, or a one-line `FILE:LINE` error."""
     records = []
     for number, record in read_jsonl(path):
-        _check(MetricsLine, record, f"{path}:{number}")
+        check(MetricsLine, record, f"{path}:{number}")
         records.append(record)
     return records
 
@@ -313,15 +126,15 @@ def load_cai(run: Path) -> dict | None:
     chains = []
     if chains_path.is_file():
         for number, record in read_jsonl(chains_path):
-            _check(ChainLine, record, f"{chains_path}:{number}")
+            check(ChainLine, record, f"{chains_path}:{number}")
             chains.append(record)
-    sft = _read_json(sft_path) if sft_path.is_file() else None
+    sft = read_json(sft_path) if sft_path.is_file() else None
     if sft is not None:
-        _check(SFTFile, sft, str(sft_path))
+        check(SFTFile, sft, str(sft_path))
     judges = []
     for path in judge_paths:
-        judges.append(_read_json(path))
-        _check(LabelJudgeFile, judges[-1], str(path))
+        judges.append(read_json(path))
+        check(LabelJudgeFile, judges[-1], str(path))
     return {"chains": chains, "sft": sft, "judges": judges}
 
 
@@ -366,10 +179,6 @@ def _value(x: float | None) -> float:
     return math.nan if x is None else x
 
 
-def _fixed(x: float | None, digits: int) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
 def curves_logged(records: list[dict]) -> list[tuple[str, str]]:
     return [(k, t) for k, t in CURVES if any(r.get(k) is not None for r in records)]
 
@@ -403,7 +212,7 @@ def plot_toxicity(result: dict) -> bytes:
     for ax, name in zip(axes[0], scorers, strict=True):
         for side, color in colors.items():
             values = [s[side]["toxicity"][name] for s in result["samples"]]
-            mean = _fixed(result["models"][side][name]["mean"], 3)
+            mean = dash(result["models"][side][name]["mean"], ".3f")
             ax.hist(values, bins=bins, alpha=0.55, color=color, label=f"{side} (mean {mean})")
         ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_title(f"P(toxic) under {name}", fontsize=10)
@@ -412,10 +221,6 @@ def plot_toxicity(result: dict) -> bytes:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return png_bytes(fig, dpi=110)
-
-
-def _image(png: bytes, alt: str) -> dict:
-    return {"alt": alt, "base64": base64.b64encode(png).decode("ascii")}
 
 
 def _write_png(path: Path, png: bytes) -> bytes:
@@ -456,7 +261,7 @@ def evaluation_section(result: dict, out: Path) -> dict:
     return {
         "prompts": result["held_out"]["prompts"],
         "split": result["held_out"]["split"],
-        "samples": result["config"]["samples"],
+        "samples": samples_per_prompt(result),
         "intervals": result.get("change_ci") is not None,
         "reference": result["reference"],
         "policy": result["policy"],
@@ -464,7 +269,7 @@ def evaluation_section(result: dict, out: Path) -> dict:
         "judge": result.get("judge"),
         "header": summary_header(result),
         "rows": summary_rows(result),
-        "histograms": _image(histograms, "toxicity histograms of every model"),
+        "histograms": page_image(histograms, "toxicity histograms of every model"),
     }
 
 
@@ -472,13 +277,13 @@ def training_section(records: list[dict], out: Path) -> dict | None:
     if not curves_logged(records):
         return None  # not a PPO log (train-rm's metrics.jsonl, say), or an empty one
     curves = _write_png(out / "training.png", plot_training(records))
-    return {"steps": len(records), "curves": _image(curves, "PPO training curves")}
+    return {"steps": len(records), "curves": page_image(curves, "PPO training curves")}
 
 
 def _heatmap(path: Path | None) -> dict | None:
     if path is None:
         return None
-    return _image(path.read_bytes(), "labeler agreement heatmap")
+    return page_image(path.read_bytes(), "labeler agreement heatmap")
 
 
 def render(template: str = "report.html.j2", **context) -> str:

@@ -11,7 +11,6 @@ One seed on one machine is an anecdote: a target counts as met only when every s
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import math
@@ -21,10 +20,10 @@ from pydantic import Field, model_validator
 
 from rlhfkit.config import StageConfig
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.eval import registry
+from rlhfkit.eval.result import samples_per_prompt
 from rlhfkit.files import atomic_write, claim_directory, owner, read_text
-
-SCORER_NUMBERS = ("mean", "toxic_share")  # each scorer's entries in eval.json's `change`
-MODEL_NUMBERS = ("perplexity", "distinct_2", "length")
+from rlhfkit.formatting import dash
 
 
 class Target(StageConfig):
@@ -32,9 +31,7 @@ class Target(StageConfig):
     (the reward's is a difference), e.g. scorer:hatesonar.toxic_share at most -0.5."""
 
     setting = "target"
-    metric: str = Field(
-        description="perplexity, distinct_2, length, reward or SCORER.mean|toxic_share"
-    )
+    metric: str = Field(description=registry.target_description())
     at_most: float | None = None
     at_least: float | None = None
 
@@ -53,16 +50,10 @@ class Target(StageConfig):
         return self.model_dump(include={"at_most", "at_least"}, exclude_none=True)
 
 
-def metric_names(scorers: list[str], has_reward: bool) -> list[str]:
-    """The numbers eval.json's `change` holds for these scorers, as targets name them."""
-    names = [f"{scorer}.{number}" for scorer in scorers for number in SCORER_NUMBERS]
-    return names + list(MODEL_NUMBERS) + (["reward"] if has_reward else [])
-
-
-def check_targets(targets: list[Target], scorers: list[str], has_reward: bool) -> None:
-    """Every target names a number the evaluation will report: checked when the config
-    loads, not when the run is over."""
-    names = metric_names(scorers, has_reward)
+def check_targets(targets: list[Target], evaluation) -> None:
+    """Every target names a number the evaluation (an EvalConfig) will report: checked when
+    the config loads, not when the run is over."""
+    names = registry.target_names(evaluation.scorers, evaluation)
     for target in targets:
         if target.metric not in names:
             raise RlhfkitError(
@@ -101,7 +92,7 @@ def seed_dir(run: Path, seed: int) -> Path:
 
 def _evaluation(run: Path, seed: int) -> tuple[Path, dict] | None:
     """A seed's eval.json (checked), or None before its eval stage is done."""
-    from rlhfkit.report import load_eval
+    from rlhfkit.eval.result import load_eval
 
     path = seed_dir(run, seed) / "eval" / "eval.json"
     done = seed_dir(run, seed) / "eval" / "done.json"
@@ -202,11 +193,12 @@ def summary_line(summary: dict) -> str:
 
 
 def change_text(metric: str, x: float | None) -> str:
-    """A change as the table shows it: relative changes in percent, the reward's difference
-    as a number."""
-    if x is None or not math.isfinite(x):
-        return "–"
-    return f"{x:+.3f}" if metric == "reward" else f"{x:+.1%}"
+    """A change as the table shows it, by its metric (eval/registry.py): a relative change in
+    percent, a difference (the reward's) as a number."""
+    found = registry.find_target(metric)
+    if found is None:  # a number of `change` no metric describes: a relative change
+        return dash(x, "+.1%")
+    return found.change_text(x, digits=1)
 
 
 def _target_text(row: dict) -> str:
@@ -220,7 +212,7 @@ def _target_text(row: dict) -> str:
 
 def _value_text(metric: str, seed: dict) -> str:
     text = change_text(metric, seed["value"])
-    if seed["ci"]:  # an end the bootstrap could not place is shown as "–"
+    if seed["ci"]:  # an end the bootstrap could not place is shown as a dash
         low, high = (change_text(metric, x) for x in seed["ci"])
         text += f" [{low}, {high}]"
     return text
@@ -258,7 +250,7 @@ def summary_table(summary: dict) -> tuple[list[str], list[list[str]]]:
             [
                 "reward model held-out accuracy",
                 "",
-                *("–" if a is None else f"{a:.3f}" for a in accuracies),
+                *(dash(a, ".3f") for a in accuracies),
                 f"{sum(values) / len(values):.3f}",
                 f"{min(values):.3f}",
                 f"{max(values):.3f}",
@@ -266,10 +258,6 @@ def summary_table(summary: dict) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return header, rows
-
-
-def _image(png: bytes, alt: str) -> dict:
-    return {"alt": alt, "base64": base64.b64encode(png).decode("ascii")}
 
 
 def _training(run: Path, seeds: list[int]) -> dict[str, list[dict]]:
@@ -293,7 +281,7 @@ def _seed_sections(run: Path, summary: dict) -> list[dict]:
                 "seed": seed,
                 "accuracy": entry["reward_model_accuracy"],
                 "prompts": result["held_out"]["prompts"] if result else None,
-                "samples": result["config"]["samples"] if result else None,
+                "samples": samples_per_prompt(result) if result else None,
                 "header": summary_header(result) if result else [],
                 "rows": summary_rows(result) if result else [],
                 "report": own_report.relative_to(run).as_posix() if own_report.is_file() else None,
@@ -307,7 +295,7 @@ def build_seeds_report(run: Path, summary: dict, out: Path | None = None) -> Pat
     training curves with a line per seed, each seed's before/after table, the labelers'
     agreement, and links to each seed's own report. Self-contained: plots are embedded
     PNGs."""
-    from rlhfkit.plots import plot_curves_by_seed
+    from rlhfkit.plots import page_image, plot_curves_by_seed
     from rlhfkit.report import curves_logged, render
 
     # Read and check every input before writing anything.
@@ -328,9 +316,9 @@ def build_seeds_report(run: Path, summary: dict, out: Path | None = None) -> Pat
         all_met=summary["all_met"],
         header=header,
         rows=rows,
-        curves=_image(curves_png, "PPO training curves, one line per seed") if curves_png else None,
+        curves=curves_png and page_image(curves_png, "PPO training curves, one line per seed"),
         sections=sections,
-        heatmap=_image(heatmap_png, "labeler agreement heatmap") if heatmap_png else None,
+        heatmap=heatmap_png and page_image(heatmap_png, "labeler agreement heatmap"),
     )
     path = out / "report.html"
     atomic_write(path, page)

@@ -65,7 +65,9 @@ class JudgeReport:
 
     def check_line(self) -> str:
         """The judge against its reference, in one line."""
-        agreement = "–" if self.agreement is None else f"{self.agreement:.0%}"
+        from rlhfkit.formatting import dash
+
+        agreement = dash(self.agreement, ".0%")
         return (
             f"agreement with {self.reference} {agreement} of {self.comparisons} pairs, "
             f"position bias {self.position_bias:+.2f}"

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 from rlhfkit.config import StageConfig
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.eval import registry
 from rlhfkit.eval.metrics import (
     LEVEL,
     RESAMPLES,
@@ -39,6 +40,7 @@ from rlhfkit.eval.metrics import (
     prompt_numbers,
     sample_kl,
 )
+from rlhfkit.formatting import DASH
 from rlhfkit.models.stack import lineage, read_policy_info
 from rlhfkit.models.stack import load_policy_model as load_model
 from rlhfkit.progress import Progress
@@ -186,26 +188,33 @@ def prompt_groups(rows: list[dict], samples: int) -> list[list[dict]]:
 
 
 def summarise(columns: dict, scorers: list[str], seed: int = 0) -> dict:
-    """A model's numbers from its per-prompt columns: each scorer's mean P(toxic) and share
-    above 0.5, each with its 95% interval over prompts; KL, perplexity, distinct-2 (within
-    each prompt's samples, averaged over prompts), mean length and maybe reward."""
+    """A model's numbers from its per-prompt columns, in eval.json's shape: each scorer's
+    (eval/registry.py SCORER_NUMBERS: mean P(toxic) and share above 0.5) under its name,
+    then every other metric's; each followed by its 95% interval over prompts where its
+    metric keeps one."""
     numbers = {k: float(v) for k, v in model_numbers(columns).items()}
     intervals = model_intervals(columns, seed)
-    summary = {}
+    summary: dict = {}
+
+    def add(into: dict, metric, key, name: str) -> None:
+        into[name] = numbers[key]
+        if isinstance(metric.interval, str):
+            into[metric.interval] = intervals[key]
+        elif metric.interval is not None:
+            low, high = intervals[key] or [None, None]
+            into.update(zip(metric.interval, (low, high), strict=True))
+
     for name in scorers:
-        mean_ci = intervals[(name, "mean")] or [None, None]
-        share_ci = intervals[(name, "toxic_share")] or [None, None]
-        summary[name] = {
-            "mean": numbers[(name, "mean")],
-            "ci_low": mean_ci[0],
-            "ci_high": mean_ci[1],
-            "toxic_share": numbers[(name, "toxic_share")],
-            "toxic_share_ci_low": share_ci[0],
-            "toxic_share_ci_high": share_ci[1],
-        }
-    summary.update({k: v for k, v in numbers.items() if isinstance(k, str)})
-    if "judge_preference" in numbers:
-        summary["judge_preference_ci"] = intervals["judge_preference"]
+        summary[name] = {}
+        for metric in registry.SCORER_NUMBERS.members:
+            add(summary[name], metric, (name, metric.name), metric.name)
+    for key in numbers:
+        if isinstance(key, str):
+            metric = registry.find(key)
+            if metric is None:
+                summary[key] = numbers[key]
+            else:
+                add(summary, metric, key, key)
     return summary
 
 
@@ -255,21 +264,15 @@ def columns_of(result: dict) -> list[str]:
 
 def summary_rows(result: dict) -> list[tuple[str, ...]]:
     """(what, one cell per model of `columns_of(result)`, change after vs before) as text,
-    for the terminal table and the report. Each number is followed by its 95% interval in
-    brackets where eval.json has one ("–" for an end that is undefined); eval.json files
-    written before intervals show the numbers alone."""
-
-    def num(x, digits: int = 3) -> str:
-        return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-    def pct(x) -> str:
-        return "–" if x is None or not math.isfinite(x) else f"{x:+.0%}"
-
-    def share(x) -> str:
-        return "–" if x is None else f"{x:.1%}"
-
-    def diff(x) -> str:  # a non-finite reward was written to eval.json as null
-        return "–" if x is None or not math.isfinite(x) else f"{x:+.3f}"
+    for the terminal table, the report and the model card: a row per metric of
+    eval/registry.py that the result holds, each scorer's first. Each number is followed by
+    its 95% interval in brackets where eval.json has one ("–" for an end that is undefined);
+    eval.json files written before intervals show the numbers alone."""
+    change = result["change"]
+    change_ci = result.get("change_ci")
+    has_ci = change_ci is not None
+    change_ci = change_ci or {}
+    models = [result["models"][side] for side in columns_of(result)]
 
     def with_interval(text: str, interval, show, known: bool = True) -> str:
         if not known:  # a file from before intervals
@@ -277,83 +280,39 @@ def summary_rows(result: dict) -> list[tuple[str, ...]]:
         low, high = interval or (None, None)
         return f"{text} [{show(low)}, {show(high)}]"
 
-    change = result["change"]
-    change_ci = result.get("change_ci")
-    has_ci = change_ci is not None
-    change_ci = change_ci or {}
-    models = [result["models"][side] for side in columns_of(result)]
+    def value(metric, numbers: dict | None) -> str:
+        if numbers is None or metric.name not in numbers:  # a model without it: before's judge
+            return DASH
+        interval, known = metric.interval_of(numbers)
+        return with_interval(metric.text(numbers[metric.name]), interval, metric.text, known)
 
-    def changed(key, show=pct, number=None) -> str:
-        point = change[key] if number is None else change[key][number]
-        interval = change_ci.get(key) if number is None else change_ci.get(key, {}).get(number)
-        text = show(point)  # an undefined change ("–") has no interval either
-        return with_interval(text, interval, show, has_ci and text != "–")
+    def changed(metric, changes: dict, intervals: dict) -> str:
+        if metric.change is None:
+            return ""
+        text = metric.change_text(changes.get(metric.name))
+        # an undefined change ("–") has no interval either
+        return with_interval(
+            text, intervals.get(metric.name), metric.change_text, has_ci and text != DASH
+        )
 
     rows = []
     for name in result["config"]["scorers"]:
-        rows += [
-            (
-                f"{name}: mean P(toxic)",
-                *(
-                    with_interval(
-                        num(m[name]["mean"]), (m[name]["ci_low"], m[name]["ci_high"]), num
-                    )
-                    for m in models
-                ),
-                changed(name, number="mean"),
-            ),
-            (
-                f"{name}: share toxic (p > 0.5)",
-                *(
-                    with_interval(
-                        share(m[name]["toxic_share"]),
-                        (m[name].get("toxic_share_ci_low"), m[name].get("toxic_share_ci_high")),
-                        share,
-                        "toxic_share_ci_low" in m[name],
-                    )
-                    for m in models
-                ),
-                changed(name, number="toxic_share"),
-            ),
-        ]
-    if "reward" in models[0]:
-        rows.append(
-            (
-                "mean reward (change: the difference)",
-                *(num(m.get("reward")) for m in models),
-                changed("reward", diff),
+        for metric in registry.SCORER_NUMBERS.members:
+            rows.append(
+                (
+                    metric.label.format(scorer=name),
+                    *(value(metric, m[name]) for m in models),
+                    changed(metric, change[name], change_ci.get(name, {})),
+                )
             )
-        )
-    for label, key, digits in (
-        ("perplexity under the reference (token-weighted)", "perplexity", 2),
-        ("distinct-2 (within a prompt's samples)", "distinct_2", 3),
-        ("mean length (tokens)", "length", 1),
-    ):
-        rows.append((label, *(num(m[key], digits) for m in models), changed(key)))
-    if result.get("mode") == "chat" and "compliance" in models[0]:  # answers to requests
+    for metric in registry.METRICS:
+        if not any(metric.name in m for m in models):
+            continue
+        if metric.when is not None and not metric.when(result):
+            continue
         rows.append(
-            (
-                "share of answers that do not refuse (refusal phrases)",
-                *(share(m["compliance"]) for m in models),
-                changed("compliance"),
-            )
+            (metric.label, *(value(metric, m) for m in models), changed(metric, change, change_ci))
         )
-    if "judge_preference" in models[-1]:
-        rows.append(
-            (
-                "the judge prefers it to before's answer (its own view)",
-                *(
-                    "–"
-                    if "judge_preference" not in m
-                    else with_interval(
-                        share(m["judge_preference"]), m.get("judge_preference_ci"), share
-                    )
-                    for m in models
-                ),
-                "",
-            )
-        )
-    rows.append(("KL from the reference", *(num(m["kl"], 2) for m in models), ""))
     return rows
 
 

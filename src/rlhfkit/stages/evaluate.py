@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlhfkit.formatting import dash
 from rlhfkit.progress import Progress
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def eval_stage(run: Path, config: EvalConfig, progress: Progress) -> str:
 
 def _percent(change: float, interval: list[float] | None) -> str:
     """A relative change with its 95% interval, e.g. "-53% [-68%, -37%]"."""
-    text = "–" if math.isnan(change) else f"{change:+.0%}"
+    text = dash(change, "+.0%")
     return text if interval is None else f"{text} [{interval[0]:+.0%}, {interval[1]:+.0%}]"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlhfkit.formatting import dash
 from rlhfkit.progress import Progress
 from rlhfkit.stages import resume_or_clear
 
@@ -25,7 +26,7 @@ def train_rm_stage(run: Path, pairs: Path, config: RMConfig, progress: Progress)
     resume = resume_or_clear(out, "train-rm")
     summary = train_reward_model(pairs, out, config, progress, resume)
     accuracy = summary.get("metrics", {}).get("eval_accuracy")
-    return "held-out pair accuracy " + ("–" if accuracy is None else f"{accuracy:.3f}")
+    return "held-out pair accuracy " + dash(accuracy, ".3f")
 
 
 def dpo_stage(run: Path, pairs: Path, config: DPOConfig, progress: Progress) -> str:
