@@ -1097,9 +1097,9 @@ def run_pipeline_command(
     ),
     report_to: list[str] | None = ReportToOpt,
 ):
-    """The stages as one run: [revise → sft →] generate → label → agreement → pairs →
-    train-rm → [dpo →] ppo → eval → report. Rerunning skips finished stages and resumes an
-    interrupted one."""
+    """The stages as one run: (revise → sft →) generate → label → agreement → pairs →
+    train-rm → (dpo →) ppo → eval → report, those in parentheses when the config lists
+    them. Rerunning skips finished stages and resumes an interrupted one."""
     from rlhfkit.pipeline import load_pipeline, parse_seeds, run_pipeline, with_settings
     from rlhfkit.seeds import summary_table
 
