@@ -42,9 +42,15 @@ class Method(StageConfig):
 
     setting = "method setting"
 
-    ppo: dict[str, Any] | None = None
-    dpo: dict[str, Any] | None = None
-    best_of: int | None = Field(None, ge=2)
+    ppo: dict[str, Any] | None = Field(
+        None, description="PPO settings over the common `ppo:` ones (any `advantage`)"
+    )
+    dpo: dict[str, Any] | None = Field(None, description="DPO settings over the common `dpo:` ones")
+    best_of: int | None = Field(
+        None,
+        ge=2,
+        description="N: the reference's best of N samples by the reward model, no training",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> Method:
@@ -59,17 +65,28 @@ class Method(StageConfig):
 
 
 class CompareConfig(StageConfig):
+    """Settings of `rlhfkit compare`: the shared stages, then every method from the same
+    model, pairs and reward model, once per seed."""
+
     setting = "compare setting"
 
-    run_dir: str
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    run_dir: str = Field(
+        description="where the comparison's shared stages and each method's folder go"
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="the shared stages once; a reward model and every method once per seed",
+    )
     pipeline: dict[str, Any] = Field(
         default_factory=dict, description="the shared stages' settings, as in `rlhfkit run`"
     )
     ppo: dict[str, Any] = Field(default_factory=dict, description="every PPO method's")
     dpo: dict[str, Any] = Field(default_factory=dict, description="every DPO method's")
     eval: dict[str, Any] = Field(default_factory=dict, description="every method's")
-    methods: dict[str, Method] = Field(min_length=1)
+    methods: dict[str, Method] = Field(
+        min_length=1, description="each method by its name: one of ppo, dpo or best_of"
+    )
 
     @property
     def run(self) -> Path:

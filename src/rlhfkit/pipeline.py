@@ -106,12 +106,19 @@ class PipelineConfig(StageConfig):
 
     setting = "pipeline setting"
 
-    run_dir: str
-    stages: list[Stage] = Field(default_factory=lambda: list(DEFAULT_STAGES), min_length=1)
-    model: str = "smollm2-135m-instruct"
-    prompts: str = "builtin:rtp"
+    run_dir: str = Field(description="the run directory every stage writes into")
+    stages: list[Stage] = Field(
+        default_factory=lambda: list(DEFAULT_STAGES),
+        min_length=1,
+        description="the stages to run, in the pipeline's order whatever the order listed",
+    )
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="the model generate samples from and training starts from",
+    )
+    prompts: str = Field("builtin:rtp", description="the prompt source of every stage")
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="prompts held out for eval")
-    seed: int = 0
+    seed: int = Field(0, description="of the shared stages; each stage's default seed")
     report_to: list[Tracker] | None = Field(
         None, description="trackers of every training stage (default: tensorboard if installed)"
     )
@@ -119,15 +126,32 @@ class PipelineConfig(StageConfig):
         None, min_length=1, description="run the stages after pairs once per seed, in seed-N/"
     )
     targets: list[Target] = Field(default_factory=list, description="checked over the seeds")
-    revise: ReviseStage = Field(default_factory=ReviseStage)
-    sft: dict[str, Any] = Field(default_factory=dict)
+    revise: ReviseStage = Field(
+        default_factory=ReviseStage,
+        description="Constitutional AI's stage 1, when revise is listed",
+    )
+    sft: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings of `rlhfkit sft` (SFTConfig), when sft is listed",
+    )
     generate: GenerateStage = Field(default_factory=GenerateStage)
     label: LabelStage = Field(default_factory=LabelStage)
     pairs: PairsStage = Field(default_factory=PairsStage)
-    train_rm: dict[str, Any] = Field(default_factory=dict, alias="train-rm")
-    dpo: dict[str, Any] = Field(default_factory=dict)
-    ppo: dict[str, Any] = Field(default_factory=dict)
-    eval: dict[str, Any] = Field(default_factory=dict)
+    train_rm: dict[str, Any] = Field(
+        default_factory=dict,
+        alias="train-rm",
+        description="settings of `rlhfkit train-rm` (RMConfig)",
+    )
+    dpo: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings of `rlhfkit dpo` (DPOConfig), when dpo is listed",
+    )
+    ppo: dict[str, Any] = Field(
+        default_factory=dict, description="settings of `rlhfkit ppo` (PPOConfig)"
+    )
+    eval: dict[str, Any] = Field(
+        default_factory=dict, description="settings of `rlhfkit eval` (EvalConfig)"
+    )
     # Set on one seed's config only: the run directory holding the shared stages' outputs.
     _shared_dir: Path | None = PrivateAttr(None)
 

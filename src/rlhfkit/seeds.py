@@ -35,8 +35,8 @@ class Target(StageConfig):
     metric: str = Field(
         description="perplexity, distinct_2, length, reward or SCORER.mean|toxic_share"
     )
-    at_most: float | None = None
-    at_least: float | None = None
+    at_most: float | None = Field(None, description="met when the change is at most this")
+    at_least: float | None = Field(None, description="met when the change is at least this")
 
     @model_validator(mode="after")
     def _one_bound(self) -> Target:

@@ -37,15 +37,22 @@ IGNORE = -100  # label of a position the loss skips
 
 
 class SFTConfig(StageConfig):
+    """Settings of `rlhfkit sft`, and of a pipeline's `sft:` section."""
+
     setting = "SFT setting"
 
-    model: str = "smollm2-135m-instruct"
+    model: str = Field("smollm2-135m-instruct", description="the model to fine-tune")
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-4, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(256, ge=8, description="tokens of prompt and response together")
-    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    eval_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of the examples held out, by a salted hash of the prompt",
+    )
     lora: bool = True
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)

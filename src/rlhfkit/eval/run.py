@@ -51,14 +51,21 @@ class EvalConfig(StageConfig):
 
     policy: str = Field(description="a PPO run's policy directory, or a model name")
     reference: str | None = Field(None, description="default: the policy's base model")
-    prompts: str = "builtin:rtp"
-    split: Literal["all", "train", "eval"] = "eval"
-    eval_fraction: float = Field(0.2, ge=0, lt=1)
+    prompts: str = Field("builtin:rtp", description="a prompt source, as for ppo")
+    split: Literal["all", "train", "eval"] = Field(
+        "eval",
+        description="train, eval or all: which side of the prompts' held-out split to evaluate on",
+    )
+    eval_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of the prompts in the eval split (as in training)"
+    )
     limit: int | None = Field(None, ge=1, description="prompts; default: all of the split")
     samples: int = Field(2, ge=1, description="samples per prompt and model")
     max_new_tokens: int = Field(24, ge=1)
     temperature: float = Field(1.0, gt=0)
-    mode: Literal["raw", "chat", "auto"] = "auto"
+    mode: Literal["raw", "chat", "auto"] = Field(
+        "auto", description="raw, chat or auto, as for ppo"
+    )
     scorers: list[str] = Field(
         default_factory=lambda: ["scorer:hatesonar", "scorer:profanity"],
         min_length=1,
@@ -74,8 +81,8 @@ class EvalConfig(StageConfig):
     )
     judge: str | None = Field(None, description="an AI judge: a model or an endpoint's URL")
     judge_model: str | None = Field(None, description="the model an endpoint judge serves")
-    constitution: str = "builtin:default"
-    seed: int = 0
+    constitution: str = Field("builtin:default", description="the judge's constitution")
+    seed: int = Field(0, description="of the sampling: both models answer with the same seed")
 
     @model_validator(mode="after")
     def _best_of_needs_a_reward(self) -> EvalConfig:
