@@ -1178,7 +1178,7 @@ def tictactoe(
     plot: Path | None = typer.Option(None, help="Write the learning curve as a PNG."),
     config: Path | None = ConfigOpt,
 ):
-    """The seed's RL example: PPO learns tic-tac-toe against a random opponent."""
+    """RL in miniature: PPO learns tic-tac-toe against a random opponent."""
     from rlhfkit.rl.tictactoe import TicTacToeConfig, evaluate, train
 
     steps = _renamed(iterations, "--iterations", steps, "--steps")

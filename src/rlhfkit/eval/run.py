@@ -1,9 +1,10 @@
-"""`rlhfkit eval`: the seed's "Evaluating the Human-Aligned LLM". The same held-out prompts
-go to the model before (the reference) and after alignment (the policy), with the same seed;
-each sample gets its probability of being toxic under independent scorers, its reward, the
-KL of the policy from the reference on the policy's own samples, and its log-likelihood under
-the reference (fluency). The summary compares the two: every number is built from per-prompt
-numbers, and every change has a 95% interval from a paired bootstrap over the prompts.
+"""`rlhfkit eval`: is the aligned model better than the one it started from? The same
+held-out prompts go to the model before (the reference) and after alignment (the policy),
+with the same seed; each sample gets its probability of being toxic under independent
+scorers, its reward, the KL of the policy from the reference on the policy's own samples,
+and its log-likelihood under the reference (fluency). The summary compares the two: every
+number is built from per-prompt numbers, and every change has a 95% interval from a paired
+bootstrap over the prompts.
 
 A policy stacked on another trained stage (PPO on an SFT policy) has that stage evaluated
 too, as a column between before and after. With `best_of` N (and a reward), a column

@@ -1,4 +1,4 @@
-"""PPO for language models (the seed's "Fine-Tuning the LLM Using the Reward Model").
+"""PPO for language models: fine-tuning the policy against a reward model's scores.
 
 One step = phase 1, a rollout (rollout.py), then phase 2: rewards are the sequence score on
 the last token minus β·KL(π‖π_ref) on every token, advantages come from GAE and are

@@ -1,6 +1,7 @@
-"""The seed's RL example: an agent learns tic-tac-toe against a random opponent with PPO.
+"""Reinforcement learning in miniature: an agent learns tic-tac-toe against a random opponent
+with PPO.
 
-Agent, environment, states and actions as the seed describes them: the agent is a policy
+Agent, environment, states and actions in the usual RL sense: the agent is a policy
 network over the board, the environment is the game, a state is the board, the actions are
 the empty squares. It is trained with the very same GAE and loss functions the language
 model trainer uses (rl/losses.py): a game is a padded sequence of the agent's moves, as a
