@@ -898,7 +898,9 @@ def ppo(
     report_to: list[str] | None = ReportToOpt,
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     model: str | None = typer.Option(None, help="Policy: short name, dir or hub id."),
-    reward: str | None = typer.Option(None, help="Reward spec (see README)."),
+    reward: str | None = typer.Option(
+        None, help='Reward spec (docs/architecture.md, "The reward interface").'
+    ),
     prompts: str | None = typer.Option(None, help="builtin:NAME or a JSONL of prompts."),
     steps: int | None = typer.Option(None),
     batch_size: int | None = typer.Option(None, help="Rollouts per step."),
