@@ -31,7 +31,7 @@ from pydantic_core import PydanticUndefined
 import rlhfkit
 from rlhfkit.config import StageConfig
 
-DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+DOCUMENT = Path(__file__).resolve().parents[2] / "docs/configuration.md"
 REGENERATE = "python -m rlhfkit.settings_reference"
 # Importing these would do something: `python -m rlhfkit` runs the command line.
 NOT_IMPORTED = {"rlhfkit.__main__"}
