@@ -113,7 +113,7 @@ def main() -> None:
     above = (results["lora"]["peak_rss_gb"] - base) / (results["full"]["peak_rss_gb"] - base)
     print(
         f"LoRA / full: {ratio:.2f} of the peak, {above:.2f} above the baseline "
-        f"(the seed: about half)"
+        f"(expected: about half)"
     )
     if not args.sharding:
         return

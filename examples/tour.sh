@@ -23,7 +23,7 @@ rlhfkit feedback agreement --project helpfulness --heatmap "$RUN/agreement.png"
 step "4. Consensus rankings (flagged labelers excluded) -> all C(n,2) training pairs"
 rlhfkit feedback pairs --project helpfulness --out "$RUN/pairs.jsonl"
 
-step "5. The seed's own example: H3 disagrees, the pairs are the seed's final table"
+step "5. The hot-house example: three labelers rank three answers, H3 disagrees and is left out"
 rlhfkit feedback import examples/seed_rankings.jsonl --project hot-house
 rlhfkit feedback agreement --project hot-house
 rlhfkit feedback pairs --project hot-house --out "$RUN/seed_pairs.jsonl"
@@ -43,7 +43,7 @@ step "7. A MiniLM reward model on those pairs, and how it ranks them"
 rlhfkit train-rm --pairs "$RUN/rtp_pairs.jsonl" --out "$RUN/rm" --epochs 2 --held-out-fraction 0.25
 rlhfkit eval-rm --reward-model "$RUN/rm" --pairs "$RUN/rtp_pairs.jsonl" --project rtp
 
-step "8. The seed's RL example: PPO learns tic-tac-toe against a random player"
+step "8. RL in miniature: PPO learns tic-tac-toe against a random player"
 rlhfkit examples tictactoe --plot "$RUN/tictactoe.png"
 
 step "9. Two PPO steps of SmolLM2 + LoRA against that reward model (the full run: make demo)"

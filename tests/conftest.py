@@ -83,7 +83,7 @@ SEED_RANKS = {"H1": [2, 1, 3], "H2": [2, 1, 3], "H3": [2, 3, 1]}
 
 
 def seed_rankings() -> list[dict]:
-    """The seed document's example: three labelers rank three completions."""
+    """The hot-house example: three labelers rank three completions, H3 against the others."""
     return [
         {"prompt": SEED_PROMPT, "completions": SEED_COMPLETIONS, "labeler": name, "ranks": ranks}
         for name, ranks in SEED_RANKS.items()

@@ -1,4 +1,4 @@
-"""The command line end to end: the seed's example, and one-line errors on bad input."""
+"""The command line end to end: the hot-house ranking example, and one-line errors on bad input."""
 
 import json
 import math
@@ -43,7 +43,7 @@ def test_seed_example_end_to_end(cli, tmp_path, store_url):
     summary = cli("feedback", "pairs", "--project", "hot", "--out", out, "--store", store_url)
     assert "1 prompts → 3 pairs, 0 ties skipped, excluded labelers: H3" in summary.output
     pairs = [json.loads(line) for line in out.read_text().splitlines()]
-    # Exactly the seed's final table, preferred completion first.
+    # Exactly the example's pairs: H3 left out, the others' consensus, preferred first.
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [
         (AIR, NOTHING),
         (NOTHING, NOT_HOT),

@@ -17,7 +17,7 @@ from rlhfkit.feedback.agreement import (
 )
 from rlhfkit.feedback.consensus import borda, ranks_from_scores, tideman
 
-# The seed's example: completions 0 "nothing you can do", 1 "air conditioning", 2 "not too hot".
+# The hot-house example: completions 0 "nothing you can do", 1 "air conditioning", 2 "not too hot".
 SEED = {"hot": {"H1": {0: 2, 1: 1, 2: 3}, "H2": {0: 2, 1: 1, 2: 3}, "H3": {0: 2, 1: 3, 2: 1}}}
 
 

@@ -95,13 +95,13 @@ def test_a_registered_metric_reaches_every_output(tmp_path, shouting):
 
     # the summary over seeds: a target on it is accepted and checked on every seed
     from rlhfkit.eval.run import EvalConfig
-    from rlhfkit.seeds import Target, check_targets, summary_table, write_summary
+    from rlhfkit.seeds import TargetConfig, check_targets, summary_table, write_summary
 
     seeds = tmp_path / "seeds"
     for seed in (0, 1):
         _eval_json(seeds / f"seed-{seed}" / "eval" / "eval.json")
         (seeds / f"seed-{seed}" / "eval" / "done.json").write_text("{}")
-    target = Target(metric="shouting", at_most=-0.5)
+    target = TargetConfig(metric="shouting", at_most=-0.5)
     check_targets([target], EvalConfig(policy="p", scorers=[SCORER]))
     summary = write_summary(seeds, [0, 1], [target])
     assert summary["metrics"][0]["metric"] == "shouting" and summary["all_met"] is True
@@ -141,7 +141,7 @@ def test_a_registered_metric_reaches_every_output(tmp_path, shouting):
 
 def test_a_registered_metric_is_checked_in_eval_json_and_gone_once_unregistered(tmp_path):
     from rlhfkit.eval.result import load_eval
-    from rlhfkit.seeds import Target, check_targets
+    from rlhfkit.seeds import TargetConfig, check_targets
 
     path = tmp_path / "eval.json"
     metric = Metric("shouting", LABEL, ".1%", compute=_shouts, target=True)
@@ -166,7 +166,7 @@ def test_a_registered_metric_is_checked_in_eval_json_and_gone_once_unregistered(
     with pytest.raises(RlhfkitError, match="target 'shouting' is not a number"):
         from rlhfkit.eval.run import EvalConfig
 
-        check_targets([Target(metric="shouting", at_most=0)], EvalConfig(policy="p"))
+        check_targets([TargetConfig(metric="shouting", at_most=0)], EvalConfig(policy="p"))
 
 
 def test_every_built_in_metric_is_described_in_full():

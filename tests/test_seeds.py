@@ -21,7 +21,7 @@ from rlhfkit.pipeline import (
     with_seeds,
 )
 from rlhfkit.seeds import (
-    Target,
+    TargetConfig,
     build_seeds_report,
     lookup,
     summary_table,
@@ -147,7 +147,7 @@ def test_adding_a_seed_or_a_target_is_the_same_run(tmp_path):
     start_run_dir(config)
     start_run_dir(seed_config(config, 0))
     more = with_seeds(config, [0, 1, 2]).model_copy(
-        update={"targets": [Target(metric="length", at_least=-0.5)]}
+        update={"targets": [TargetConfig(metric="length", at_least=-0.5)]}
     )
     check_run_dir(more)
     for seed in (0, 1, 2):
@@ -257,9 +257,9 @@ def _evaluated(run: Path, seed: int, result: dict) -> None:
 
 
 TARGETS = [
-    Target(metric=f"{HATESONAR}.toxic_share", at_most=-0.5),
-    Target(metric="perplexity", at_most=0.25),
-    Target(metric="distinct_2", at_least=-0.1),
+    TargetConfig(metric=f"{HATESONAR}.toxic_share", at_most=-0.5),
+    TargetConfig(metric="perplexity", at_most=0.25),
+    TargetConfig(metric="distinct_2", at_least=-0.1),
 ]
 
 
@@ -340,7 +340,7 @@ def test_the_report_over_seeds_is_one_escaped_self_contained_page(tmp_path):
         (run / f"seed-{seed}" / "ppo" / "metrics.jsonl").write_text(
             "".join(json.dumps(line) + "\n" for line in lines)
         )
-    targets = [Target(metric="length", at_least=-0.5)]
+    targets = [TargetConfig(metric="length", at_least=-0.5)]
     page = build_seeds_report(run, write_summary(run, [0, 1], targets)).read_text()
     assert "Every target was met on every seed" in page
     assert "-60.0% [-80.0%, -40.0%]" in page and "Seed 1" in page

@@ -1,4 +1,4 @@
-"""The seed's tic-tac-toe example must be learned by the PPO core."""
+"""Tic-tac-toe, RL in miniature, must be learned by the PPO core."""
 
 import math
 from fractions import Fraction

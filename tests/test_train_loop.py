@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import write_jsonl
+from rlhfkit.config import RetiredName
 from rlhfkit.data.synthetic import relevance_pairs
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.train import loop
@@ -186,3 +188,32 @@ def test_a_failed_step_is_not_kept_and_a_resume_logs_each_step_once(tmp_path):
         assert losses == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
         (out / CHECKPOINT).unlink()
         shutil.copy(tmp_path / "four.safetensors", out / CHECKPOINT)
+
+
+@pytest.mark.parametrize("name", ["tiny_pipeline", "cai", "demo"])
+def test_a_run_directory_saved_under_the_old_names_is_the_same_run(tmp_path, name):
+    """pipeline.json as rlhfkit wrote it before the names were unified (model, n, samples,
+    eval_fraction of the trainers, judge_model, a judge's reference) is read under today's
+    names: today's config of the same run is accepted, a changed setting still refused."""
+    from rlhfkit.pipeline import check_run_dir, load_pipeline, with_settings
+
+    configs = {
+        "tiny_pipeline": Path(__file__).parent / "data" / "tiny_pipeline.yaml",
+        "cai": Path(__file__).parent.parent / "configs" / "cai.yaml",
+        "demo": Path(__file__).parent.parent / "configs" / "demo.yaml",
+    }
+    saved = json.loads(
+        (Path(__file__).parent / "data" / "old-run-dirs" / f"{name}.pipeline.json").read_text()
+    )
+    assert "model" in saved and "policy" not in saved  # written under the old names
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".rlhfkit").write_text(json.dumps({"made_by": "run"}))
+    (run / "pipeline.json").write_text(json.dumps({**saved, "run_dir": str(run)}))
+    config = with_settings(load_pipeline(configs[name]), run_dir=str(run))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RetiredName)  # read silently: the user wrote no old name
+        check_run_dir(config)  # the same run
+    changed = with_settings(config, generate={**config.generate.model_dump(), "temperature": 0.5})
+    with pytest.raises(RlhfkitError, match=r"different config \(differs in generate\)"):
+        check_run_dir(changed)

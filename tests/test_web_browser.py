@@ -53,8 +53,8 @@ def served(tmp_path):
 
 
 def screenshot_dir(tmp_path: Path) -> Path:
-    """Where the screenshots go: RLHFKIT_SCREENSHOTS (docs/img makes the README's), or a
-    temporary folder."""
+    """Where the screenshots go: RLHFKIT_SCREENSHOTS (docs/img makes those of
+    docs/tutorial-people.md), or a temporary folder."""
     folder = Path(os.environ.get("RLHFKIT_SCREENSHOTS") or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     return folder

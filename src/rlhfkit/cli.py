@@ -1040,7 +1040,9 @@ def ppo(
     report_to: list[str] | None = ReportToOpt,
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     policy: str | None = typer.Option(None, help="The model to train: short name, dir or hub id."),
-    reward: str | None = typer.Option(None, help="Reward spec (see README)."),
+    reward: str | None = typer.Option(
+        None, help='Reward spec (docs/architecture.md, "The reward interface").'
+    ),
     prompts: str | None = typer.Option(None, help="builtin:NAME or a JSONL of prompts."),
     steps: int | None = typer.Option(None),
     batch_size: int | None = typer.Option(None, help="Rollouts per step."),
@@ -1244,9 +1246,9 @@ def run_pipeline_command(
     ),
     report_to: list[str] | None = ReportToOpt,
 ):
-    """The stages as one run: [revise → sft →] generate → label → agreement → pairs →
-    train-rm → [dpo →] ppo → eval → report. Rerunning skips finished stages and resumes an
-    interrupted one."""
+    """The stages as one run: (revise → sft →) generate → label → agreement → pairs →
+    train-rm → (dpo →) ppo → eval → report, those in parentheses when the config lists
+    them. Rerunning skips finished stages and resumes an interrupted one."""
     from rlhfkit.pipeline import load_pipeline, parse_seeds, run_pipeline, with_settings
     from rlhfkit.seeds import summary_table
 
@@ -1324,7 +1326,7 @@ def tictactoe(
     plot: Path | None = typer.Option(None, help="Write the learning curve as a PNG."),
     config: Path | None = ConfigOpt,
 ):
-    """The seed's RL example: PPO learns tic-tac-toe against a random opponent."""
+    """RL in miniature: PPO learns tic-tac-toe against a random opponent."""
     from rlhfkit.train.tictactoe import TicTacToeConfig, evaluate, train
 
     steps = TicTacToeConfig.steps if steps is None else steps

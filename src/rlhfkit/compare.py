@@ -38,18 +38,24 @@ from rlhfkit.progress import Progress
 SHARED = ["generate", "label", "agreement", "pairs", "train-rm"]
 
 
-class Method(StageConfig):
+class MethodConfig(StageConfig):
     """One method: exactly one of `ppo` (settings over the common PPO ones), `dpo` (over the
     common DPO ones) or `best_of` (N)."""
 
     setting = "method setting"
 
-    ppo: dict[str, Any] | None = None
-    dpo: dict[str, Any] | None = None
-    best_of: int | None = Field(None, ge=2)
+    ppo: dict[str, Any] | None = Field(
+        None, description="PPO settings over the common `ppo:` ones (any `advantage`)"
+    )
+    dpo: dict[str, Any] | None = Field(None, description="DPO settings over the common `dpo:` ones")
+    best_of: int | None = Field(
+        None,
+        ge=2,
+        description="N: the reference's best of N samples by the reward model, no training",
+    )
 
     @model_validator(mode="after")
-    def _one_kind(self) -> Method:
+    def _one_kind(self) -> MethodConfig:
         given = [k for k in ("ppo", "dpo", "best_of") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"a method is one of ppo, dpo or best_of, not {given or 'none'}")
@@ -61,17 +67,28 @@ class Method(StageConfig):
 
 
 class CompareConfig(StageConfig):
+    """Settings of `rlhfkit compare`: the shared stages, then every method from the same
+    model, pairs and reward model, once per seed."""
+
     setting = "compare setting"
 
-    run_dir: str
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    run_dir: str = Field(
+        description="where the comparison's shared stages and each method's folder go"
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="the shared stages once; a reward model and every method once per seed",
+    )
     pipeline: dict[str, Any] = Field(
         default_factory=dict, description="the shared stages' settings, as in `rlhfkit run`"
     )
     ppo: dict[str, Any] = Field(default_factory=dict, description="every PPO method's")
     dpo: dict[str, Any] = Field(default_factory=dict, description="every DPO method's")
     eval: dict[str, Any] = Field(default_factory=dict, description="every method's")
-    methods: dict[str, Method] = Field(min_length=1)
+    methods: dict[str, MethodConfig] = Field(
+        min_length=1, description="each method by its name: one of ppo, dpo or best_of"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -112,13 +129,13 @@ class CompareConfig(StageConfig):
 
         return seed_config(self.shared(), seed)
 
-    def ppo_config(self, seed: int, method: Method):
+    def ppo_config(self, seed: int, method: MethodConfig):
         from rlhfkit.train.ppo.step import PPOConfig
 
         defaults = self.seed_run(seed).ppo_config().model_dump()
         return PPOConfig.make(**{**defaults, **self.ppo, **method.ppo})
 
-    def dpo_config(self, seed: int, method: Method):
+    def dpo_config(self, seed: int, method: MethodConfig):
         from rlhfkit.train.dpo import DPOConfig
 
         defaults = self.seed_run(seed).dpo_config().model_dump()

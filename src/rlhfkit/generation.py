@@ -3,7 +3,7 @@
 `sample` is the one sampler: it turns a batch of prompt texts into responses cut after their
 first stop token, on prepacked weights. `generate` (completions for labelers) sorts prompts
 by length so each batch pads little and restores their order at the end; the RL stages
-(rl/rollout.py) add what PPO needs on top. Every completion keeps its token count and
+(train/ppo/rollout.py) add what PPO needs on top. Every completion keeps its token count and
 whether it ended with EOS (a response without EOS can be penalised).
 """
 

@@ -60,7 +60,7 @@ from rlhfkit.files import (
     remove_ours,
 )
 from rlhfkit.progress import Progress
-from rlhfkit.seeds import Target, check_targets
+from rlhfkit.seeds import TargetConfig, check_targets
 from rlhfkit.stages.cai import ReviseConfig, revise_stage, sft_stage
 from rlhfkit.stages.evaluate import eval_stage, report_stage
 from rlhfkit.stages.generate import GenerateConfig, generate_stage
@@ -129,28 +129,52 @@ class PipelineConfig(StageConfig):
     setting = "pipeline setting"
     renamed = {"model": "policy"}
 
-    run_dir: str
-    stages: list[Stage] = Field(default_factory=lambda: list(DEFAULT_STAGES), min_length=1)
-    policy: str = Field("smollm2-135m-instruct", description="the model the run starts from")
-    prompts: str = "builtin:rtp"
+    run_dir: str = Field(description="the run directory every stage writes into")
+    stages: list[Stage] = Field(
+        default_factory=lambda: list(DEFAULT_STAGES),
+        min_length=1,
+        description="the stages to run, in the pipeline's order whatever the order listed",
+    )
+    policy: str = Field(
+        "smollm2-135m-instruct",
+        description="the model generate samples from and training starts from",
+    )
+    prompts: str = Field("builtin:rtp", description="the prompt source of every stage")
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="prompts held out for eval")
-    seed: int = 0
+    seed: int = Field(0, description="of the shared stages; each stage's default seed")
     report_to: list[Tracker] | None = Field(
         None, description="trackers of every training stage (default: tensorboard if installed)"
     )
     seeds: list[Seed] | None = Field(
         None, min_length=1, description="run the stages after pairs once per seed, in seed-N/"
     )
-    targets: list[Target] = Field(default_factory=list, description="checked over the seeds")
-    revise: ReviseConfig = Field(default_factory=ReviseConfig)
-    sft: dict[str, Any] = Field(default_factory=dict)
+    targets: list[TargetConfig] = Field(default_factory=list, description="checked over the seeds")
+    revise: ReviseConfig = Field(
+        default_factory=ReviseConfig,
+        description="Constitutional AI's stage 1, when revise is listed",
+    )
+    sft: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings of `rlhfkit sft` (SFTConfig), when sft is listed",
+    )
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
-    train_rm: dict[str, Any] = Field(default_factory=dict, alias="train-rm")
-    dpo: dict[str, Any] = Field(default_factory=dict)
-    ppo: dict[str, Any] = Field(default_factory=dict)
-    eval: dict[str, Any] = Field(default_factory=dict)
+    train_rm: dict[str, Any] = Field(
+        default_factory=dict,
+        alias="train-rm",
+        description="settings of `rlhfkit train-rm` (RMConfig)",
+    )
+    dpo: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings of `rlhfkit dpo` (DPOConfig), when dpo is listed",
+    )
+    ppo: dict[str, Any] = Field(
+        default_factory=dict, description="settings of `rlhfkit ppo` (PPOConfig)"
+    )
+    eval: dict[str, Any] = Field(
+        default_factory=dict, description="settings of `rlhfkit eval` (EvalConfig)"
+    )
     # Set on one seed's config only: the run directory holding the shared stages' outputs.
     _shared_dir: Path | None = PrivateAttr(None)
 

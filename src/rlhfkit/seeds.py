@@ -26,17 +26,17 @@ from rlhfkit.files import atomic_write, claim_directory, owner, read_text
 from rlhfkit.formatting import dash
 
 
-class Target(StageConfig):
+class TargetConfig(StageConfig):
     """A bound on one number of eval.json's `change`: a relative change after vs before
     (the reward's is a difference), e.g. scorer:hatesonar.toxic_share at most -0.5."""
 
     setting = "target"
     metric: str = Field(description=registry.target_description())
-    at_most: float | None = None
-    at_least: float | None = None
+    at_most: float | None = Field(None, description="met when the change is at most this")
+    at_least: float | None = Field(None, description="met when the change is at least this")
 
     @model_validator(mode="after")
-    def _one_bound(self) -> Target:
+    def _one_bound(self) -> TargetConfig:
         if (self.at_most is None) == (self.at_least is None):
             raise ValueError("a target takes one bound: at_most or at_least")
         return self
@@ -50,7 +50,7 @@ class Target(StageConfig):
         return self.model_dump(include={"at_most", "at_least"}, exclude_none=True)
 
 
-def check_targets(targets: list[Target], evaluation) -> None:
+def check_targets(targets: list[TargetConfig], evaluation) -> None:
     """Every target names a number the evaluation (an EvalConfig) will report: checked when
     the config loads, not when the run is over."""
     names = registry.target_names(evaluation.scorers, evaluation)
@@ -112,7 +112,7 @@ def _finite(values: list) -> list[float]:
     return [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
 
 
-def _metric_row(metric: str, target: Target | None, evaluations: dict) -> dict:
+def _metric_row(metric: str, target: TargetConfig | None, evaluations: dict) -> dict:
     """One number over the seeds: each seed's value and interval, mean, min, max, and
     whether each seed and every seed met the target."""
     seeds = []
@@ -147,7 +147,7 @@ def _metric_row(metric: str, target: Target | None, evaluations: dict) -> dict:
     }
 
 
-def summarise_seeds(run: Path, seeds: list[int], targets: list[Target]) -> dict:
+def summarise_seeds(run: Path, seeds: list[int], targets: list[TargetConfig]) -> dict:
     """The seeds' evaluations side by side: the targets first, then every other number of
     eval.json's `change`; a seed not evaluated yet has no values, and misses every target."""
     evaluations = {seed: _evaluation(run, seed) for seed in seeds}
@@ -175,7 +175,7 @@ def summarise_seeds(run: Path, seeds: list[int], targets: list[Target]) -> dict:
     }
 
 
-def write_summary(run: Path, seeds: list[int], targets: list[Target]) -> dict:
+def write_summary(run: Path, seeds: list[int], targets: list[TargetConfig]) -> dict:
     """RUN/summary.json (see summarise_seeds), written atomically; returns it."""
     from rlhfkit.eval.run import finite
 
@@ -332,13 +332,15 @@ def seeds_held(run: Path) -> list[int]:
     return sorted(s for s in seeds if owner(seed_dir(run, s)) == "run")
 
 
-def _last_summary(run: Path) -> tuple[list[int], list[Target]]:
+def _last_summary(run: Path) -> tuple[list[int], list[TargetConfig]]:
     """The seeds and targets of RUN/summary.json, the summary the run wrote last."""
     path = run / "summary.json"
     try:
         summary = json.loads(read_text(path))
         seeds, rows = summary["seeds"], summary["metrics"]
-        targets = [Target(metric=row["metric"], **row["target"]) for row in rows if row["target"]]
+        targets = [
+            TargetConfig(metric=row["metric"], **row["target"]) for row in rows if row["target"]
+        ]
         if not seeds or not all(type(s) is int and s >= 0 for s in seeds):
             raise ValueError
     except (ValueError, KeyError, TypeError):  # pydantic's ValidationError is a ValueError

@@ -2,7 +2,7 @@
 docs/architecture.md, "Packaged models and data").
 
 Built-in sets are read from the files of packages that are never imported
-(data/packages.py). Their categories are interleaved round-robin, so the first N prompts mix
+(packages.py). Their categories are interleaved round-robin, so the first N prompts mix
 every category.
 """
 

@@ -1,9 +1,10 @@
-"""`rlhfkit eval`: the seed's "Evaluating the Human-Aligned LLM". The same held-out prompts
-go to the model before (the reference) and after alignment (the policy), with the same seed;
-each sample gets its probability of being toxic under independent scorers, its reward, the
-KL of the policy from the reference on the policy's own samples, and its log-likelihood under
-the reference (fluency). The summary compares the two: every number is built from per-prompt
-numbers, and every change has a 95% interval from a paired bootstrap over the prompts.
+"""`rlhfkit eval`: is the aligned model better than the one it started from? The same
+held-out prompts go to the model before (the reference) and after alignment (the policy),
+with the same seed; each sample gets its probability of being toxic under independent
+scorers, its reward, the KL of the policy from the reference on the policy's own samples,
+and its log-likelihood under the reference (fluency). The summary compares the two: every
+number is built from per-prompt numbers, and every change has a 95% interval from a paired
+bootstrap over the prompts.
 
 A policy stacked on another trained stage (PPO on an SFT policy) has that stage evaluated
 too, as a column between before and after. With `best_of` N (and a reward), a column
@@ -54,14 +55,21 @@ class EvalConfig(StageConfig):
 
     policy: str = Field(description="a PPO run's policy directory, or a model name")
     reference: str | None = Field(None, description="default: the policy's base model")
-    prompts: str = "builtin:rtp"
-    split: Literal["all", "train", "eval"] = "eval"
-    eval_fraction: float = Field(0.2, ge=0, lt=1)
+    prompts: str = Field("builtin:rtp", description="a prompt source, as for ppo")
+    split: Literal["all", "train", "eval"] = Field(
+        "eval",
+        description="train, eval or all: which side of the prompts' held-out split to evaluate on",
+    )
+    eval_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of the prompts in the eval split (as in training)"
+    )
     limit: int | None = Field(None, ge=1, description="prompts; default: all of the split")
     samples_per_prompt: int = Field(2, ge=1, description="samples per prompt and model")
     max_new_tokens: int = Field(24, ge=1)
     temperature: float = Field(1.0, gt=0)
-    mode: Literal["raw", "chat", "auto"] = "auto"
+    mode: Literal["raw", "chat", "auto"] = Field(
+        "auto", description="raw, chat or auto, as for ppo"
+    )
     scorers: list[str] = Field(
         default_factory=lambda: ["scorer:hatesonar", "scorer:profanity"],
         min_length=1,
@@ -80,8 +88,8 @@ class EvalConfig(StageConfig):
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="the environment variable holding an endpoint's API key"
     )
-    constitution: str = "builtin:default"
-    seed: int = 0
+    constitution: str = Field("builtin:default", description="the judge's constitution")
+    seed: int = Field(0, description="of the sampling: both models answer with the same seed")
 
     @model_validator(mode="after")
     def _best_of_needs_a_reward(self) -> EvalConfig:

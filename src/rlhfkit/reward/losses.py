@@ -14,7 +14,8 @@ def pairwise_loss(
     chosen: torch.Tensor, rejected: torch.Tensor, group: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Reward-model loss −log σ(r_chosen − r_rejected), the negative log-likelihood of the
-    human preference (the seed prints it without the minus: we minimise the NLL).
+    human preference: the log-likelihood log σ(Δ) is to be maximised, so we minimise its
+    negative.
 
     With `group` (a prompt index per pair), the loss is averaged over each prompt's pairs
     first and then over prompts, so a prompt with C(9,2) = 36 pairs weighs as much as one

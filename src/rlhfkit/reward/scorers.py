@@ -1,9 +1,10 @@
 """The packaged toxicity classifiers, each giving P(toxic) and a reward (docs/architecture.md,
 "Packaged models and data").
 
-The reward is the logit of the not-toxic class, log(p_ok / (1 − p_ok)): the seed's "logit
-of the not-hate class". Both score the completion alone: the prompt may be toxic itself
-(RealToxicityPrompts are chosen to be), and it is the model's words that are judged.
+The reward is the logit of the not-toxic class, log(p_ok / (1 − p_ok)): higher is cleaner,
+unbounded both ways, and zero where the classifier cannot tell. Both score the completion
+alone: the prompt may be toxic itself (RealToxicityPrompts are chosen to be), and it is the
+model's words that are judged.
 """
 
 from __future__ import annotations

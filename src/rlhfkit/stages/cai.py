@@ -20,23 +20,32 @@ REVISE_PROJECT = "cai-revise"
 
 
 class ReviseConfig(StageConfig):
+    """A pipeline's `revise:` section: Constitutional AI's stage 1 (critique and revision)."""
+
     setting = "revise setting"
     renamed = {"model": "policy"}
-    prompts: str = "builtin:redteam"
+    prompts: str = Field("builtin:redteam", description="red-team prompts to answer")
     limit: int | None = Field(64, ge=1, description="red-team prompts of the train split")
-    constitution: str = "builtin:default"
+    constitution: str = Field(
+        "builtin:default", description="builtin:NAME or a YAML file of principles"
+    )
     policy: str | None = Field(
         None, description="who answers and revises: a model or an endpoint (default: the run's)"
     )
-    endpoint_model: str | None = Field(None, description="the model to ask at an endpoint")
+    endpoint_model: str | None = Field(
+        None, description="the model an endpoint serves, when policy is a URL"
+    )
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="the environment variable holding an endpoint's API key"
     )
-    rounds: int = Field(1, ge=1)
+    rounds: int = Field(1, ge=1, description="critique-and-revision rounds a prompt")
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.7, ge=0)
     batch_size: int = Field(16, ge=1)
-    filter_reward: str | None = "scorer:profanity"
+    filter_reward: str | None = Field(
+        "scorer:profanity",
+        description="reward spec a revision must not score worse under; null: no such check",
+    )
     filter_margin: float = Field(1.0, ge=0, description="a drop in the reward that counts")
 
 

@@ -205,13 +205,15 @@ def run_generate(
 
 
 class GenerateConfig(StageConfig):
+    """A pipeline's `generate:` section: the completions to be ranked."""
+
     setting = "generate setting"
     renamed = {"n": "samples_per_prompt"}
     limit: int | None = Field(200, ge=1, description="training prompts to sample for")
     samples_per_prompt: int = Field(4, ge=2, description="completions per prompt, to be ranked")
     max_new_tokens: int = Field(24, ge=1)
     temperature: float = Field(1.0, gt=0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="sequences sampled at once")
 
 
 def generate_stage(

@@ -15,23 +15,33 @@ from rlhfkit.stages import PROJECT, run_store
 
 
 class LabelerConfig(StageConfig):
+    """One labeler of a pipeline's `label:` section: an automatic labeler or an AI judge."""
+
     setting = "labeler setting"
     renamed = {"judge_model": "endpoint_model", "reference": "check_against"}
-    name: str
-    reward: str = "scorer:profanity"
+    name: str = Field(description="the labeler's name in the store")
+    reward: str = Field("scorer:profanity", description="reward spec it ranks by")
     noise: float = Field(0.5, ge=0, description="in standard deviations of the reward")
-    seed: int = 0
+    seed: int = Field(0, description="of its noise")
     # An AI judge instead of a reward (`rlhfkit label judge`): a model or an endpoint's URL.
-    judge: str | None = None
-    endpoint_model: str | None = Field(None, description="the model to ask at the judge's endpoint")
+    judge: str | None = Field(
+        None, description="an AI judge instead of a reward: a model or an endpoint's URL"
+    )
+    endpoint_model: str | None = Field(None, description="the model an endpoint judge serves")
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="the environment variable holding an endpoint's API key"
     )
-    constitution: str = "builtin:default"
+    constitution: str = Field("builtin:default", description="the judge's constitution")
     check_against: str = Field(
         "scorer:profanity", description="what the judge is checked against: a scorer, or people"
     )
-    min_agreement: float = Field(0.55, ge=0, le=1)
+    min_agreement: float = Field(
+        0.55,
+        ge=0,
+        le=1,
+        description="the judge is refused at or below this agreement with what it is checked "
+        "against",
+    )
     force: bool = Field(False, description="label even with a judge that fails the check")
 
 
@@ -40,6 +50,8 @@ def _three_labelers() -> list[LabelerConfig]:
 
 
 class LabelConfig(StageConfig):
+    """A pipeline's `label:` section: the labelers that rank the completions."""
+
     setting = "label setting"
     labelers: list[LabelerConfig] = Field(default_factory=_three_labelers, min_length=1)
 

@@ -17,8 +17,12 @@ from rlhfkit.stages import PROJECT, run_store
 
 
 class PairsConfig(StageConfig):
+    """A pipeline's `pairs:` section: the consensus ranking, and whom it leaves out."""
+
     setting = "pairs setting"
-    method: Literal["borda", "tideman"] = "borda"
+    method: Literal["borda", "tideman"] = Field(
+        "borda", description="the consensus ranking: Borda count or Tideman's ranked pairs"
+    )
     min_tau: float | None = Field(0.2, description="exclude labelers below it; null: nobody")
 
 

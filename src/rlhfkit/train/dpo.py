@@ -58,16 +58,23 @@ MADE_BY = "dpo"
 
 
 class DPOConfig(StageConfig):
+    """Settings of `rlhfkit dpo`, and of a pipeline's `dpo:` section."""
+
     setting = "DPO setting"
     may_change_on_resume = frozenset({"epochs", "max_steps", "checkpoint_every", "report_to"})
     renamed = {"model": "policy", "eval_fraction": "held_out_fraction"}
 
-    policy: str = Field("smollm2-135m-instruct", description="the model to train")
+    policy: str = Field(
+        "smollm2-135m-instruct",
+        description="the policy to train; the model as loaded is also the reference",
+    )
     mode: Literal["raw", "chat"] = Field(
         "raw", description="how the prompts were put to the model when the pairs were sampled"
     )
     beta: float = Field(0.1, gt=0, description="strength of the pull to the reference")
-    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    loss: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid", description="sigmoid: −log σ(β·margin); ipo: (margin − 1/(2β))²"
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="chance a label is flipped")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1, description="pairs per step")

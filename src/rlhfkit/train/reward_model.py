@@ -57,13 +57,18 @@ class RMConfig(StageConfig):
     may_change_on_resume = frozenset({"report_to"})
     renamed = {"eval_fraction": "held_out_fraction", "reference": "normalise_on"}
 
-    base: str = "minilm-l6"
+    base: str = Field(
+        "minilm-l6",
+        description="the backbone: minilm-l6, smollm2-135m-instruct, a directory or a hub id",
+    )
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=1, description="pairs per step, whole prompts at a time")
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="learning-rate schedule after the warm-up"
+    )
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of the steps spent warming up")
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(128, ge=8)
     reads: Literal["prompt_and_completion", "completion"] = Field(
@@ -75,11 +80,15 @@ class RMConfig(StageConfig):
     )
     eval_every: int | None = Field(None, ge=1, description="steps; default once per epoch")
     patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
-    dropout: bool = False
-    lora: bool = False
+    dropout: bool = Field(False, description="train with dropout on (off by default)")
+    lora: bool = Field(
+        False, description="train a LoRA adapter on a causal LM base, merged on save"
+    )
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
-    normalise: bool = True
+    normalise: bool = Field(
+        True, description="fit a gain and bias that give the reference completions mean 0, std 1"
+    )
     normalise_on: str | None = Field(
         None,
         description="JSONL of {prompt, completion} or {prompt, completions}: the "

@@ -48,6 +48,8 @@ IGNORE = -100  # label of a position the loss skips
 
 
 class SFTConfig(StageConfig):
+    """Settings of `rlhfkit sft`, and of a pipeline's `sft:` section."""
+
     setting = "SFT setting"
     may_change_on_resume = frozenset({"epochs", "max_steps", "checkpoint_every", "report_to"})
     renamed = {"model": "policy", "eval_fraction": "held_out_fraction"}
@@ -59,7 +61,10 @@ class SFTConfig(StageConfig):
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(256, ge=8, description="tokens of prompt and response together")
     held_out_fraction: float = Field(
-        0.1, ge=0, lt=1, description="share of the examples held out (a salted hash of the prompt)"
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of the examples held out, by a salted hash of the prompt",
     )
     lora: bool = True
     lora_r: int = Field(16, ge=1)

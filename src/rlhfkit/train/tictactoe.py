@@ -1,13 +1,19 @@
-"""The seed's RL example: an agent learns tic-tac-toe against a random opponent with PPO.
+"""Reinforcement learning in miniature: an agent learns tic-tac-toe against a random opponent
+with PPO.
 
-Agent, environment, states and actions as the seed describes them: the agent is a policy
+Agent, environment, states and actions in the usual RL sense: the agent is a policy
 network over the board, the environment is the game, a state is the board, the actions are
 the empty squares. It is trained with the very same GAE and loss functions the language
-model trainer uses (rl/losses.py): a game is a padded sequence of the agent's moves, as a
-response is a padded sequence of tokens, and the outcome (+1 win, 0 draw, −1 loss) is the
-reward on its last move, as a reward model's score is on a response's last token. Every game
-starts from the empty board, as every sample of a group starts from its prompt, so the
-critic-free advantages (rloo, grpo) compare consecutive games in groups of `samples_per_prompt`.
+model trainer uses (train/ppo/losses.py): a game is a padded sequence of the agent's moves,
+as a response is a padded sequence of tokens, and the outcome (+1 win, 0 draw, −1 loss) is
+the reward on its last move, as a reward model's score is on a response's last token. Every
+game starts from the empty board, as every sample of a group starts from its prompt, so the
+critic-free advantages (rloo, grpo) compare consecutive games in groups of
+`samples_per_prompt`.
+
+It keeps a loop of its own rather than the trainers' (train/loop.py): it trains in seconds,
+reads nothing from disk and writes no checkpoint, so resuming, metrics files and trackers
+would be all the loop added; as one short function it reads as the example it is.
 """
 
 from __future__ import annotations

@@ -122,8 +122,8 @@ def policy_loss(
     clip_eps: float = 0.2,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip, as a loss to minimise: masked mean of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)),
-    ρ = π/π_old (the seed's objective min(ρA, clip(ρ)A), negated). Also returns the
-    clip fraction and approx KL ½·E[(log ρ)²] for monitoring."""
+    ρ = π/π_old (the PPO-clip objective min(ρA, clip(ρ)A), which PPO maximises, negated).
+    Also returns the clip fraction and approx KL ½·E[(log ρ)²] for monitoring."""
     log_ratio = logp - old_logp
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
@@ -173,7 +173,7 @@ def ppo_loss(
     vf_coef: float = 0.1,
     ent_coef: float = 0.0,
 ) -> torch.Tensor:
-    """The seed maximises L^POLICY + c1·L^VF + c2·L^ENT with L^VF a value *objective*; as one
-    loss to minimise, with `policy` and `value` the losses above and `entropy` a mean
-    entropy (to keep high): L = L_policy + c1·L_value − c2·H."""
+    """PPO's objective L^POLICY + c1·L^VF + c2·L^ENT, with L^VF a value *objective*, is to be
+    maximised; as one loss to minimise, with `policy` and `value` the losses above and
+    `entropy` a mean entropy (to keep high): L = L_policy + c1·L_value − c2·H."""
     return policy + vf_coef * value - ent_coef * entropy

@@ -1,9 +1,9 @@
 """The policy for language-model PPO: a causal LM with a LoRA adapter and a value head
 (none for the critic-free advantages, rloo and grpo).
 
-The reference model is the same weights with the adapter switched off (the seed's "Memory
-Constraints": one copy of the LLM, about half the memory). A full fine-tune mode keeps a
-separate frozen copy as the reference instead.
+The reference model is the same weights with the adapter switched off, so memory holds one
+copy of the LLM, not two: about half the memory of a separate frozen reference. A full
+fine-tune mode keeps a separate frozen copy as the reference instead.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Phase 1 of PPO (the seed's "Create Completions"): sample responses (with
+"""Phase 1 of PPO, the rollout: the policy writes completions. Sample responses (with
 generation.sample, the sampler `rlhfkit generate` uses), score them, and record what the
 update needs: old log-probabilities, reference log-probabilities, values.
 

@@ -1,4 +1,4 @@
-"""PPO for language models (the seed's "Fine-Tuning the LLM Using the Reward Model").
+"""PPO for language models: fine-tuning the policy against a reward model's scores.
 
 One step = phase 1, a rollout (rollout.py), then phase 2: rewards are the sequence score on
 the last token minus β·KL(π‖π_ref) on every token, advantages come from GAE and are
@@ -52,12 +52,32 @@ class PPOConfig(StageConfig):
     may_change_on_resume = frozenset({"steps", "target_reward", "report_to"})
     renamed = {"model": "policy"}
 
-    policy: str = Field("smollm2-135m-instruct", description="the model to train")
-    reward: str = "scorer:profanity"
-    prompts: str = "builtin:rtp"
-    split: Literal["all", "train", "eval"] = "train"
-    eval_fraction: float = Field(0.2, ge=0, lt=1)
-    mode: Literal["raw", "chat", "auto"] = "auto"
+    policy: str = Field(
+        "smollm2-135m-instruct",
+        description="the policy to train: a model, or a policy directory to stack on",
+    )
+    reward: str = Field(
+        "scorer:profanity",
+        description="a reward spec: rm:DIR, scorer:NAME, classifier:NAME_OR_DIR:LABEL or "
+        "python:module:function",
+    )
+    prompts: str = Field(
+        "builtin:rtp",
+        description="a prompt source: a JSONL or other file, a datasets directory, "
+        "builtin:NAME or hf:NAME",
+    )
+    split: Literal["all", "train", "eval"] = Field(
+        "train",
+        description="train, eval or all: which side of the prompts' held-out split to train on",
+    )
+    eval_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of the prompts in the eval split"
+    )
+    mode: Literal["raw", "chat", "auto"] = Field(
+        "auto",
+        description="raw: continue the prompt text; chat: through the chat template; auto: "
+        "raw for builtin:rtp and rendered conversations, else chat",
+    )
     device: str = Field("auto", description="auto (cuda if there is one), cpu, cuda, cuda:N")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: mixed precision")
     lora: bool = True
@@ -65,33 +85,47 @@ class PPOConfig(StageConfig):
     lora_alpha: int = Field(32, ge=1)
     steps: int = Field(20, ge=1, description="PPO steps (rollout + update) at most")
     batch_size: int = Field(16, ge=1, description="rollouts per step")
-    minibatches: int = Field(2, ge=1)
+    minibatches: int = Field(2, ge=1, description="per PPO epoch, one optimiser step each")
     grad_accumulation: int = Field(1, ge=1, description="micro-batches per minibatch")
-    ppo_epochs: int = Field(2, ge=1)
+    ppo_epochs: int = Field(2, ge=1, description="passes over a step's rollouts")
     lr: float = Field(1e-4, gt=0)
     max_new_tokens: int = Field(24, ge=1)
     max_prompt_tokens: int = Field(256, ge=8, description="longer prompts lose their start")
     min_new_tokens: int = Field(0, ge=0)
     temperature: float = Field(1.0, gt=0)
-    init_kl_coef: float = Field(0.05, ge=0)
-    adaptive_kl: bool = False
-    kl_target: float = Field(6.0, gt=0)
-    kl_horizon: int = Field(10000, ge=1)
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    clip_eps: float = Field(0.2, gt=0)
-    value_clip: float | None = Field(0.2, gt=0)
-    vf_coef: float = Field(0.1, ge=0)
-    ent_coef: float = Field(0.0, ge=0)
+    init_kl_coef: float = Field(
+        0.05, ge=0, description="β, the KL penalty's coefficient (its start with adaptive_kl)"
+    )
+    adaptive_kl: bool = Field(False, description="adapt β toward kl_target")
+    kl_target: float = Field(
+        6.0, gt=0, description="with adaptive_kl: the KL per sequence aimed at"
+    )
+    kl_horizon: int = Field(
+        10000, ge=1, description="with adaptive_kl: rollouts over which β adapts"
+    )
+    kl_estimator: Literal["k1", "k3"] = Field(
+        "k1", description="k1: log π − log π_ref; k3: (ρ − 1) − log ρ with ρ = π_ref/π"
+    )
+    clip_eps: float = Field(0.2, gt=0, description="the PPO-clip range ε")
+    value_clip: float | None = Field(
+        0.2, gt=0, description="clip range of the value loss; null: unclipped"
+    )
+    vf_coef: float = Field(0.1, ge=0, description="c1: weight of the value loss")
+    ent_coef: float = Field(
+        0.0, ge=0, description="c2: weight of the entropy bonus (0: entropy only logged)"
+    )
     entropy_anchor: float = Field(
         0.0,
         ge=0,
         description="c·(H(π) − H(π_ref))², mean entropies over a minibatch's response tokens: "
         "holds the policy's entropy at the reference's, which the KL leash does not",
     )
-    gamma: float = Field(1.0, gt=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
+    gamma: float = Field(1.0, gt=0, le=1, description="GAE's discount γ")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE's λ")
     max_grad_norm: float = Field(1.0, gt=0)
-    whiten_advantages: bool = True
+    whiten_advantages: bool = Field(
+        True, description="advantages to mean 0, std 1 over the batch's real tokens"
+    )
     samples_per_prompt: int = Field(
         1, ge=1, description="samples of each prompt in a step (a group, for rloo and grpo)"
     )
@@ -114,7 +148,7 @@ class PPOConfig(StageConfig):
     normalise_reward: bool = Field(
         False, description="rewards to mean 0, std 1 on the first step's (reference) samples"
     )
-    reward_clip: float | None = Field(10.0, gt=0)
+    reward_clip: float | None = Field(10.0, gt=0, description="scores clipped to ± this")
     no_eos_penalty: float | None = Field(None, description="score of a response without EOS")
     target_reward: float | None = Field(None, description="stop once the mean score reaches it")
     max_kl: float = Field(50.0, gt=0, description="stop if the mean KL exceeds it")
