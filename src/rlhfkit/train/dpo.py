@@ -31,26 +31,19 @@ import torch
 from pydantic import Field
 
 from rlhfkit.config import StageConfig
-from rlhfkit.data.sources import source_sha256
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.files import atomic_write, check_ours, claim_directory
+from rlhfkit.files import atomic_write, check_ours
 from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
 from rlhfkit.progress import Progress
 from rlhfkit.reward.data import group_pairs, read_pairs, split_by_prompt
 from rlhfkit.reward.losses import dpo_loss
 from rlhfkit.trackers import Tracker
-from rlhfkit.train.checkpoint import CHECKPOINT
-from rlhfkit.train.distributed import load_optimizer_state, optimizer_state
 from rlhfkit.train.loop import (
     Schedule,
-    Trainer,
-    adamw,
+    ScheduledTrainer,
+    begin_run,
     descend,
     fit,
-    load_trainable_weights,
-    resume_state,
-    run_key,
-    trainable_weights,
 )
 from rlhfkit.train.sft import IGNORE, collate, labelled_logps
 
@@ -194,24 +187,18 @@ def held_out_numbers(model, data: EncodedPairs, reference, pad_id: int, config: 
     return {"loss": loss.item(), "accuracy": stats["accuracy"].item()}
 
 
-class DPOTrainer(Trainer):
+class DPOTrainer(ScheduledTrainer):
     """DPO on the training pairs against reference log-probabilities computed once; the
-    held-out pairs and a checkpoint at the end of each epoch (and a checkpoint every
-    `checkpoint_every` steps)."""
+    held-out pairs at each epoch's end."""
 
     made_by, title = MADE_BY, "DPO"
 
     def __init__(self, model, data: EncodedPairs, pad_id: int, config: DPOConfig, out):
-        self.model, self.data, self.pad_id = model, data, pad_id
-        self.settings, self.out = config, Path(out)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = adamw(self.params, config.lr)
-        self.generator = torch.Generator().manual_seed(config.seed)
         by_prompt = data.train_prompts if config.batching == "by_prompt" else None
-        self.schedule = Schedule(len(data.train), config.batch_size, config.epochs,
-                                 config.seed, config.max_steps, by_prompt)  # fmt: skip
-        self.total_steps = self.schedule.total_steps
-        self.evals: list[dict] = []
+        schedule = Schedule(len(data.train), config.batch_size, config.epochs, config.seed,
+                            config.max_steps, by_prompt)  # fmt: skip
+        super().__init__(model, config, out, schedule)
+        self.data, self.pad_id = data, pad_id
         self.reference: list[float] = []  # log π_ref of every sequence
 
     def update(self, step: int) -> dict:
@@ -227,30 +214,11 @@ class DPOTrainer(Trainer):
         norm = descend(loss, self.params, self.optimizer, config.max_grad_norm)
         return {"loss": loss.item(), "grad_norm": norm, **{k: v.item() for k, v in stats.items()}}
 
-    def evaluation_due(self, steps_done: int) -> bool:
-        return self.schedule.end_of_epoch(steps_done)
+    def held_out(self) -> dict | None:
+        return held_out_numbers(self.model, self.data, self.reference, self.pad_id, self.settings)
 
-    def evaluate(self, steps_done: int) -> dict | None:
-        held = held_out_numbers(self.model, self.data, self.reference, self.pad_id, self.settings)
-        self.evals.append({"step": steps_done, **(held or {})})
-        return held
-
-    def checkpoint_due(self, steps_done: int) -> bool:
-        every = self.settings.checkpoint_every
-        return self.schedule.end_of_epoch(steps_done) or bool(every and steps_done % every == 0)
-
-    def state_dict(self) -> dict:
-        return {
-            "weights": trainable_weights(self.model),
-            "optimizer": optimizer_state(self.model, self.optimizer),
-            "evals": self.evals,
-            "reference": self.reference,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        load_trainable_weights(self.model, state["weights"], self.out / CHECKPOINT)
-        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        self.evals, self.reference = list(state["evals"]), state["reference"]
+    def extra_state(self) -> dict:
+        return {"reference": self.reference}
 
 
 def train_dpo(
@@ -276,10 +244,7 @@ def train_dpo(
         )
     if not train_groups:
         raise RlhfkitError(f"{pairs_path}: every prompt is held out; lower --held-out-fraction")
-    run = run_key(config, source_sha256(pairs_path))
-    saved = resume_state(out, "a DPO", resume, run, config)
-    claim_directory(out, MADE_BY)
-    torch.manual_seed(config.seed)
+    saved, run = begin_run(out, MADE_BY, "a DPO", config, pairs_path, resume)
     model, tokenizer = load_policy_model(config.policy)
     data = encode_pairs(tokenizer, train_groups, held_groups, config.mode, config.max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

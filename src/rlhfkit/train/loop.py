@@ -46,7 +46,11 @@ from rlhfkit.train.checkpoint import (
     set_rng_state,
     write_state,
 )
-from rlhfkit.train.distributed import Processes
+from rlhfkit.train.distributed import (
+    Processes,
+    load_optimizer_state,
+    optimizer_state,
+)
 
 
 class MetricsLog:
@@ -218,6 +222,55 @@ class Trainer:
         raise NotImplementedError
 
 
+class ScheduledTrainer(Trainer):
+    """A trainer of a model's trainable weights that walks its examples by a `Schedule` (SFT,
+    DPO): held-out numbers and a checkpoint at each epoch's end, a checkpoint every
+    `checkpoint_every` steps too. Its checkpoint holds the trained weights, the optimiser, the
+    evaluations so far and `extra_state()`. Subclasses give `update` and `held_out`."""
+
+    def __init__(self, model, settings, out: Path, schedule: Schedule):
+        self.model, self.settings, self.out, self.schedule = model, settings, Path(out), schedule
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = adamw(self.params, settings.lr)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.total_steps = schedule.total_steps
+        self.evals: list[dict] = []  # the held-out numbers at each evaluation, with its step
+
+    def held_out(self) -> dict | None:
+        """The held-out numbers of the model now (None: nothing is held out)."""
+        return None
+
+    def evaluation_due(self, steps_done: int) -> bool:
+        return self.schedule.end_of_epoch(steps_done)
+
+    def evaluate(self, steps_done: int) -> dict | None:
+        held = self.held_out()
+        self.evals.append({"step": steps_done, **(held or {})})
+        return held
+
+    def checkpoint_due(self, steps_done: int) -> bool:
+        every = self.settings.checkpoint_every
+        return self.schedule.end_of_epoch(steps_done) or bool(every and steps_done % every == 0)
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {
+            "weights": trainable_weights(self.model),
+            "optimizer": optimizer_state(self.model, self.optimizer),
+            "evals": self.evals,
+            **self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        load_trainable_weights(self.model, state["weights"], self.out / CHECKPOINT)
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        self.evals = list(state["evals"])
+        for key in self.extra_state():
+            setattr(self, key, state[key])
+
+
 def refuse_to_overwrite(out: Path, what: str) -> None:
     """A run in `out` that was not asked to resume is another's work: refused."""
     if (out / CHECKPOINT).exists():
@@ -246,6 +299,21 @@ def resume_state(out: Path, what: str, resume: bool, run: dict, settings) -> dic
     saved = upgrade(read_state(checkpoint))
     check_same_run(checkpoint, saved["run"], run, settings)
     return saved
+
+
+def begin_run(out: Path, made_by: str, what: str, settings, data, resume: bool):
+    """A trainer's run begins: the checkpoint to resume from (`resume_state`; None for a
+    fresh start) and the run's key, then `out` claimed and torch seeded, in that order, so
+    a refusal leaves `out` as it was. `data` is the data's source (its SHA-256 is part of
+    the run), or None when the settings name it."""
+    from rlhfkit.data.sources import source_sha256
+    from rlhfkit.files import claim_directory
+
+    run = run_key(settings, None if data is None else source_sha256(data))
+    saved = resume_state(Path(out), what, resume, run, settings)
+    claim_directory(out, made_by)
+    torch.manual_seed(settings.seed)
+    return saved, run
 
 
 def check_same_run(checkpoint: Path, saved: dict, now: dict, settings) -> None:

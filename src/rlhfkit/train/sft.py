@@ -22,25 +22,19 @@ from pydantic import Field
 
 from rlhfkit.config import StageConfig
 from rlhfkit.data.prompts import split_of
-from rlhfkit.data.sources import read_source, source_sha256
+from rlhfkit.data.sources import read_source
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.files import atomic_write, check_ours, claim_directory
+from rlhfkit.files import atomic_write, check_ours
 from rlhfkit.generation import position_ids
 from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
 from rlhfkit.progress import Progress
 from rlhfkit.trackers import Tracker
-from rlhfkit.train.checkpoint import CHECKPOINT
-from rlhfkit.train.distributed import load_optimizer_state, optimizer_state
 from rlhfkit.train.loop import (
     Schedule,
-    Trainer,
-    adamw,
+    ScheduledTrainer,
+    begin_run,
     descend,
     fit,
-    load_trainable_weights,
-    resume_state,
-    run_key,
-    trainable_weights,
 )
 
 MADE_BY = "sft"
@@ -186,22 +180,16 @@ def held_out_loss(model, rows, pad_id: int, batch_size: int) -> float | None:
     return total / max(tokens, 1)
 
 
-class SFTTrainer(Trainer):
-    """Fine-tuning on the training examples, a checkpoint and the held-out loss at the end
-    of each epoch (and a checkpoint every `checkpoint_every` steps)."""
+class SFTTrainer(ScheduledTrainer):
+    """Fine-tuning on the training examples; the held-out loss at each epoch's end."""
 
     made_by, title = MADE_BY, "supervised fine-tuning"
 
     def __init__(self, model, train: list, held: list, pad_id: int, config: SFTConfig, out):
-        self.model, self.train, self.held, self.pad_id = model, train, held, pad_id
-        self.settings, self.out = config, Path(out)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = adamw(self.params, config.lr)
-        self.schedule = Schedule(len(train), config.batch_size, config.epochs, config.seed,
-                                 config.max_steps)  # fmt: skip
-        self.total_steps = self.schedule.total_steps
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.evals: list[dict] = []
+        schedule = Schedule(len(train), config.batch_size, config.epochs, config.seed,
+                            config.max_steps)  # fmt: skip
+        super().__init__(model, config, out, schedule)
+        self.train, self.held, self.pad_id = train, held, pad_id
         self.before: float | None = None  # the held-out loss before training
 
     def update(self, step: int) -> dict:
@@ -212,31 +200,12 @@ class SFTTrainer(Trainer):
         norm = descend(loss, self.params, self.optimizer, self.settings.max_grad_norm)
         return {"loss": loss.item(), "grad_norm": norm}
 
-    def evaluation_due(self, steps_done: int) -> bool:
-        return self.schedule.end_of_epoch(steps_done)
-
-    def evaluate(self, steps_done: int) -> dict | None:
+    def held_out(self) -> dict | None:
         loss = held_out_loss(self.model, self.held, self.pad_id, self.settings.batch_size)
-        held = None if loss is None else {"loss": loss}
-        self.evals.append({"step": steps_done, **(held or {})})
-        return held
+        return None if loss is None else {"loss": loss}
 
-    def checkpoint_due(self, steps_done: int) -> bool:
-        every = self.settings.checkpoint_every
-        return self.schedule.end_of_epoch(steps_done) or bool(every and steps_done % every == 0)
-
-    def state_dict(self) -> dict:
-        return {
-            "weights": trainable_weights(self.model),
-            "optimizer": optimizer_state(self.model, self.optimizer),
-            "evals": self.evals,
-            "before": self.before,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        load_trainable_weights(self.model, state["weights"], self.out / CHECKPOINT)
-        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        self.evals, self.before = list(state["evals"]), state["before"]
+    def extra_state(self) -> dict:
+        return {"before": self.before}
 
 
 def train_sft(
@@ -253,10 +222,7 @@ def train_sft(
     check_ours(out, MADE_BY)
     examples, empty = read_examples(data, config.fields)
     progress = progress or Progress()
-    run = run_key(config, source_sha256(data))
-    saved = resume_state(out, "an SFT", resume, run, config)
-    claim_directory(out, MADE_BY)
-    torch.manual_seed(config.seed)
+    saved, run = begin_run(out, MADE_BY, "an SFT", config, data, resume)
     model, tokenizer = load_policy_model(config.policy)
     if config.lora:
         model = with_fresh_adapter(model, config.lora_r, config.lora_alpha)
