@@ -124,3 +124,66 @@ def test_version_names_the_libraries(cli):
     assert text.startswith("rlhfkit ")
     for package in ("torch", "transformers", "peft"):
         assert f"{package} {version(package)}" in text
+
+
+def test_a_table_printed_to_a_pipe_keeps_every_character(tmp_path):
+    """Piped or logged, a table takes the width it needs (rich would cut it to 80 columns,
+    numbers included). Run as a user runs it: a process whose stdout is a pipe."""
+    import subprocess
+    import sys
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    long = "a-criterion-long-enough-to-push-the-table-well-past-eighty-columns-of-text"
+    for name in ("first-project-with-a-long-name", "second-project-with-a-long-name"):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rlhfkit",
+                "project",
+                "create",
+                name,
+                "--criterion",
+                long,
+                "--store",
+                store,
+            ],  # fmt: skip
+            check=True,
+            capture_output=True,
+        )
+    listed = subprocess.run(
+        [sys.executable, "-m", "rlhfkit", "project", "list", "--store", store],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert long in listed and "first-project-with-a-long-name" in listed and "…" not in listed
+
+
+def test_every_config_help_gives_an_example_of_the_commands_own_options(cli):
+    """`--config`'s help names a key the command has (`serve` has no max_new_tokens)."""
+    import re
+
+    import typer
+
+    from rlhfkit.cli import app
+
+    def walk(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            if getattr(sub, "commands", None):
+                yield from walk(sub, [*path, name])
+            else:
+                yield [*path, name]
+
+    checked = 0
+    for path in walk(typer.main.get_command(app), []):
+        text = " ".join(cli(*path, "--help").output.split())
+        text = re.sub(r"[│╭╮╰╯─]", " ", text)
+        text = " ".join(text.split())
+        match = re.search(r"\(e\.g\. ([a-z_]+):", text)
+        if "--config" not in text:
+            continue
+        assert match, f"rlhfkit {' '.join(path)} --config help has no example"
+        assert "--" + match.group(1).replace("_", "-") in text, (path, match.group(1))
+        checked += 1
+    assert checked >= 15
