@@ -219,3 +219,14 @@ def test_a_retired_flag_says_its_new_name_once_and_is_read_as_it(cli, args, old,
 def test_a_retired_flag_beside_its_new_name_is_one_line(cli):
     result = cli("eval", "--policy", "x", "--samples", "2", "--samples-per-prompt", "3", ok=False)
     assert "--samples and --samples-per-prompt are the same option" in result.output
+
+
+def test_every_out_says_whether_it_is_a_file_or_a_directory():
+    outs = {
+        path: param.help
+        for path, command in commands().items()
+        for param in command.params
+        if "--out" in param.opts
+    }
+    assert len(outs) >= 10 and "report" in outs
+    assert {p: h for p, h in outs.items() if not h.startswith(("A file", "A directory"))} == {}
