@@ -509,7 +509,7 @@ def test_label_judge_with_an_unreachable_endpoint_is_one_line(tmp_path, cli):
 def test_rlhfkit_serve_model_serves_the_openai_client(tiny_model):
     from web_support import launch
 
-    server, url = launch(["serve-model", tiny_model, "--name", "tiny"], "/v1/models")
+    server, url = launch(["serve-model", "--policy", tiny_model, "--name", "tiny"], "/v1/models")
     base = f"{url}/v1"
     try:
         backend = EndpointBackend(base)

@@ -104,20 +104,20 @@ def test_an_adapter_export_names_its_base_and_loads_in_plain_peft(policies, tmp_
 
 
 def test_adapter_only_refuses_a_stack_and_a_base_without_a_hub_id(policies, tmp_path, cli):
-    answer = cli("export", policies["ppo"], "--out", tmp_path / "a", "--adapter-only", ok=False)
+    answer = cli("export", "--policy", policies["ppo"], "--out", tmp_path / "a", "--adapter-only", ok=False)
     assert "sft → ppo" in answer.output and "export it merged" in answer.output
-    answer = cli("export", policies["dpo"], "--out", tmp_path / "b", "--adapter-only", ok=False)
+    answer = cli("export", "--policy", policies["dpo"], "--out", tmp_path / "b", "--adapter-only", ok=False)
     assert "--base-id" in answer.output and "Traceback" not in answer.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_export_refuses_what_is_not_a_policy_and_an_occupied_folder(policies, tmp_path, cli):
-    answer = cli("export", policies["base"], "--out", tmp_path / "x", ok=False)
+    answer = cli("export", "--policy", policies["base"], "--out", tmp_path / "x", ok=False)
     assert "not a policy directory rlhfkit wrote" in answer.output
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "mine.txt").write_text("keep me")
-    answer = cli("export", policies["ppo"], "--out", occupied, ok=False)
+    answer = cli("export", "--policy", policies["ppo"], "--out", occupied, ok=False)
     assert "not empty" in answer.output
     assert (occupied / "mine.txt").read_text() == "keep me"
 
