@@ -104,9 +104,13 @@ def test_an_adapter_export_names_its_base_and_loads_in_plain_peft(policies, tmp_
 
 
 def test_adapter_only_refuses_a_stack_and_a_base_without_a_hub_id(policies, tmp_path, cli):
-    answer = cli("export", "--policy", policies["ppo"], "--out", tmp_path / "a", "--adapter-only", ok=False)
+    answer = cli(
+        "export", "--policy", policies["ppo"], "--out", tmp_path / "a", "--adapter-only", ok=False
+    )
     assert "sft → ppo" in answer.output and "export it merged" in answer.output
-    answer = cli("export", "--policy", policies["dpo"], "--out", tmp_path / "b", "--adapter-only", ok=False)
+    answer = cli(
+        "export", "--policy", policies["dpo"], "--out", tmp_path / "b", "--adapter-only", ok=False
+    )
     assert "--base-id" in answer.output and "Traceback" not in answer.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 

@@ -94,9 +94,9 @@ def rm_config(model: str, **changes):
     return RMConfig(**{**settings, **changes})
 
 
-def head_and_adapter(out: Path) -> dict[str, torch.Tensor]:
-    with safe_open(out / CHECKPOINT, framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if "weights" in k}  # noqa: SIM118
+def saved_model(out: Path) -> dict[str, torch.Tensor]:
+    with safe_open(out / "model" / "model.safetensors", framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
 
 
 def test_a_reward_model_resumes_after_ctrl_c_to_the_weights_of_a_run_never_stopped(
@@ -137,8 +137,9 @@ def test_a_reward_model_resumes_after_ctrl_c_to_the_weights_of_a_run_never_stopp
         return [{k: v for k, v in r.items() if k != "pairs_per_s"} for r in records]
 
     assert lines(out) == lines(straight)  # every step and evaluation once, the same numbers
-    a, b = head_and_adapter(straight), head_and_adapter(out)
+    a, b = saved_model(straight), saved_model(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (out / CHECKPOINT).exists()  # a finished reward model has no use for it
     saved = json.loads((out / "model" / "reward.json").read_text())
     assert (
         saved["metrics"] == json.loads((straight / "model" / "reward.json").read_text())["metrics"]

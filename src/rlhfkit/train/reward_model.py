@@ -278,7 +278,11 @@ def train_reward_model(
         reward.info["metrics"] = {"step": finished.steps}
         reward.save(out)
     stopped_early = finished.stopped != "steps" and finished.steps < trainer.schedule_steps
-    return _finish(out, config, train, trainer, finished.steps, stopped_early)
+    summary = _finish(out, config, train, trainer, finished.steps, stopped_early)
+    # A finished reward model cannot be trained on (its schedule spans its epochs): the
+    # checkpoint, three times the model's size, has served its purpose.
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    return summary
 
 
 def _split_pairs(
