@@ -135,7 +135,7 @@ def test_the_constitutional_pipeline_in_miniature(tmp_path, cli):
     path.write_text(text.replace("RUN_DIR", str(tmp_path / "run")))
     config = load_pipeline(path)
     run = tmp_path / "run"
-    assert config.ppo_config().model == str(run / "sft" / "policy")
+    assert config.ppo_config().policy == str(run / "sft" / "policy")
     first = cli("run", path)
     assert first.output.count(" ran ") == 10  # one labeler alone: agreement has nothing to say
     for artefact in (

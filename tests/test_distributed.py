@@ -160,6 +160,7 @@ def test_fsdp_shards_the_weights_and_trains_as_data_parallel_does(data_parallel_
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
     a = read_checkpoint(dp / CHECKPOINT)
     b = read_checkpoint(tmp_path / "fsdp" / CHECKPOINT)
+    a, b = a["trainer"], b["trainer"]
     assert a["trainable"].keys() == b["trainable"].keys()  # whole weights, not shards
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for name, weight in a["trainable"].items():

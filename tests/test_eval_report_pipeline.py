@@ -399,7 +399,7 @@ def test_a_dpo_stage_is_evaluated_alone_and_then_under_ppo(tmp_path, cli):
     run = tmp_path / "run"
     dpo = json.loads((run / "dpo" / "dpo.json").read_text())
     assert dpo["steps"] == 2 and dpo["config"]["mode"] == "raw"
-    assert dpo["config"]["eval_fraction"] == 0.3  # train-rm's, so the held-out pairs match
+    assert dpo["config"]["held_out_fraction"] == 0.3  # train-rm's, so the held-out pairs match
     result = json.loads((run / "eval" / "eval.json").read_text())
     assert result["policy"] == str(run / "dpo" / "policy")
     assert list(result["models"]) == ["before", "after"]
