@@ -24,6 +24,7 @@ EVERYWHERE = "*"
 # The commands, or pipeline sections, whose names a settings class holds.
 SCOPE_OF_CLASS = {
     "SFTConfig": "sft",
+    "ScheduledTrainerConfig": "sft",  # the settings SFT and DPO share
     "DPOConfig": "dpo",
     "PPOConfig": "ppo",
     "RMConfig": "train-rm",

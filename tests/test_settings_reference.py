@@ -26,7 +26,9 @@ def test_every_settings_class_of_the_source_is_found_wherever_it_lives():
     declared = {
         name
         for source in SOURCES
-        for name in re.findall(r"^class (\w+)\(StageConfig\)", source.read_text(), re.M)
+        for name in re.findall(
+            r"^class (\w+)\((?:StageConfig|\w+TrainerConfig)\)", source.read_text(), re.M
+        )
     }
     found = {cls.__name__ for cls in settings_classes()}
     assert {"PipelineConfig", "PPOConfig", "RMConfig", "DPOConfig", "SFTConfig"} <= declared

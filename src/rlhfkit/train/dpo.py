@@ -30,17 +30,16 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from rlhfkit.config import StageConfig
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_write, check_ours
 from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
 from rlhfkit.progress import Progress
 from rlhfkit.reward.data import group_pairs, read_pairs, split_by_prompt
 from rlhfkit.reward.losses import dpo_loss
-from rlhfkit.trackers import Tracker
 from rlhfkit.train.loop import (
     Schedule,
     ScheduledTrainer,
+    ScheduledTrainerConfig,
     begin_run,
     descend,
     fit,
@@ -50,16 +49,19 @@ from rlhfkit.train.sft import IGNORE, collate, labelled_logps
 MADE_BY = "dpo"
 
 
-class DPOConfig(StageConfig):
+class DPOConfig(ScheduledTrainerConfig):
     """Settings of `rlhfkit dpo`, and of a pipeline's `dpo:` section."""
 
     setting = "DPO setting"
-    may_change_on_resume = frozenset({"epochs", "max_steps", "checkpoint_every", "report_to"})
-    renamed = {"model": "policy", "eval_fraction": "held_out_fraction"}
 
     policy: str = Field(
         "smollm2-135m-instruct",
         description="the policy to train; the model as loaded is also the reference",
+    )
+    batch_size: int = Field(8, ge=1, description="pairs per step")
+    max_length: int = Field(256, ge=8, description="tokens of prompt and completion together")
+    held_out_fraction: float = Field(
+        0.1, ge=0, lt=1, description="as train-rm's: the same prompts' pairs held out"
     )
     mode: Literal["raw", "chat"] = Field(
         "raw", description="how the prompts were put to the model when the pairs were sampled"
@@ -69,32 +71,12 @@ class DPOConfig(StageConfig):
         "sigmoid", description="sigmoid: −log σ(β·margin); ipo: (margin − 1/(2β))²"
     )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="chance a label is flipped")
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(8, ge=1, description="pairs per step")
     batching: Literal["shuffled", "by_prompt"] = Field(
         "shuffled",
         description="shuffled: a step's pairs from anywhere; by_prompt: from as few prompts as "
         "they can, each completion read once for all its pairs (half the time a step, about "
         "half the learning a step, measured)",
     )
-    lr: float = Field(1e-4, gt=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_length: int = Field(256, ge=8, description="tokens of prompt and completion together")
-    held_out_fraction: float = Field(
-        0.1, ge=0, lt=1, description="as train-rm's: the same prompts' pairs held out"
-    )
-    lora: bool = True
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    checkpoint_every: int | None = Field(None, ge=1, description="steps; default each epoch")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
-    fields: dict[str, str] = Field(
-        default_factory=dict, description="the data's columns by our names, e.g. prompt: question"
-    )
-    report_to: list[Tracker] | None = Field(
-        None, description="tensorboard, wandb, mlflow (default: tensorboard if installed)"
-    )
-    seed: int = 0
 
 
 @dataclass(frozen=True)

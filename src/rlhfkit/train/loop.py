@@ -34,10 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
+from rlhfkit.config import StageConfig
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import atomic_write
 from rlhfkit.progress import Progress
+from rlhfkit.trackers import Tracker
 from rlhfkit.train.checkpoint import (
     CHECKPOINT,
     read_state,
@@ -161,6 +164,37 @@ class Schedule:
         keys = list(members)
         rng.shuffle(keys)
         return [index for key in keys for index in members[key]]
+
+
+class ScheduledTrainerConfig(StageConfig):
+    """What every trainer of a policy that walks its examples by a `Schedule` is set by (SFT,
+    DPO): the policy, how long and how fast, the held-out share, LoRA, checkpoints, the
+    data's columns, trackers and the seed. Each trainer's settings add their own."""
+
+    may_change_on_resume = frozenset({"epochs", "max_steps", "checkpoint_every", "report_to"})
+    renamed = {"model": "policy", "eval_fraction": "held_out_fraction"}
+
+    policy: str = Field("smollm2-135m-instruct", description="the model to train")
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(256, ge=8, description="tokens of prompt and response together")
+    held_out_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share held out, by a salted hash of the prompt"
+    )
+    lora: bool = True
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1, description="steps; default each epoch")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="the data's columns by our names, e.g. prompt: question"
+    )
+    report_to: list[Tracker] | None = Field(
+        None, description="tensorboard, wandb, mlflow (default: tensorboard if installed)"
+    )
+    seed: int = 0
 
 
 class Trainer:

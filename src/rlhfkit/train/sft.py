@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from rlhfkit.config import StageConfig
 from rlhfkit.data.prompts import split_of
 from rlhfkit.data.sources import read_source
 from rlhfkit.errors import RlhfkitError
@@ -28,10 +27,10 @@ from rlhfkit.files import atomic_write, check_ours
 from rlhfkit.generation import position_ids
 from rlhfkit.models.stack import load_policy_model, save_policy, with_fresh_adapter
 from rlhfkit.progress import Progress
-from rlhfkit.trackers import Tracker
 from rlhfkit.train.loop import (
     Schedule,
     ScheduledTrainer,
+    ScheduledTrainerConfig,
     begin_run,
     descend,
     fit,
@@ -41,37 +40,20 @@ MADE_BY = "sft"
 IGNORE = -100  # label of a position the loss skips
 
 
-class SFTConfig(StageConfig):
+class SFTConfig(ScheduledTrainerConfig):
     """Settings of `rlhfkit sft`, and of a pipeline's `sft:` section."""
 
     setting = "SFT setting"
-    may_change_on_resume = frozenset({"epochs", "max_steps", "checkpoint_every", "report_to"})
-    renamed = {"model": "policy", "eval_fraction": "held_out_fraction"}
 
     policy: str = Field("smollm2-135m-instruct", description="the model to fine-tune")
     epochs: int = Field(2, ge=1)
-    batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-4, gt=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_length: int = Field(256, ge=8, description="tokens of prompt and response together")
     held_out_fraction: float = Field(
         0.1,
         ge=0,
         lt=1,
         description="share of the examples held out, by a salted hash of the prompt",
     )
-    lora: bool = True
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    checkpoint_every: int | None = Field(None, ge=1, description="steps; default each epoch")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
-    fields: dict[str, str] = Field(
-        default_factory=dict, description="the data's columns by our names, e.g. prompt: question"
-    )
-    report_to: list[Tracker] | None = Field(
-        None, description="tensorboard, wandb, mlflow (default: tensorboard if installed)"
-    )
-    seed: int = 0
 
 
 @dataclass(frozen=True)
