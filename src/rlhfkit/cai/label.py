@@ -296,7 +296,7 @@ def _check_judge(report: JudgeReport, min_agreement: float, force: bool) -> None
         if not force:
             raise RlhfkitError(
                 f"{report.reference} orders none of the checked pairs: nothing to check the "
-                f"judge against (try another --reference or a smaller --reference-margin){hint}"
+                f"judge against (try another --check-against or a smaller --check-margin){hint}"
             )
         return
     if report.agreement <= min_agreement and not force:

@@ -243,7 +243,7 @@ class EndpointBackend:
         if len(models) != 1:
             raise BackendError(
                 f"{self.base_url} serves {len(models)} models ({', '.join(models[:5])}): "
-                "name one with --judge-model / --model"
+                "name one with --endpoint-model"
             )
         return models[0]
 

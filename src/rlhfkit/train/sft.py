@@ -7,7 +7,7 @@ tokens (the prompt's are masked). Examples are split into train and held out by 
 prompt's hash (the rule every stage uses), and the held-out loss is measured before
 training and after each epoch. LoRA by default. A checkpoint after every epoch (and every
 `checkpoint_every` steps) lets `--resume` continue; the result is a policy directory
-(models/stack.py) that `eval`, `ppo --model`, `serve-model` and `cai`/`label judge` load.
+(models/stack.py) that `eval`, `ppo --policy`, `serve-model` and `cai`/`label judge` load.
 """
 
 from __future__ import annotations
