@@ -71,13 +71,13 @@ def run_ours(args) -> dict:
             times[self.title].append(time.perf_counter())
 
     config = DPOConfig(
-        model=MODEL,
+        policy=MODEL,
         mode="raw",
         beta=BETA,
         batch_size=BATCH,
         lr=LR,
         max_length=MAX_LENGTH,
-        eval_fraction=HELD_OUT,
+        held_out_fraction=HELD_OUT,
         max_steps=args.steps,
         lora_r=LORA_R,
         lora_alpha=LORA_ALPHA,

@@ -87,7 +87,7 @@ def run_ours(args) -> dict:
         return model(**tokenizer(texts, return_tensors="pt", padding=True)).logits[:, 0]
 
     config = PPOConfig(
-        model=MODEL,
+        policy=MODEL,
         lora=not args.full,
         lora_r=LORA_R,
         lora_alpha=LORA_ALPHA,

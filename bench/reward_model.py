@@ -63,7 +63,7 @@ def run_ours(args) -> dict:
             batch_size=args.batch_size,
             lr=args.lr,
             max_length=args.max_length,
-            eval_fraction=0.0,
+            held_out_fraction=0.0,
             normalise=False,
             schedule="linear",
             warmup_ratio=0.1,

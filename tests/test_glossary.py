@@ -203,6 +203,7 @@ def test_the_checks_find_a_concept_spelled_the_old_way():
     ("args", "old", "new"),
     [
         (["generate", "-n", "x"], "-n", "--samples-per-prompt"),
+        (["generate", "-nx"], "-n", "--samples-per-prompt"),
         (["eval-rm", "--model", "x", "--pairs", "missing.jsonl"], "--model", "--reward-model"),
         (
             ["train-rm", "--pairs", "missing.jsonl", "--out", "o", "--eval-fraction=0.2"],
@@ -231,3 +232,13 @@ def test_every_out_says_whether_it_is_a_file_or_a_directory():
     }
     assert len(outs) >= 10 and "report" in outs
     assert {p: h for p, h in outs.items() if not h.startswith(("A file", "A directory"))} == {}
+
+
+def test_a_retired_key_in_a_config_file_of_flags_is_read_as_its_new_name(cli, tmp_path):
+    path = tmp_path / "generate.yaml"
+    path.write_text("model: /no/such/model\nsamples_per_prompt: 2\nlimit: 1\n")
+    result = cli(
+        "generate", "--config", path, "--store", f"sqlite:///{tmp_path / 's.db'}", ok=False
+    )
+    assert "'model' is deprecated: use 'policy'" in result.output
+    assert "/no/such/model" in result.output and "is not an option" not in result.output

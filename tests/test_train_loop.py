@@ -131,6 +131,8 @@ def test_a_reward_model_resumes_after_ctrl_c_to_the_weights_of_a_run_never_stopp
     with pytest.raises(RlhfkitError, match=r"other settings \(lr 0.01, not 0.02\)"):
         reward_model.train_reward_model(pairs, out, rm_config(tiny_model, lr=2e-2), resume=True)
     reward_model.train_reward_model(pairs, out, rm_config(tiny_model), resume=True)
+    with pytest.raises(RlhfkitError, match="holds a finished reward model: nothing to resume"):
+        reward_model.train_reward_model(pairs, out, rm_config(tiny_model), resume=True)
 
     def lines(folder):
         records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -151,9 +153,13 @@ class Counting(loop.Trainer):
 
     made_by, title = "count", "counting"
 
-    def __init__(self, out: Path, total: int, fail_at: int | None = None):
+    def __init__(self, out: Path, total: int, fail_at: int | None = None, stop_at=None):
         self.out, self.total_steps, self.fail_at = out, total, fail_at
         self.settings, self.generator, self.value = None, torch.Generator(), 0.0
+        self.stop_at = stop_at
+
+    def stop(self, record):
+        return "enough" if self.stop_at and record["loss"] >= self.stop_at else None
 
     def update(self, step):
         self.value += 1
@@ -218,3 +224,33 @@ def test_a_run_directory_saved_under_the_old_names_is_the_same_run(tmp_path, nam
     changed = with_settings(config, generate={**config.generate.model_dump(), "temperature": 0.5})
     with pytest.raises(RlhfkitError, match=r"different config \(differs in generate\)"):
         check_run_dir(changed)
+
+
+def test_a_fresh_start_drops_old_lines_and_a_run_that_stopped_early_stays_stopped(tmp_path):
+    out = tmp_path / "count"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 1.0}\n{"step": 1, "loss": 9}\n')
+    run = {"data": None, "settings": {}}
+    finished = loop.fit(Counting(out, 6, stop_at=4), None, run, loop.Progress())
+    assert finished.steps == 4 and finished.stopped == "enough"
+    assert steps_logged(out) == [1, 2, 3, 4]  # nothing left of the old run's lines
+    again = loop.fit(
+        Counting(out, 6, stop_at=4), read_state(out / CHECKPOINT), run, loop.Progress()
+    )
+    assert again.steps == 4 and again.stopped == "enough" and steps_logged(out) == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_of_an_unknown_layout_or_lacking_a_setting_is_one_line(tmp_path):
+    from rlhfkit.train.checkpoint import write_state
+    from rlhfkit.train.sft import SFTConfig
+
+    out = tmp_path / "run"
+    out.mkdir()
+    write_state(out / CHECKPOINT, {"state": {"step": 1}})  # no record of its run
+    config = SFTConfig()
+    with pytest.raises(RlhfkitError, match="layout it cannot resume"):
+        loop.resume_state(out, "an SFT", True, loop.run_key(config), config)
+    # A setting the checkpoint does not record counts as its default, a factory's too.
+    saved = loop.run_key(config)
+    del saved["settings"]["fields"]
+    loop.check_same_run(out / CHECKPOINT, saved, loop.run_key(config), config)

@@ -81,6 +81,9 @@ def _renew(args: list[str], retired: dict[str, str]) -> list[str]:
     given = {arg.partition("=")[0] for arg in args}
     for arg in args:
         flag, equals, value = arg.partition("=")
+        short = next((f for f in retired if len(f) == 2 and arg.startswith(f) and arg != f), None)
+        if short and not arg.startswith("--"):  # a short flag with its value attached: -n4
+            flag, equals, value = short, "=", arg[len(short) :]
         if flag in retired and retired[flag] in given:
             new = retired[flag]
             raise RlhfkitError(f"{flag} and {new} are the same option (use {new}); give it once")
@@ -170,9 +173,21 @@ def _read_config(ctx: typer.Context, param: typer.CallbackParam, path: Path | No
         for flag in p.opts
         if flag.startswith("--")
     }
+    path_of_command = " ".join(ctx.command_path.split()[1:])
+    retired = {
+        old.lstrip("-").replace("-", "_"): new[2:].replace("-", "_")
+        for old, new in RETIRED_FLAGS.get(path_of_command, {}).items()
+        if old.startswith("--")
+    }
     defaults = {}
     for key, value in values.items():
-        option = options.get(str(key).replace("-", "_"))
+        key = str(key).replace("-", "_")
+        if key in retired:
+            console.print(
+                f"[yellow]warning:[/yellow] {path}: '{key}' is deprecated: use '{retired[key]}'"
+            )
+            key = retired[key]
+        option = options.get(key)
         if option is None:
             raise RlhfkitError(
                 f"{path}: '{key}' is not an option of {ctx.command_path} "

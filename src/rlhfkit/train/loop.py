@@ -330,7 +330,13 @@ def resume_state(out: Path, what: str, resume: bool, run: dict, settings) -> dic
     checkpoint = out / CHECKPOINT
     if not checkpoint.exists():
         return None
-    saved = upgrade(read_state(checkpoint))
+    try:
+        saved = upgrade(read_state(checkpoint))
+    except KeyError:
+        raise RlhfkitError(
+            f"{checkpoint} was written by an older rlhfkit in a layout it cannot resume: start "
+            "afresh in another output directory"
+        ) from None
     check_same_run(checkpoint, saved["run"], run, settings)
     return saved
 
@@ -370,7 +376,8 @@ def check_same_run(checkpoint: Path, saved: dict, now: dict, settings) -> None:
     for key in keys:
         if key in may_change or key not in now["settings"]:
             continue
-        before = recorded.get(key, fields[key].default if key in fields else None)
+        default = fields[key].get_default(call_default_factory=True) if key in fields else None
+        before = recorded.get(key, default)
         if before != now["settings"][key]:
             changed.append(f"{key} {before!r}, not {now['settings'][key]!r}")
     if changed:
@@ -445,7 +452,7 @@ def fit(trainer: Trainer, saved: dict | None, run: dict, progress: Progress) -> 
         step = saved["step"]
     log = None
     if processes.is_main:
-        logged = keep_metrics_up_to(out, step)
+        logged = keep_metrics_up_to(out, step if saved is not None else -1)
         log = MetricsLog(out, trainer.settings, trainer.made_by)
         if saved is not None and logged < step:  # killed between checkpoint and line
             for record in saved["records"]:
@@ -453,12 +460,15 @@ def fit(trainer: Trainer, saved: dict | None, run: dict, progress: Progress) -> 
         resumed = " (resumed)" if step else ""
         progress.start(trainer.title + resumed, trainer.total_steps, completed=step)
     last, saved_step, stopped = {}, step, "steps"
+    if saved is not None and saved["records"]:  # it may have stopped early there already
+        last = saved["records"][0]
+        stopped = trainer.stop(last) or "steps"
     try:
         if step == 0 and trainer.evaluation_line:  # the untrained model: the baseline
             held = trainer.evaluate(0)
             if held is not None and log:
                 log.write({"step": 0, **held})
-        while step < trainer.total_steps:
+        while step < trainer.total_steps and stopped == "steps":
             record = {"step": step + 1, **trainer.update(step)}
             failed = trainer.failure(record)
             if failed:

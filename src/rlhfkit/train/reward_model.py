@@ -10,6 +10,7 @@ non-finite loss.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -268,6 +269,11 @@ def train_reward_model(
     data = _data_summary(pairs_path, groups, train, held_out)
     run = run_key(config, data["sha256"])
     saved = resume_state(out, "a reward model's", resume, run, config)
+    if resume and saved is None and "training" in _saved_info(out):
+        raise RlhfkitError(
+            f"{out} holds a finished reward model: nothing to resume (train another in a new "
+            "--out, or leave out --resume to train this one again)"
+        )
     reward = _new_model(config, groups, progress)
     reward.info.update(data=data, config=config.model_dump())
     trainer = RewardModelTrainer(reward, train, held_out, config, out, progress)
@@ -283,6 +289,15 @@ def train_reward_model(
     # checkpoint, three times the model's size, has served its purpose.
     (out / CHECKPOINT).unlink(missing_ok=True)
     return summary
+
+
+def _saved_info(out: Path) -> dict:
+    """The reward.json of the model in `out` (its "training" is written when a run ends)."""
+    path = out / "model" / "reward.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
 
 
 def _split_pairs(
