@@ -181,13 +181,13 @@ def _read_config(ctx: typer.Context, param: typer.CallbackParam, path: Path | No
     }
     defaults = {}
     for key, value in values.items():
-        key = str(key).replace("-", "_")
-        if key in retired:
+        name = str(key).replace("-", "_")
+        if name in retired:
             console.print(
-                f"[yellow]warning:[/yellow] {path}: '{key}' is deprecated: use '{retired[key]}'"
+                f"[yellow]warning:[/yellow] {path}: '{key}' is deprecated: use '{retired[name]}'"
             )
-            key = retired[key]
-        option = options.get(key)
+            name = retired[name]
+        option = options.get(name)
         if option is None:
             raise RlhfkitError(
                 f"{path}: '{key}' is not an option of {ctx.command_path} "
