@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
-from rlhfkit.config import StageConfig, read_yaml_settings
+from rlhfkit.config import RetiredName, StageConfig, read_yaml_settings
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.files import (
     atomic_write,
@@ -64,7 +65,7 @@ from rlhfkit.seeds import TargetConfig, check_targets
 from rlhfkit.stages.cai import ReviseConfig, revise_stage, sft_stage
 from rlhfkit.stages.evaluate import eval_stage, report_stage
 from rlhfkit.stages.generate import GenerateConfig, generate_stage
-from rlhfkit.stages.label import LabelConfig, LabelerConfig, label_stage
+from rlhfkit.stages.label import LabelConfig, label_stage
 from rlhfkit.stages.pairs import PairsConfig, agreement_stage, pairs_stage
 from rlhfkit.stages.train import dpo_stage, ppo_stage, train_rm_stage
 from rlhfkit.trackers import Tracker
@@ -402,28 +403,16 @@ def check_run_dir(config: PipelineConfig) -> None:
 
 
 def _saved_settings(config: PipelineConfig, saved: dict) -> dict:
-    """The settings a run directory was saved with, under today's names and with the settings
-    rlhfkit gained since then at their defaults (which is what the run had)."""
-    saved = _renew_saved(saved)
-    try:
-        return _settings(PipelineConfig(**{"run_dir": config.run_dir, **saved}))
-    except ValidationError:  # no longer valid: compared as it was
-        return {**_settings(PipelineConfig(run_dir=config.run_dir)), **saved}
-
-
-def _renew_saved(saved: dict) -> dict:
-    """A saved pipeline.json under today's names (a run made before some were retired)."""
-    saved = renew_sections(PipelineConfig.renew(saved, quiet=True), quiet=True)
-    for key, settings in (("generate", GenerateConfig), ("revise", ReviseConfig)):
-        if isinstance(saved.get(key), dict):
-            saved[key] = settings.renew(saved[key], quiet=True)
-    labelers = (saved.get("label") or {}).get("labelers")
-    if isinstance(labelers, list):
-        renewed = [
-            LabelerConfig.renew(x, quiet=True) if isinstance(x, dict) else x for x in labelers
-        ]
-        saved["label"] = {**saved["label"], "labelers": renewed}
-    return saved
+    """The settings a run directory was saved with, under today's names (every settings
+    class renews its own retired ones, silently here: the user wrote none of them) and with
+    the settings rlhfkit gained since then at their defaults (which is what the run had)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RetiredName)
+        try:
+            return _settings(PipelineConfig(**{"run_dir": config.run_dir, **saved}))
+        except ValidationError:  # no longer valid: compared as it was
+            saved = renew_sections(PipelineConfig.renew(saved, quiet=True), quiet=True)
+            return {**_settings(PipelineConfig(run_dir=config.run_dir)), **saved}
 
 
 def _settings(config: PipelineConfig) -> dict:
