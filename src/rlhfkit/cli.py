@@ -119,29 +119,34 @@ def _give_config_an_example(command) -> None:
         config.help = f"{config.help.rstrip('.')} (e.g. {example})."
 
 
-def _settings_default(command: str, name: str):
-    """The default of setting `name` in the settings class of `command`, if it has one."""
+def _settings_fields(command: str) -> dict:
+    """The fields of `command`'s settings class (none for a command of plain flags),
+    imported only when help is shown, so the command line stays quick to start."""
     if command not in _SETTINGS_CLASSES:
-        return None
+        return {}
     import importlib
 
     module, cls = _SETTINGS_CLASSES[command]
-    field = getattr(importlib.import_module(module), cls).model_fields.get(name)
-    return None if field is None else field.default
+    return getattr(importlib.import_module(module), cls).model_fields
+
+
+def _settings_default(command: str, name: str):
+    """The default of setting `name` in the settings class of `command`, if it has one."""
+    from pydantic_core import PydanticUndefined
+
+    field = _settings_fields(command).get(name)
+    default = None if field is None else field.get_default(call_default_factory=True)
+    return None if default is PydanticUndefined else default
 
 
 class _Group(TyperGroup):
     """Reports RlhfkitError, interrupts and unexpected failures as one line, never a traceback;
     reads retired flags as their new names."""
 
-    def get_command(self, ctx, name):
-        command = super().get_command(ctx, name)
-        if command is not None and not isinstance(command, TyperGroup):
-            _give_config_an_example(command)
-        return command
-
     def resolve_command(self, ctx, args):
         name, command, rest = super().resolve_command(ctx, args)
+        if "--help" in rest and not isinstance(command, TyperGroup):
+            _give_config_an_example(command)  # only for help: it may import a settings class
         path = " ".join([*ctx.command_path.split()[1:], name or ""])
         return name, command, _renew(rest, RETIRED_FLAGS.get(path, {}))
 
@@ -251,20 +256,12 @@ class _SettingsCommand(TyperCommand):
     (the class is imported only for --help, so the command line stays quick to start)."""
 
     def format_help(self, ctx, formatter):
-        import importlib
-
-        from pydantic_core import PydanticUndefined
-
-        module, name = _SETTINGS_CLASSES[self.name]
-        fields = getattr(importlib.import_module(module), name).model_fields
         shown = []
         for param in self.params:
-            field = fields.get(param.name)
-            if param.default is None and field is not None and not param.hidden:
-                default = field.get_default(call_default_factory=True)
-                if default is not None and default is not PydanticUndefined:
-                    shown.append(param)
-                    param.default = default
+            default = _settings_default(self.name, param.name)
+            if param.default is None and default is not None and not param.hidden:
+                shown.append(param)
+                param.default = default
         try:
             return super().format_help(ctx, formatter)
         finally:
